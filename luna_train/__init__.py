@@ -1,0 +1,1 @@
+"""luna-train: nodule segmentation training on luna-prep patch datasets."""
