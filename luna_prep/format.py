@@ -211,3 +211,6 @@ class PatchStore:
         image = decode_image(self.image_array(scale)[index], self.attrs.image_dtype)
         mask = np.asarray(self.mask_array(scale)[index], dtype=np.uint8)
         return image, mask
+
+
+DEFAULT_STORE = "data/patches.zarr"  # where `luna-prep build` writes and `luna-train run` reads by default

@@ -1,0 +1,212 @@
+"""Orchestrating a build: plan, create or resume the store, run one Dask task per scan, finalize."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import __version__
+from .format import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
+                     conform, empty_manifest)
+from .plan import ScanPlan, plan_build
+from .sampling import SamplingConfig
+from .scan_task import ScanJob, done_paths, process_scan
+from .storage import StorageConfig, create_store, write_table
+from .tables import default_annotations, default_candidates, find_scans, read_annotations, read_candidates
+
+
+class BuildError(RuntimeError):
+    """A build that cannot start (bad inputs, or an existing store built differently)."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that determines a store's contents (workers and scheduler do not)."""
+
+    data_root: str
+    out: str
+    subsets: tuple[int, ...] = tuple(range(10))
+    spacing_mm: float = 1.0
+    hu_window: tuple[float, float] = (-1000.0, 400.0)
+    seed: int = 0
+    annotations: str | None = None  # default: DATA_ROOT/annotations.csv
+    candidates: str | None = None  # default: candidates_V2.csv, candidates_V2/, else candidates.csv
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+@dataclass
+class BuildReport:
+    store: str
+    scans_ok: int
+    scans_failed: int
+    failures: list[tuple[str, str]]  # (source path, error)
+    patches: pd.DataFrame  # counts by scale x kind
+    bytes_written: int
+    seconds: float
+    skipped: int  # finished scans kept from an earlier run
+
+    @property
+    def ok(self) -> bool:
+        return self.scans_failed == 0
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _resolve_tables(cfg: BuildConfig) -> tuple[Path, Path | None]:
+    ann = Path(cfg.annotations) if cfg.annotations else default_annotations(cfg.data_root)
+    if not ann.is_file():
+        raise BuildError(f"{ann}: annotations file not found (pass --annotations)")
+    cand = Path(cfg.candidates) if cfg.candidates else default_candidates(cfg.data_root)
+    if cfg.candidates and not cand.is_file():
+        raise BuildError(f"{cand}: candidates file not found")
+    return ann, cand
+
+
+def config_hash(cfg: BuildConfig, plans: list[ScanPlan], ann: Path, cand: Path | None) -> str:
+    """sha256 over what decides the store's bytes: settings, table contents and the scan list."""
+    content = asdict(cfg)
+    for key in ("data_root", "out", "annotations", "candidates"):
+        content.pop(key)
+    content["annotations_sha256"] = _sha256(ann)
+    content["candidates_sha256"] = _sha256(cand) if cand else None
+    content["scans"] = [(p.subset, p.seriesuid) for p in plans]
+    content["format_version"] = FORMAT_VERSION
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool) -> set[str]:
+    """Create the store, or reopen it for resuming; return the seriesuids already finished."""
+    import zarr
+
+    out = Path(cfg.out)
+    if (out / "zarr.json").exists() and not overwrite:
+        attrs = dict(zarr.open_group(str(out), mode="r").attrs)
+        if attrs.get("config_hash") != digest:
+            raise BuildError(
+                f"{out}: store was built with a different configuration or inputs "
+                f"(config hash {str(attrs.get('config_hash'))[:12]} != {digest[:12]}); "
+                "re-run with --overwrite to replace it"
+            )
+        return {p.stem for p in (out / BUILD_DIR / "done").glob("*.json")}
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise BuildError(f"{out}: exists and is not a luna-patches store; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    attrs = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "spacing_mm": cfg.spacing_mm,
+        "hu_window": list(cfg.hu_window), "scales": list(cfg.sampling.scales),
+        "image_dtype": cfg.storage.image_dtype, "shard_patches": cfg.storage.shard_patches,
+        "capacity": capacity, "build_config": json.loads(json.dumps(asdict(cfg), default=list)),
+        "config_hash": digest, "software_version": __version__,
+    }
+    create_store(out, attrs, capacity, cfg.sampling.scales, cfg.storage)
+    (out / BUILD_DIR / "done").mkdir(parents=True, exist_ok=True)
+    return set()
+
+
+@contextmanager
+def dask_client(workers: int, scheduler: str | None):
+    """A client on ``scheduler`` (an address or a scheduler file), else on a new LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        kwargs = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
+        with Client(**kwargs) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            yield client
+
+
+def _run_tasks(plans: list[ScanPlan], job: ScanJob, workers: int, scheduler: str | None, progress: bool) -> list[dict]:
+    from tqdm import tqdm
+
+    records: list[dict] = []
+    bar = tqdm(total=len(plans), desc="scans", unit="scan", disable=not progress)
+    if workers == 0 and not scheduler:  # in-process, for debugging and profiling
+        for plan in plans:
+            records.append(process_scan(plan, job))
+            bar.update()
+        bar.close()
+        return records
+    from distributed import as_completed
+
+    with dask_client(workers, scheduler) as client:
+        futures = {client.submit(process_scan, p, job, key=f"scan-{p.seriesuid}", pure=False): p for p in plans}
+        for fut in as_completed(futures):
+            plan = futures[fut]
+            try:
+                records.append(fut.result())
+            except Exception as exc:  # the worker died (killed, out of memory) more than dask retries
+                records.append({"seriesuid": plan.seriesuid, "subset": plan.subset, "status": "failed",
+                                "error": f"{plan.path}: worker failed ({type(exc).__name__}: {exc})",
+                                "source_path": plan.path, "first_index": plan.first_index})
+            bar.update()
+    bar.close()
+    return records
+
+
+def _finalize(cfg: BuildConfig, plans: list[ScanPlan], new_records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Merge finished scans' rows into manifest.parquet and scans.parquet."""
+    out = Path(cfg.out)
+    by_uid = {r["seriesuid"]: r for r in new_records}
+    scan_rows, parts = [], []
+    for plan in plans:
+        json_path, rows_path = done_paths(out, plan.seriesuid)
+        if json_path.exists():
+            scan_rows.append(json.loads(json_path.read_text()))
+            parts.append(pd.read_parquet(rows_path))
+        elif plan.seriesuid in by_uid:
+            scan_rows.append(by_uid[plan.seriesuid])
+    manifest = pd.concat(parts, ignore_index=True) if parts else empty_manifest()
+    manifest = conform(manifest, MANIFEST_COLUMNS, "manifest").sort_values(["sample_id", "scale"], ignore_index=True)
+    scans = pd.DataFrame(scan_rows)
+    write_table(manifest, out / MANIFEST_FILE)
+    write_table(scans, out / SCANS_FILE)
+    return manifest, scans
+
+
+def _store_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and BUILD_DIR not in p.parts)
+
+
+def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, overwrite: bool = False,
+              progress: bool = True) -> BuildReport:
+    """Build (or resume) the store ``cfg.out`` from the scans of ``cfg.subsets``."""
+    t0 = time.perf_counter()
+    ann_path, cand_path = _resolve_tables(cfg)
+    annotations = read_annotations(ann_path)
+    candidates = read_candidates(cand_path) if cand_path else None
+    scans = find_scans(cfg.data_root, list(cfg.subsets))
+    if not scans:
+        raise BuildError(f"{cfg.data_root}: no .mhd scans in subsets {list(cfg.subsets)}")
+    plans, capacity = plan_build(scans, annotations, candidates, cfg.sampling, cfg.storage.shard_patches)
+    digest = config_hash(cfg, plans, ann_path, cand_path)
+    finished = _prepare_store(cfg, digest, capacity, overwrite)
+    todo = [p for p in plans if p.seriesuid not in finished]
+    job = ScanJob(str(Path(cfg.out).resolve()), cfg.spacing_mm, tuple(cfg.hu_window), cfg.seed, cfg.sampling, cfg.storage)
+    records = _run_tasks(todo, job, workers, scheduler, progress) if todo else []
+    manifest, scans_table = _finalize(cfg, plans, records)
+    failed = scans_table[scans_table["status"] != "ok"] if len(scans_table) else scans_table
+    counts = manifest.groupby(["scale", "kind"]).size().unstack(fill_value=0) if len(manifest) else pd.DataFrame()
+    return BuildReport(
+        store=cfg.out, scans_ok=int((scans_table["status"] == "ok").sum()) if len(scans_table) else 0,
+        scans_failed=len(failed), failures=list(zip(failed.get("source_path", []), failed.get("error", []))),
+        patches=counts, bytes_written=_store_bytes(Path(cfg.out)), seconds=time.perf_counter() - t0,
+        skipped=len(plans) - len(todo),
+    )

@@ -1,0 +1,120 @@
+"""The ``luna-prep`` command line: synth, build, info, preview."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .format import DEFAULT_STORE
+
+
+def _parse_scales(value: str) -> tuple[int, ...]:
+    try:
+        scales = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 48,64,96")
+    if not scales or min(scales) < 8:
+        raise click.BadParameter(f"{value!r}: patch sizes must be >= 8")
+    return scales
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def main():
+    """LUNA16 CT scans -> multi-scale Zarr patch datasets."""
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write subset*/ and the CSVs into.")
+@click.option("--scans", default=10, help="Number of scans; scan i goes into subset i % 10.")
+@click.option("--seed", default=0, help="Random seed; the same seed gives byte-identical files.")
+@click.option("--full-size", is_flag=True, help="512x512 in-plane, ~300 slices at 2.5 mm (for benchmarks).")
+def synth(out, scans, seed, full_size):
+    """Write a synthetic LUNA16-shaped data set: scans (.mhd/.raw), annotations.csv, candidates.csv."""
+    from .synth import synthesize
+
+    ds = synthesize(out, n_scans=scans, seed=seed, full_size=full_size)
+    n_nod = sum(len(s.nodules) for s in ds.scans)
+    click.echo(f"wrote {len(ds.scans)} scans with {n_nod} nodules to {ds.root}")
+
+
+@main.command()
+@click.option("--data-root", default="data/luna16", type=click.Path(file_okay=False),
+              help="LUNA16 folder holding subset0..subset9 and the CSVs.")
+@click.option("--subsets", default="0-9", help="Subsets to build: 0-9, 3, 0,2,5 or 0-3,7.")
+@click.option("--out", default=DEFAULT_STORE, type=click.Path(file_okay=False), help="Zarr store to write.")
+@click.option("--workers", default=2, help="Local Dask worker processes (0: run in this process).")
+@click.option("--scheduler", default=None, help="Existing Dask scheduler: tcp://host:port, or a scheduler .json file.")
+@click.option("--scales", default="48,64,96", help="Patch edge lengths in voxels.")
+@click.option("--spacing", default=1.0, help="Isotropic voxel size in mm.")
+@click.option("--hu-window", default="-1000,400", help="HU clipped to LOW,HIGH then scaled to [0,1].")
+@click.option("--seed", default=0, help="Seed of jitter and negative sampling.")
+@click.option("--annotations", default=None, type=click.Path(dir_okay=False),
+              help="annotations.csv  [default: DATA_ROOT/annotations.csv]")
+@click.option("--candidates", default=None, type=click.Path(dir_okay=False),
+              help="Candidates with class 0 for hard negatives  [default: DATA_ROOT/candidates_V2.csv, "
+                   "DATA_ROOT/candidates_V2/candidates_V2.csv, else DATA_ROOT/candidates.csv]")
+@click.option("--jitter-copies", default=4, help="Jittered copies per nodule besides the centred one.")
+@click.option("--negative-ratio", default=3.0, help="Negatives per positive sample.")
+@click.option("--hard-fraction", default=0.5, help="Share of negatives at class-0 candidates.")
+@click.option("--min-negatives", default=6, help="Negatives per scan at least (nodule-free scans too).")
+@click.option("--image-dtype", type=click.Choice(["uint8", "float16"]), default="uint8", help="Stored image type.")
+@click.option("--shard-patches", default=32, help="Patches per shard file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store built with another configuration.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build(data_root, subsets, out, workers, scheduler, scales, spacing, hu_window, seed, annotations, candidates,
+          jitter_copies, negative_ratio, hard_fraction, min_negatives, image_dtype, shard_patches, overwrite, quiet):
+    """Resample every scan of SUBSETS and write multi-scale patches to a Zarr store.
+
+    Re-running the same command resumes: finished scans are kept. Exit status 1 when any scan failed.
+    """
+    from .build import BuildConfig, BuildError, run_build
+    from .sampling import SamplingConfig
+    from .storage import StorageConfig
+    from .summary import build_summary
+    from .tables import parse_subsets
+
+    try:
+        lo, hi = (float(v) for v in hu_window.split(","))
+        cfg = BuildConfig(
+            data_root=data_root, out=out, subsets=tuple(parse_subsets(subsets)), spacing_mm=spacing,
+            hu_window=(lo, hi), seed=seed, annotations=annotations, candidates=candidates,
+            sampling=SamplingConfig(scales=_parse_scales(scales), jitter_copies=jitter_copies,
+                                    negative_ratio=negative_ratio, hard_fraction=hard_fraction,
+                                    min_negatives=min_negatives),
+            storage=StorageConfig(image_dtype=image_dtype, shard_patches=shard_patches),
+        )
+        report = run_build(cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=not quiet)
+    except (BuildError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc))
+    click.echo(build_summary(report))
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("store", default=DEFAULT_STORE, type=click.Path(file_okay=False))
+def info(store):
+    """Print a store's summary: configuration, scans, patches per scale and kind, bytes."""
+    from .format import FormatError, PatchStore
+    from .summary import store_summary
+
+    try:
+        click.echo(store_summary(PatchStore(store)))
+    except (FormatError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc))
+
+
+@main.command()
+@click.argument("store", default=DEFAULT_STORE, type=click.Path(file_okay=False))
+@click.option("--out", default="preview.png", type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("-n", "--samples", default=8, help="Samples (rows) to show.")
+@click.option("--seed", default=0, help="Which samples to pick.")
+def preview(store, out, samples, seed):
+    """Render a montage of patches (every scale) with mask outlines to a PNG."""
+    from .preview import render_preview
+
+    click.echo(f"wrote {render_preview(store, out, n=samples, seed=seed)}")
+
+
+if __name__ == "__main__":
+    main()

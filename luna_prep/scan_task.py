@@ -1,0 +1,151 @@
+"""One scan, start to finish: read, resample, sample centres, cut patches, write rows, record.
+
+This is the unit of work of a build (one Dask task per scan). It never raises for bad input:
+problems come back as a ``failed`` record naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .format import BUILD_DIR, MANIFEST_COLUMNS, conform, encode_image
+from .geometry import ScanGeometry
+from .lungmask import lung_mask
+from .patches import extract_patch, sphere_mask
+from .plan import ScanPlan, seed_for
+from .reading import ScanReadError, read_scan
+from .resampling import ResampledVolume, normalize_hu, resample_isotropic
+from .sampling import Nodule, SampleCentre, SamplingConfig, candidate_centres, nodule_centres, random_centres
+from .storage import StorageConfig, clear_rows, write_rows, write_table
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """What every scan task needs besides its plan."""
+
+    store: str
+    spacing_mm: float
+    hu_window: tuple[float, float]
+    seed: int
+    sampling: SamplingConfig
+    storage: StorageConfig
+    itk_threads: int = 1
+
+
+class AnnotationOutsideVolume(ValueError):
+    pass
+
+
+def done_paths(store: str | Path, seriesuid: str) -> tuple[Path, Path]:
+    """The finished-scan record (json) and its manifest rows (parquet)."""
+    base = Path(store) / BUILD_DIR / "done"
+    return base / f"{seriesuid}.json", base / f"{seriesuid}.parquet"
+
+
+def _nodules(plan: ScanPlan, original: ScanGeometry, vol: ResampledVolume) -> list[Nodule]:
+    out = []
+    for row, x, y, z, d in plan.annotations:
+        vox = original.world_to_voxel([x, y, z])
+        if not original.contains_voxel(vox):
+            raise AnnotationOutsideVolume(
+                f"{plan.path}: annotation row {row} at world ({x:.2f}, {y:.2f}, {z:.2f}) mm lies outside "
+                f"the volume (voxel {np.round(vox, 1).tolist()}, size {list(original.size)})"
+            )
+        out.append(Nodule(row, vol.world_to_zyx([x, y, z]), d / 2.0 / vol.spacing, d))
+    return out
+
+
+def _centres(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules: list[Nodule], lungs, rng) -> list[SampleCentre]:
+    shape = vol.array.shape
+    centres = nodule_centres(nodules, job.sampling, vol.spacing, rng)
+    cand_world = np.asarray(plan.class0_candidates, dtype=np.float64).reshape(-1, 3)
+    centres += candidate_centres(vol.world_to_zyx(cand_world), plan.counts["candidate"], shape, rng)
+    n_random = plan.n_samples - len(centres)  # candidates outside the volume are made up by randoms
+    centres += random_centres(n_random, lungs, shape, nodules, max(job.sampling.scales), rng)
+    return centres
+
+
+def _write_patches(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules, centres, group) -> list[dict]:
+    rows = []
+    step = job.storage.shard_patches
+    for block in range(0, len(centres), step):
+        part = centres[block:block + step]
+        start = plan.first_index + block
+        for s in job.sampling.scales:
+            images = np.stack([extract_patch(vol.array, c.centre_zyx, s) for c in part])
+            masks = np.stack([sphere_mask(np.asarray(c.centre_zyx), s, nodules) for c in part])
+            write_rows(group, s, start, images, masks)
+            fg = masks.reshape(len(part), -1).sum(axis=1)
+            for k, c in enumerate(part):
+                world = vol.zyx_to_world(c.centre_zyx)
+                rows.append({
+                    "sample_id": start + k, "seriesuid": plan.seriesuid, "subset": plan.subset, "scale": s,
+                    "index": start + k, "kind": c.kind, "center_x": world[0], "center_y": world[1],
+                    "center_z": world[2], "fg_voxels": int(fg[k]), "annotation_index": c.annotation_index,
+                    "diameter_mm": c.diameter_mm,
+                })
+    return rows
+
+
+def _record(plan: ScanPlan, status: str, error: str, seconds: float, original=None, vol=None, counts=None) -> dict:
+    counts = counts or {}
+    return {
+        "seriesuid": plan.seriesuid, "subset": plan.subset, "status": status, "error": error,
+        "source_path": plan.path,
+        "original_size_xyz": list(original.size) if original else None,
+        "original_spacing_xyz": list(original.spacing) if original else None,
+        "original_origin_xyz": list(original.origin) if original else None,
+        "original_direction": list(original.direction) if original else None,
+        "resampled_shape_zyx": list(vol.array.shape) if vol is not None else None,
+        "resampled_origin_xyz": list(vol.geometry.origin) if vol is not None else None,
+        "n_nodule": counts.get("nodule", 0), "n_random": counts.get("random", 0),
+        "n_candidate": counts.get("candidate", 0), "first_index": plan.first_index, "seconds": seconds,
+    }
+
+
+def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
+    """Build one scan's patches into the store; return its scans-table record."""
+    import SimpleITK as sitk
+    import zarr
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(job.itk_threads)
+    t0 = time.perf_counter()
+    original = vol = None
+    try:
+        image = read_scan(plan.path)
+        original = ScanGeometry.from_image(image)
+        vol = resample_isotropic(image, job.spacing_mm)
+        del image
+        nodules = _nodules(plan, original, vol)
+        normalize_hu(vol.array, job.hu_window)
+        lungs = lung_mask(vol.array, vol.spacing, job.hu_window)
+        # encode once for the whole volume: patches are then plain copies of stored values
+        vol = ResampledVolume(encode_image(vol.array, job.storage.image_dtype), vol.geometry)
+        rng = np.random.default_rng(seed_for(job.seed, plan.seriesuid))
+        centres = _centres(plan, job, vol, nodules, lungs, rng)
+        clear_rows(job.store, job.sampling.scales, plan.first_index, plan.n_samples, job.storage.shard_patches)
+        group = zarr.open_group(job.store, mode="r+")
+        rows = _write_patches(plan, job, vol, nodules, centres, group)
+    except (ScanReadError, AnnotationOutsideVolume) as exc:
+        return _record(plan, "failed", str(exc), time.perf_counter() - t0, original, vol)
+    except Exception as exc:  # a bug or an odd input: keep the build going, name the scan
+        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return _record(plan, "failed", f"{plan.path}: {detail}", time.perf_counter() - t0, original, vol)
+    counts = pd.Series([c.kind for c in centres]).value_counts().to_dict()
+    record = _record(plan, "ok", "", time.perf_counter() - t0, original, vol, counts)
+    json_path, rows_path = done_paths(job.store, plan.seriesuid)
+    write_table(conform(pd.DataFrame(rows), MANIFEST_COLUMNS, plan.seriesuid), rows_path)
+    tmp = json_path.with_name(f".{json_path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, json_path)  # the scan is finished once this file exists
+    return record
+
+

@@ -1,0 +1,89 @@
+"""Writing a luna-patches store: arrays, shards, codecs and tables (the format is in format.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import zarr
+from zarr.codecs import BloscCodec
+
+from .format import IMAGE_ARRAY, IMAGE_DTYPES, MASK_ARRAY, array_path
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """How patches are encoded on disk (defaults chosen by benchmarks/storage measurements)."""
+
+    image_dtype: str = "uint8"
+    codec: str = "lz4"  # a Blosc compressor name: lz4, zstd, lz4hc, zlib, blosclz
+    clevel: int = 5
+    shard_patches: int = 32  # patches per shard file along the patch axis
+
+    def __post_init__(self):
+        if self.image_dtype not in IMAGE_DTYPES:
+            raise ValueError(f"image_dtype must be one of {IMAGE_DTYPES}, not {self.image_dtype!r}")
+        if self.shard_patches < 1:
+            raise ValueError("shard_patches must be >= 1")
+
+
+def _compressor(cfg: StorageConfig, dtype: str) -> BloscCodec:
+    shuffle = "bitshuffle" if np.dtype(dtype).itemsize == 1 else "shuffle"
+    return BloscCodec(cname=cfg.codec, clevel=cfg.clevel, shuffle=shuffle)
+
+
+def create_store(root: str | Path, attrs: dict, capacity: int, scales: tuple[int, ...], cfg: StorageConfig) -> zarr.Group:
+    """A new store at ``root`` with empty image and mask arrays of ``capacity`` rows per scale."""
+    group = zarr.open_group(str(root), mode="w", attributes=attrs)
+    for s in scales:
+        for name, dtype in ((IMAGE_ARRAY, cfg.image_dtype), (MASK_ARRAY, "uint8")):
+            zarr.create_array(
+                group.store,
+                name=array_path(s, name),
+                shape=(capacity, s, s, s),
+                chunks=(1, s, s, s),
+                shards=(cfg.shard_patches, s, s, s),
+                dtype=dtype,
+                compressors=_compressor(cfg, dtype),
+                fill_value=0,
+                dimension_names=("patch", "z", "y", "x"),
+            )
+    return group
+
+
+def write_rows(group: zarr.Group, scale: int, start: int, images: np.ndarray, masks: np.ndarray) -> None:
+    """Write patches into rows [start, start + n) of one scale. The caller owns those shards."""
+    stop = start + len(images)
+    group[array_path(scale, IMAGE_ARRAY)][start:stop] = images
+    group[array_path(scale, MASK_ARRAY)][start:stop] = masks
+
+
+def clear_rows(root: str | Path, scales: tuple[int, ...], first: int, count: int, shard_patches: int) -> None:
+    """Delete the shard files of rows [first, first + count) so a redone scan starts clean.
+
+    A build killed mid-write can leave a truncated shard; zarr would read it back when the scan
+    is redone. Rows of one scan own whole shards, so removing them touches no other scan.
+    """
+    if count <= 0:
+        return
+    shards = range(first // shard_patches, (first + count - 1) // shard_patches + 1)
+    for s in scales:
+        for name in (IMAGE_ARRAY, MASK_ARRAY):
+            base = Path(root) / array_path(s, name) / "c"
+            for k in shards:
+                shard = base / str(k)
+                if shard.exists():
+                    shutil.rmtree(shard)
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> None:
+    """Write a parquet table atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)

@@ -1,0 +1,104 @@
+"""LUNA16 tables and folders: annotations, candidates, subsets and the scans in them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
+CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
+
+
+class TableError(ValueError):
+    """An annotations or candidates table that cannot be used."""
+
+
+@dataclass(frozen=True)
+class ScanFile:
+    """One scan of the data root: its seriesuid, LUNA16 subset and .mhd path."""
+
+    seriesuid: str
+    subset: int
+    path: Path
+
+
+def parse_subsets(spec: str) -> list[int]:
+    """Parse ``0-9``, ``3``, ``0,2,5`` or ``0-3,7`` into a sorted list of subset numbers."""
+    out: set[int] = set()
+    for part in str(spec).replace(" ", "").split(","):
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"bad subset spec {spec!r}: expected e.g. 0-9, 3, 0,2,5 or 0-3,7")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise ValueError(f"bad subset range {part!r} in {spec!r}: end before start")
+        out.update(range(lo, hi + 1))
+    if not out:
+        raise ValueError(f"bad subset spec {spec!r}: no subsets")
+    return sorted(out)
+
+
+def _read_table(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, dtype={"seriesuid": str})  # the C parser accepts CRLF endings
+    except Exception as exc:
+        raise TableError(f"{path}: cannot read {what} ({exc})") from exc
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise TableError(f"{path}: {what} lacks columns {missing}; expected {','.join(columns)}")
+    df = df[list(columns)].copy()
+    df["seriesuid"] = df["seriesuid"].str.strip()
+    for col in columns[1:]:
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    bad = df[df[list(columns[1:])].isna().any(axis=1)]
+    if len(bad):
+        row = int(bad.index[0]) + 2  # 1-based, after the header line
+        raise TableError(f"{path}: {what} line {row} has a non-numeric or empty value")
+    return df
+
+
+def read_annotations(path: str | Path) -> pd.DataFrame:
+    """annotations.csv (``seriesuid,coordX,coordY,coordZ,diameter_mm``) with its row numbers kept."""
+    df = _read_table(Path(path), ANNOTATION_COLUMNS, "annotations")
+    df["annotation_index"] = range(len(df))
+    return df
+
+
+def read_candidates(path: str | Path) -> pd.DataFrame:
+    """candidates.csv / candidates_V2.csv (``seriesuid,coordX,coordY,coordZ,class``)."""
+    df = _read_table(Path(path), CANDIDATE_COLUMNS, "candidates")
+    df["class"] = df["class"].astype(int)
+    return df
+
+
+def default_annotations(data_root: str | Path) -> Path:
+    return Path(data_root) / "annotations.csv"
+
+
+def default_candidates(data_root: str | Path) -> Path | None:
+    """candidates_V2.csv, candidates_V2/candidates_V2.csv or candidates.csv, first that exists."""
+    root = Path(data_root)
+    for p in (root / "candidates_V2.csv", root / "candidates_V2" / "candidates_V2.csv", root / "candidates.csv"):
+        if p.is_file():
+            return p
+    return None
+
+
+def find_scans(data_root: str | Path, subsets: list[int]) -> list[ScanFile]:
+    """Every ``subset<k>/<seriesuid>.mhd`` of the chosen subsets, sorted by (subset, seriesuid)."""
+    root = Path(data_root)
+    scans: list[ScanFile] = []
+    for k in subsets:
+        folder = root / f"subset{k}"
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: subset folder not found under data root {root}")
+        for mhd in sorted(folder.glob("*.mhd")):
+            scans.append(ScanFile(seriesuid=mhd.stem, subset=k, path=mhd))
+    return scans
