@@ -18,15 +18,18 @@ class CoarseMask:
     stride: int
 
     def upsample(self, shape_zyx: tuple[int, int, int]) -> np.ndarray:
-        """Nearest-neighbour mask at full resolution."""
-        full = self.mask
-        for axis in range(3):
-            full = np.repeat(full, self.stride, axis=axis)
-        return full[: shape_zyx[0], : shape_zyx[1], : shape_zyx[2]]
+        """Nearest-neighbour mask at full resolution: voxel i takes coarse voxel round(i / stride)."""
+        idx = [np.minimum(np.rint(np.arange(n) / self.stride).astype(int), m - 1)
+               for n, m in zip(shape_zyx, self.mask.shape)]
+        return self.mask[np.ix_(*idx)]
 
     def voxels(self) -> np.ndarray:
         """(n, 3) full-resolution (z, y, x) indices of the coarse mask's voxels."""
         return np.argwhere(self.mask) * self.stride
+
+    def cell_offsets(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Random offsets within the cell a coarse voxel stands for (centred on it)."""
+        return rng.integers(0, self.stride, size=(n, 3)) - self.stride // 2
 
 
 def lung_mask(volume01: np.ndarray, spacing_mm: float, hu_window: tuple[float, float], grid_mm: float = 4.0) -> CoarseMask:

@@ -22,7 +22,11 @@ def pick_samples(store: PatchStore, n: int, seed: int = 0) -> list[int]:
 
 
 def render_preview(store_path: str | Path, out_png: str | Path, n: int = 8, seed: int = 0) -> Path:
-    """One row per sample, one column per scale: the central axial slice, mask outlined in red."""
+    """One row per sample, one column per scale: an axial slice, mask outlined in red.
+
+    The slice is the central one (z = s//2) unless the mask misses it, then the slice where the
+    mask is largest (its z is in the title).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,11 +42,13 @@ def render_preview(store_path: str | Path, out_png: str | Path, n: int = 8, seed
             row = m.loc[(sid, s)]
             image, mask = store.read_patch(s, int(row["index"]))
             z = s // 2
+            if not mask[z].any() and mask.any():  # a jittered copy: show the slice through the nodule
+                z = int(np.argmax(mask.reshape(s, -1).sum(axis=1)))
             ax = axes[r, c]
             ax.imshow(image[z], cmap="gray", vmin=0, vmax=1)
             if mask[z].any():
                 ax.contour(mask[z], levels=[0.5], colors="red", linewidths=0.8)
-            title = f"{row['kind']} {s}^3"
+            title = f"{row['kind']} {s}^3" + (f" z={z}" if z != s // 2 else "")
             if row["kind"] == "nodule":
                 title += f" d={row['diameter_mm']:.1f}mm"
             ax.set_title(title, fontsize=7)
@@ -50,7 +56,7 @@ def render_preview(store_path: str | Path, out_png: str | Path, n: int = 8, seed
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(f"{row['seriesuid'][-8:]}\nfg={int(row['fg_voxels'])}", fontsize=6)
-    fig.suptitle(f"{Path(store_path).name}: central axial slices (z = s//2), masks in red", fontsize=9)
+    fig.suptitle(f"{Path(store_path).name}: axial slices (z = s//2 unless titled), masks in red", fontsize=9)
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,7 @@ def random_centres(
             elif len(pool) == 0:
                 break
             else:
-                picks = pool[rng.integers(0, len(pool), size=want)] + rng.integers(0, lungs.stride, size=(want, 3))
+                picks = pool[rng.integers(0, len(pool), size=want)] + lungs.cell_offsets(rng, want)
             picks = picks[inside(picks, shape_zyx)]
             picks = picks[~touches_nodule(picks, nodules, largest)]
             found.extend(picks[: n - len(found)])
