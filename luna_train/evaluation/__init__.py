@@ -1,0 +1,1 @@
+"""Evaluation metrics: LUNA16 FROC/CPM and segmentation Dice."""

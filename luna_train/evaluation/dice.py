@@ -1,0 +1,98 @@
+"""Overlap metrics of binary segmentations: per-patch Dice, and pooled Dice/precision/recall.
+
+Masks are anything ``np.asarray`` takes (torch tensors too, moved to the CPU); non-zero is
+foreground. Conventions for empty denominators: Dice is 1.0 when prediction and target are both
+empty, precision is 1.0 when nothing is predicted, recall is 1.0 when there is nothing to find.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Voxel counts of true positives, false positives and false negatives (summable)."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
+
+    @property
+    def dice(self) -> float:
+        den = 2 * self.tp + self.fp + self.fn
+        return 1.0 if den == 0 else 2 * self.tp / den
+
+    @property
+    def precision(self) -> float:
+        den = self.tp + self.fp
+        return 1.0 if den == 0 else self.tp / den
+
+    @property
+    def recall(self) -> float:
+        den = self.tp + self.fn
+        return 1.0 if den == 0 else self.tp / den
+
+    def to_dict(self) -> dict[str, float]:
+        """Counts and the three ratios, e.g. for logging."""
+        return {**asdict(self), "dice": self.dice, "precision": self.precision,
+                "recall": self.recall}
+
+
+def as_bool(a: Any) -> np.ndarray:
+    """A mask as a numpy bool array (torch tensors are detached and moved to the CPU)."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a).astype(bool, copy=False)
+
+
+def confusion(pred: Any, target: Any) -> Counts:
+    """TP, FP and FN voxel counts of one prediction against its target (same shape)."""
+    p, t = as_bool(pred), as_bool(target)
+    if p.shape != t.shape:
+        raise ValueError(f"shape mismatch: pred {p.shape} vs target {t.shape}")
+    tp = int(np.count_nonzero(p & t))
+    return Counts(tp=tp, fp=int(np.count_nonzero(p)) - tp, fn=int(np.count_nonzero(t)) - tp)
+
+
+def dice(pred: Any, target: Any) -> float:
+    """Dice of one patch: 2|P & T| / (|P| + |T|), 1.0 when both are empty."""
+    return confusion(pred, target).dice
+
+
+def batch_dice(pred: Any, target: Any) -> np.ndarray:
+    """Per-item Dice of a batch (first axis = item, e.g. (B, 1, D, H, W)), as a (B,) array."""
+    p, t = as_bool(pred), as_bool(target)
+    if p.shape != t.shape:
+        raise ValueError(f"shape mismatch: pred {p.shape} vs target {t.shape}")
+    p, t = p.reshape(len(p), -1), t.reshape(len(t), -1)
+    inter = np.count_nonzero(p & t, axis=1)
+    den = np.count_nonzero(p, axis=1) + np.count_nonzero(t, axis=1)
+    return np.where(den == 0, 1.0, 2.0 * inter / np.maximum(den, 1))
+
+
+def mean_dice(preds: Iterable[Any], targets: Iterable[Any]) -> float:
+    """Mean of per-patch Dice over paired patches."""
+    values = [dice(p, t) for p, t in zip(preds, targets, strict=True)]
+    if not values:
+        raise ValueError("no patches")
+    return float(np.mean(values))
+
+
+def pooled_counts(preds: Iterable[Any], targets: Iterable[Any]) -> Counts:
+    """TP/FP/FN summed over all paired patches."""
+    total = Counts()
+    for p, t in zip(preds, targets, strict=True):
+        total = total + confusion(p, t)
+    return total
+
+
+def pooled_dice(preds: Iterable[Any], targets: Iterable[Any]) -> float:
+    """Voxel Dice of all patches pooled: 2 sum TP / (2 sum TP + sum FP + sum FN)."""
+    return pooled_counts(preds, targets).dice

@@ -1,0 +1,1 @@
+"""Inference helpers: test-time augmentation and post-processing of probability maps."""

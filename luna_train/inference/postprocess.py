@@ -1,0 +1,148 @@
+"""Post-processing of probability maps into masks, and tuning of its parameters on validation data.
+
+Steps of :func:`postprocess`, in order:
+
+1. threshold: ``prob >= threshold`` (as MONAI's ``AsDiscrete(threshold=...)``), then ``& within``;
+2. hysteresis (optional): keep only the connected regions of step 1 that contain a voxel with
+   ``prob >= hysteresis_high``;
+3. morphological closing with a ball of ``closing_radius`` voxels (the array is padded first, so
+   objects touching the border are not eroded away), then ``& within`` again;
+4. removal of connected components smaller than ``min_size`` voxels.
+
+Connected components use full connectivity (26 neighbours in 3D). The parameters are meant to be
+chosen once with :func:`tune_postprocess` on the validation split and then frozen for the test split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from itertools import product
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from luna_train.evaluation.dice import dice
+
+DEFAULT_GRID: dict[str, list[Any]] = {
+    "threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+    "min_size": [0, 10, 30],
+    "closing_radius": [0, 1],
+    "hysteresis_high": [None, 0.8],
+}
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Parameters of :func:`postprocess` (the defaults: plain thresholding at 0.5)."""
+
+    threshold: float = 0.5
+    min_size: int = 0
+    closing_radius: int = 0
+    hysteresis_high: float | None = None
+
+
+def ball(radius: int, ndim: int = 3) -> np.ndarray:
+    """Boolean ball structuring element: voxels within Euclidean distance ``radius`` of the centre."""
+    grid = np.indices((2 * radius + 1,) * ndim) - radius
+    return (grid**2).sum(axis=0) <= radius**2
+
+
+def _structure(ndim: int) -> np.ndarray:
+    return ndimage.generate_binary_structure(ndim, ndim)
+
+
+def hysteresis(mask: np.ndarray, prob: np.ndarray, high: float) -> np.ndarray:
+    """Connected regions of ``mask`` that hold at least one voxel with ``prob >= high``."""
+    labels, n = ndimage.label(mask, structure=_structure(mask.ndim))
+    seeded = np.zeros(n + 1, dtype=bool)
+    seeded[labels[mask & (prob >= high)]] = True
+    seeded[0] = False
+    return seeded[labels]
+
+
+def closing(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary closing with a ball of ``radius`` voxels; no erosion from the array border."""
+    if radius <= 0:
+        return mask
+    padded = np.pad(mask, radius)
+    closed = ndimage.binary_closing(padded, structure=ball(radius, mask.ndim))
+    return closed[tuple(slice(radius, -radius) for _ in range(mask.ndim))]
+
+
+def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """``mask`` without its connected components of fewer than ``min_size`` voxels."""
+    if min_size <= 1:
+        return mask
+    labels, _ = ndimage.label(mask, structure=_structure(mask.ndim))
+    big = np.bincount(labels.ravel()) >= min_size
+    big[0] = False
+    return big[labels]
+
+
+def _check(prob: np.ndarray, within: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    prob = np.asarray(prob)
+    if within is not None:
+        within = np.asarray(within, dtype=bool)
+        if within.shape != prob.shape:
+            raise ValueError(f"within {within.shape} does not match prob {prob.shape}")
+    return prob, within
+
+
+def _seeded(prob: np.ndarray, within: np.ndarray | None, threshold: float,
+            high: float | None) -> np.ndarray:
+    """Steps 1-2."""
+    mask = prob >= threshold
+    if within is not None:
+        mask &= within
+    return mask if high is None else hysteresis(mask, prob, high)
+
+
+def _closed(mask: np.ndarray, within: np.ndarray | None, radius: int) -> np.ndarray:
+    """Step 3."""
+    mask = closing(mask, radius)
+    return mask & within if within is not None and radius > 0 else mask
+
+
+def postprocess(prob: np.ndarray, cfg: PostprocessConfig = PostprocessConfig(),
+                within: np.ndarray | None = None) -> np.ndarray:
+    """Binary mask (bool, shape of ``prob``) from a probability map; zero outside ``within``."""
+    prob, within = _check(prob, within)
+    mask = _seeded(prob, within, cfg.threshold, cfg.hysteresis_high)
+    return remove_small(_closed(mask, within, cfg.closing_radius), cfg.min_size)
+
+
+def tune_postprocess(probs: Sequence[np.ndarray], targets: Sequence[np.ndarray],
+                     grid: dict[str, Sequence[Any]] | None = None,
+                     within: Sequence[np.ndarray | None] | None = None,
+                     ) -> tuple[PostprocessConfig, float]:
+    """Grid search maximizing mean per-patch Dice; returns the best config and its score.
+
+    Run it on validation patches only and freeze the result for the test split. ``grid`` maps
+    :class:`PostprocessConfig` field names to candidate values (default :data:`DEFAULT_GRID`;
+    fields it leaves out keep their default). Ties go to the first config in grid order
+    (threshold, then hysteresis_high, closing_radius, min_size, each in the order given).
+    """
+    if len(probs) != len(targets) or not probs:
+        raise ValueError("need as many targets as probability maps, and at least one")
+    grid = dict(DEFAULT_GRID if grid is None else grid)
+    names = {f.name for f in fields(PostprocessConfig)}
+    if set(grid) - names:
+        raise ValueError(f"unknown grid keys {sorted(set(grid) - names)}; allowed {sorted(names)}")
+    base = PostprocessConfig()
+    values = {n: list(grid.get(n, [getattr(base, n)])) for n in names}
+    checked = [_check(p, w) for p, w in zip(probs, within or [None] * len(probs))]
+    best: tuple[PostprocessConfig, float] | None = None
+    for thr, high in product(values["threshold"], values["hysteresis_high"]):
+        seeded = [_seeded(p, w, thr, high) for p, w in checked]
+        for radius in values["closing_radius"]:
+            closed = [_closed(m, w, radius) for m, (_, w) in zip(seeded, checked)]
+            for size in values["min_size"]:
+                score = float(np.mean([dice(remove_small(m, size), t)
+                                       for m, t in zip(closed, targets)]))
+                if best is None or score > best[1]:
+                    cfg = replace(base, threshold=thr, hysteresis_high=high,
+                                  closing_radius=radius, min_size=size)
+                    best = (cfg, score)
+    assert best is not None
+    return best
