@@ -32,8 +32,11 @@ class CoarseMask:
         return rng.integers(0, self.stride, size=(n, 3)) - self.stride // 2
 
 
-def lung_mask(volume01: np.ndarray, spacing_mm: float, hu_window: tuple[float, float], grid_mm: float = 4.0) -> CoarseMask:
+def lung_mask(volume: np.ndarray, spacing_mm: float, hu_window: tuple[float, float], grid_mm: float = 4.0,
+              full_scale: float = 1.0) -> CoarseMask:
     """Lungs of a normalized (z, y, x) volume on a ``grid_mm`` lattice.
+
+    ``volume`` holds intensities in [0, ``full_scale``]: 1 for [0, 1] floats, 255 for uint8.
 
     Air-like voxels (< -400 HU) form components; those touching the in-plane border are the air
     around the body (and the scanner's field of view) and are dropped. Of the rest, components of at
@@ -42,9 +45,9 @@ def lung_mask(volume01: np.ndarray, spacing_mm: float, hu_window: tuple[float, f
     do not count as border.
     """
     stride = max(1, int(round(grid_mm / spacing_mm)))
-    coarse = volume01[::stride, ::stride, ::stride]
+    coarse = volume[::stride, ::stride, ::stride]
     lo, hi = hu_window
-    air = coarse < (LUNG_MAX_HU - lo) / (hi - lo)
+    air = coarse < full_scale * (LUNG_MAX_HU - lo) / (hi - lo)
     labels, n = ndimage.label(air)
     if n == 0:
         return CoarseMask(np.zeros_like(air), stride)

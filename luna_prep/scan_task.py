@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .format import BUILD_DIR, MANIFEST_COLUMNS, conform, encode_image
+from .format import BUILD_DIR, MANIFEST_COLUMNS, conform
 from .geometry import ScanGeometry
 from .lungmask import lung_mask
 from .patches import extract_patch, sphere_mask
 from .plan import ScanPlan, seed_for
 from .reading import ScanReadError, read_scan
-from .resampling import ResampledVolume, normalize_hu, resample_isotropic
+from .resampling import ResampledVolume, encode_hu, resample_isotropic
 from .sampling import Nodule, SampleCentre, SamplingConfig, candidate_centres, nodule_centres, random_centres
 from .storage import StorageConfig, clear_rows, write_rows, write_table
 
@@ -125,10 +125,9 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
         vol = resample_isotropic(image, job.spacing_mm)
         del image
         nodules = _nodules(plan, original, vol)
-        normalize_hu(vol.array, job.hu_window)
-        lungs = lung_mask(vol.array, vol.spacing, job.hu_window)
         # encode once for the whole volume: patches are then plain copies of stored values
-        vol = ResampledVolume(encode_image(vol.array, job.storage.image_dtype), vol.geometry)
+        vol = ResampledVolume(encode_hu(vol.array, job.hu_window, job.storage.image_dtype), vol.geometry)
+        lungs = lung_mask(vol.array, vol.spacing, job.hu_window, full_scale=255.0 if vol.array.dtype == np.uint8 else 1.0)
         rng = np.random.default_rng(seed_for(job.seed, plan.seriesuid))
         centres = _centres(plan, job, vol, nodules, lungs, rng)
         clear_rows(job.store, job.sampling.scales, plan.first_index, plan.n_samples, job.storage.shard_patches)
