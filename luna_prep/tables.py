@@ -46,7 +46,7 @@ def parse_subsets(spec: str) -> list[int]:
 
 def _read_table(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path, dtype={"seriesuid": str}, float_precision="round_trip")  # CRLF is fine
+        df = pd.read_csv(path, dtype={"seriesuid": str})  # CRLF is fine; floats parse exactly (pandas >= 3)
     except Exception as exc:
         raise TableError(f"{path}: cannot read {what} ({exc})") from exc
     df.columns = [c.strip() for c in df.columns]
