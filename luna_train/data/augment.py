@@ -1,0 +1,107 @@
+"""Training augmentation: per-sample MONAI dictionary transforms (CPU workers) or whole batches on the device."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+KEYS = ("image", "label")
+PLANES = ((0, 1), (0, 2), (1, 2))  # spatial axis pairs of (z, y, x): patches are isotropic, so every plane is fair
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation settings. Probabilities are per spatial axis (flips) and per plane (rot90)."""
+
+    enabled: bool = True
+    flip_prob: float = 0.5
+    rot90_prob: float = 0.5
+    intensity_shift: float = 0.05
+    intensity_scale: float = 0.05
+    intensity_prob: float = 0.5
+    affine_prob: float = 0.0
+
+
+def build_train_transform(cfg: AugmentConfig):
+    """A MONAI ``Compose`` on ``{"image", "label"}`` of (1, S, S, S) tensors, or None when disabled.
+
+    Order: optional small affine (rotation +-10 degrees, scale +-10%; label nearest), flips on each
+    axis, random 90-degree rotations in each of the three planes (patches are resampled to
+    isotropic voxels and nodules have no preferred orientation, so the full cube symmetry group is
+    valid), then intensity shift and scale on the image only. Flips and rotations are exact
+    permutations of voxels, so image and label stay aligned voxel for voxel.
+    """
+    if not cfg.enabled:
+        return None
+    from monai.transforms import (Compose, RandAffined, RandFlipd, RandRotate90d, RandScaleIntensityd,
+                                  RandShiftIntensityd)
+
+    keys = list(KEYS)
+    ts: list[Any] = []
+    if cfg.affine_prob > 0:
+        ts.append(RandAffined(keys, prob=cfg.affine_prob, rotate_range=(math.pi / 18,) * 3, scale_range=(0.1,) * 3,
+                              mode=("bilinear", "nearest"), padding_mode=("border", "zeros")))
+    if cfg.flip_prob > 0:
+        ts += [RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=a) for a in range(3)]
+    if cfg.rot90_prob > 0:
+        ts += [RandRotate90d(keys, prob=cfg.rot90_prob, max_k=3, spatial_axes=p) for p in PLANES]
+    if cfg.intensity_prob > 0 and cfg.intensity_shift > 0:
+        ts.append(RandShiftIntensityd("image", offsets=cfg.intensity_shift, prob=cfg.intensity_prob))
+    if cfg.intensity_prob > 0 and cfg.intensity_scale > 0:
+        ts.append(RandScaleIntensityd("image", factors=cfg.intensity_scale, prob=cfg.intensity_prob))
+    return Compose(ts)
+
+
+def batch_generator(seed: int, epoch: int, step: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator seeded from (seed, epoch, step): reproducible, resumable batch augmentation."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(step)]).generate_state(1, dtype=np.uint64)[0]
+    g = torch.Generator(device=device)
+    g.manual_seed(int(state) % (2**63))
+    return g
+
+
+def augment_batch_on_device(batch: dict, cfg: AugmentConfig, generator: torch.Generator) -> dict:
+    """Flip / rot90 (and intensity-jitter) a whole batch ``(B, 1, S, S, S)`` where it lies.
+
+    Same random choices as :func:`build_train_transform` without the affine, drawn per sample from
+    ``generator`` (on the batch's device or CPU; e.g. :func:`batch_generator`). The same voxel
+    permutation is applied to image and label; intensity changes touch the image only.
+
+    Prefer it on a GPU when data-loader CPU time is the bottleneck (few cores, large patches):
+    build the dataset with ``transform=None``, move the batch to the GPU, then call this. Keep the
+    per-sample MONAI transform on CPU-only runs or when ``affine_prob > 0``.
+    """
+    if not cfg.enabled:
+        return batch
+    image, label = batch["image"], batch["label"]
+    n = image.shape[0]
+    dev = generator.device
+    flips = (torch.rand((n, 3), generator=generator, device=dev) < cfg.flip_prob).tolist()
+    rots = (torch.rand((n, 3), generator=generator, device=dev) < cfg.rot90_prob).tolist()
+    ks = torch.randint(1, 4, (n, 3), generator=generator, device=dev).tolist()
+    use_shift = torch.rand(n, generator=generator, device=dev) < cfg.intensity_prob
+    use_scale = torch.rand(n, generator=generator, device=dev) < cfg.intensity_prob
+    shift = (torch.rand(n, generator=generator, device=dev) * 2 - 1) * cfg.intensity_shift * use_shift
+    scale = 1 + (torch.rand(n, generator=generator, device=dev) * 2 - 1) * cfg.intensity_scale * use_scale
+    images, labels = [], []
+    for b in range(n):
+        x, y = image[b], label[b]
+        dims = [1 + a for a in range(3) if flips[b][a]]
+        if dims:
+            x, y = torch.flip(x, dims), torch.flip(y, dims)
+        for p, (a0, a1) in enumerate(PLANES):
+            if rots[b][p]:
+                x, y = torch.rot90(x, ks[b][p], (1 + a0, 1 + a1)), torch.rot90(y, ks[b][p], (1 + a0, 1 + a1))
+        images.append(x)
+        labels.append(y)
+    out = dict(batch)
+    view = (n,) + (1,) * (image.dim() - 1)
+    img = torch.stack(images)
+    if cfg.intensity_prob > 0 and (cfg.intensity_shift > 0 or cfg.intensity_scale > 0):
+        img = (img + shift.to(img).view(view)) * scale.to(img).view(view)
+    out["image"], out["label"] = img, torch.stack(labels)
+    return out

@@ -1,0 +1,136 @@
+"""PatchDataset: manifest rows of a luna-patches store as training samples (image, label tensors)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from luna_prep.format import PatchStore
+
+
+def _axis_coords(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Linear-interpolation taps (i0, i1, w1) mapping ``n_out`` samples onto ``n_in``.
+
+    The field of view is kept (spacing scales by n_in / n_out) and the format's centre voxel
+    ``n//2`` maps exactly onto the centre voxel, so the patch centre keeps its world position.
+    """
+    t = torch.arange(n_out, dtype=torch.float32, device=device)
+    x = (n_in // 2) + (t - n_out // 2) * (n_in / n_out)
+    x = x.clamp(0, n_in - 1)
+    i0 = x.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    return i0, i1, x - i0.float()
+
+
+def resize_linear(volume: torch.Tensor, size: int) -> torch.Tensor:
+    """Separable trilinear resize of the last three axes of ``volume`` to ``size`` (centre-preserving)."""
+    out = volume
+    for axis in (-3, -2, -1):
+        n_in = out.shape[axis]
+        if n_in == size:
+            continue
+        i0, i1, w = _axis_coords(n_in, size, out.device)
+        shape = [1] * out.dim()
+        shape[axis] = size
+        w = w.view(shape)
+        out = out.index_select(axis, i0) * (1 - w) + out.index_select(axis, i1) * w
+    return out.contiguous()
+
+
+def resize_label(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a 0/1 mask: trilinear on the same grid as the image, threshold 0.5, never emptied.
+
+    Thresholding the interpolated mask puts the boundary where the partial-volume value crosses
+    one half, so volume and centroid are kept to sub-voxel accuracy and the label sits on
+    exactly the image's sampling grid. Nearest neighbour at ratios like 48->64 or 96->64
+    duplicates or drops whole slices irregularly, which moves a 3-voxel nodule's edge by a voxel.
+    A nodule too small to reach 0.5 anywhere keeps its strongest voxels (a foreground patch
+    stays foreground, so the sampler's class balance holds).
+    """
+    soft = resize_linear(mask, size)
+    hard = soft >= 0.5
+    if not bool(hard.any()) and bool(mask.any()):
+        peak = soft.max()
+        hard = soft >= peak * (1 - 1e-6)
+    return hard.to(torch.float32)
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Patches of a store, one per manifest row, as ``{"image", "label", "position", "scale"}``.
+
+    ``image`` is float32 (1, S, S, S) in [0, 1] (augmentation may shift it slightly outside), ``label``
+    float32 (1, S, S, S) 0/1, with S = ``train_size`` (patches of other scales are resized) or the
+    native scale when ``train_size`` is None (then all rows must share one scale).
+
+    Items are addressed by ``position`` (0..len-1, the row's place in ``rows``) or by
+    ``(position, aug_seed)``: the transform's random state is then seeded from ``aug_seed``, so
+    the same pair gives the same sample in any process. The store is opened lazily in the process
+    that reads, and dropped on pickling (safe with spawn/forkserver workers).
+    """
+
+    def __init__(self, store: str | Path, rows: pd.DataFrame, train_size: int | None = 64,
+                 transform: Callable[[dict], dict] | None = None):
+        self.store = str(store)
+        self.scales = rows["scale"].to_numpy(dtype=np.int64).copy()
+        self.indices = rows["index"].to_numpy(dtype=np.int64).copy()
+        self.train_size = None if train_size is None else int(train_size)
+        if self.train_size is None and len(np.unique(self.scales)) > 1:
+            raise ValueError(f"rows mix scales {sorted(set(self.scales.tolist()))}; set train_size to resize them")
+        self.transform = transform
+        self._reader: PatchStore | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_reader=None, _pid=None)
+        return state
+
+    def _open(self) -> PatchStore:
+        if self._reader is None or self._pid != os.getpid():
+            self._reader, self._pid = PatchStore(self.store), os.getpid()
+        return self._reader
+
+    def read(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """Native (image float32 in [0, 1], mask uint8) of one row; reads only that patch's chunk."""
+        return self._open().read_patch(int(self.scales[position]), int(self.indices[position]))
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(item, (tuple, list)):
+            position, aug_seed = int(item[0]), int(item[1])
+        else:
+            position, aug_seed = int(item), None
+        if not 0 <= position < len(self):
+            raise IndexError(f"position {position} out of range for {len(self)} rows")
+        image, mask = self.read(position)
+        img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        lbl = torch.from_numpy(mask.astype(np.float32))[None]
+        if self.train_size is not None and img.shape[-1] != self.train_size:
+            img = resize_linear(img, self.train_size)
+            lbl = resize_label(lbl, self.train_size)
+        sample: dict[str, Any] = {"image": img, "label": lbl}
+        if self.transform is not None:
+            if aug_seed is not None and hasattr(self.transform, "set_random_state"):
+                self.transform.set_random_state(seed=aug_seed % (2**32))
+            sample = self.transform(sample)
+            sample = {k: _plain(v) for k, v in sample.items()}
+        sample["position"] = position
+        sample["scale"] = int(self.scales[position])
+        return sample
+
+
+def _plain(value: Any) -> Any:
+    """A MONAI MetaTensor / numpy array as a plain contiguous float32 torch tensor."""
+    if isinstance(value, torch.Tensor):
+        value = value.as_tensor() if hasattr(value, "as_tensor") else value
+        return value.to(torch.float32).contiguous()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+    return value

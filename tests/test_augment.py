@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+
+from luna_train.data.augment import AugmentConfig, augment_batch_on_device, batch_generator, build_train_transform
+
+NO_INTENSITY = AugmentConfig(intensity_prob=0.0)
+
+
+def _sample(seed=0, size=12):
+    image = torch.from_numpy(np.random.default_rng(seed).random((1, size, size, size), dtype=np.float32))
+    return {"image": image, "label": (image > 0.6).float()}
+
+
+def test_transform_keeps_image_and_label_aligned():
+    transform = build_train_transform(NO_INTENSITY)
+    base = _sample()
+    changed = 0
+    for seed in range(12):
+        transform.set_random_state(seed=seed)
+        out = transform({k: v.clone() for k, v in base.items()})
+        image, label = torch.as_tensor(out["image"]), torch.as_tensor(out["label"])
+        assert image.shape == (1, 12, 12, 12)
+        assert torch.equal(label, (image > 0.6).float())
+        assert torch.equal(image.flatten().sort().values, base["image"].flatten().sort().values)  # a permutation
+        changed += not torch.equal(image, base["image"])
+    assert changed >= 8
+
+
+def test_transform_options():
+    assert build_train_transform(AugmentConfig(enabled=False)) is None
+    transform = build_train_transform(AugmentConfig(affine_prob=1.0, intensity_prob=1.0))
+    transform.set_random_state(seed=1)
+    out = transform(_sample())
+    assert out["image"].shape == (1, 12, 12, 12)
+    assert set(torch.as_tensor(out["label"]).unique().tolist()) <= {0.0, 1.0}
+
+
+def test_batch_augmentation_aligned_and_reproducible():
+    samples = [_sample(seed) for seed in range(8)]
+    batch = {"image": torch.stack([s["image"] for s in samples]), "label": torch.stack([s["label"] for s in samples]),
+             "position": torch.arange(8)}
+    out = augment_batch_on_device(batch, NO_INTENSITY, batch_generator(0, 1, 2))
+    assert out["image"].shape == batch["image"].shape and torch.equal(out["position"], batch["position"])
+    assert torch.equal(out["label"], (out["image"] > 0.6).float())
+    changed = sum(not torch.equal(out["image"][b], batch["image"][b]) for b in range(8))
+    assert changed >= 5
+    again = augment_batch_on_device(batch, NO_INTENSITY, batch_generator(0, 1, 2))
+    assert torch.equal(again["image"], out["image"])
+    other = augment_batch_on_device(batch, NO_INTENSITY, batch_generator(0, 1, 3))
+    assert not torch.equal(other["image"], out["image"])
+    jitter = augment_batch_on_device(batch, AugmentConfig(intensity_prob=1.0), batch_generator(0, 1, 2))
+    assert torch.equal(jitter["label"], out["label"])  # same geometry; intensity touches the image only
+    assert (jitter["image"] - out["image"]).abs().max() <= 0.05 * 1.05 + 0.05 * 1.05 + 1e-6
+    assert not torch.equal(jitter["image"], out["image"])
+    assert augment_batch_on_device(batch, AugmentConfig(enabled=False), batch_generator(0, 1, 2)) is batch
