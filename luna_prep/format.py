@@ -21,6 +21,8 @@ that no manifest row references.
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -176,41 +178,74 @@ class StoreAttributes:
 
 
 class PatchStore:
-    """Read access to a luna-patches store: attributes, manifest, scans table and arrays.
+    """Read access to a luna-patches store: attributes, manifest, scans table and patches.
 
-    Opening is cheap (root metadata only); tables and arrays load on first use. Safe to
-    create in each DataLoader worker.
+    ``root`` is a folder, a ``.zip`` or a URL (``file://``, ``http(s)://``, ``s3://``, ``gs://``;
+    see :mod:`luna_prep.storefs`). Opening reads one file (the root ``zarr.json``, which holds the
+    consolidated metadata of every array); tables and arrays load on first use. Patches are read
+    through :class:`luna_prep.shards.ShardedPatchArray` (one ranged read per patch). Picklable:
+    DataLoader workers reopen the store in their own process.
     """
 
     def __init__(self, root: str | Path):
-        import zarr
+        from .storefs import StoreLocation
 
         self.root = str(root)
+        self.location = StoreLocation.open(self.root)
         try:
-            self.group = zarr.open_group(self.root, mode="r")
-        except Exception as exc:  # zarr raises several types for "nothing here"
-            raise FormatError(f"{self.root}: cannot open as a Zarr v3 group ({exc})") from exc
-        self.attrs = StoreAttributes.from_attrs(dict(self.group.attrs), where=self.root)
+            meta = json.loads(self.location.read("zarr.json"))
+        except FileNotFoundError as exc:
+            raise FormatError(f"{self.root}: no zarr.json, not a Zarr v3 store") from exc
+        if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
+            raise FormatError(f"{self.root}: zarr.json is not a Zarr v3 group")
+        self.attrs = StoreAttributes.from_attrs(meta.get("attributes", {}), where=self.root)
+        self._array_meta = (meta.get("consolidated_metadata") or {}).get("metadata") or {}
+        self._arrays: dict[str, object] = {}
+
+    def __getstate__(self):
+        return {"root": self.root}
+
+    def __setstate__(self, state):
+        self.__init__(state["root"])
+
+    def _read_table(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(io.BytesIO(self.location.read(name)))
 
     @cached_property
     def manifest(self) -> pd.DataFrame:
-        return conform(pd.read_parquet(Path(self.root) / MANIFEST_FILE), MANIFEST_COLUMNS, f"{self.root}/{MANIFEST_FILE}")
+        return conform(self._read_table(MANIFEST_FILE), MANIFEST_COLUMNS, f"{self.root}/{MANIFEST_FILE}")
 
     @cached_property
     def scans(self) -> pd.DataFrame:
-        return pd.read_parquet(Path(self.root) / SCANS_FILE)
+        return self._read_table(SCANS_FILE)
 
-    def image_array(self, scale: int):
-        return self.group[array_path(scale, IMAGE_ARRAY)]
+    def patches(self, scale: int, name: str):
+        """The :class:`~luna_prep.shards.ShardedPatchArray` of ``image`` or ``mask`` at a scale."""
+        from .shards import ShardedPatchArray
 
-    def mask_array(self, scale: int):
-        return self.group[array_path(scale, MASK_ARRAY)]
+        path = array_path(scale, name)
+        if path not in self._arrays:
+            self._arrays[path] = ShardedPatchArray(self.location, path, self._array_meta.get(path))
+        return self._arrays[path]
 
     def read_patch(self, scale: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(image float32 in [0, 1], mask uint8) of one patch, each (s, s, s) in (z, y, x)."""
-        image = decode_image(self.image_array(scale)[index], self.attrs.image_dtype)
-        mask = np.asarray(self.mask_array(scale)[index], dtype=np.uint8)
+        image = decode_image(self.patches(scale, IMAGE_ARRAY).read(index), self.attrs.image_dtype)
+        mask = self.patches(scale, MASK_ARRAY).read(index)
         return image, mask
+
+    def zarr_group(self):
+        """The store as a read-only zarr group, for code that wants zarr arrays."""
+        import zarr
+
+        return zarr.open_group(self.location.zarr_store(), mode="r")
+
+    def image_array(self, scale: int):
+        """zarr array ``patches/<scale>/image`` (stored values, not decoded)."""
+        return self.zarr_group()[array_path(scale, IMAGE_ARRAY)]
+
+    def mask_array(self, scale: int):
+        return self.zarr_group()[array_path(scale, MASK_ARRAY)]
 
 
 DEFAULT_STORE = "data/patches.zarr"  # where `luna-prep build` writes and `luna-train run` reads by default

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,10 @@ def create_store(root: str | Path, attrs: dict, capacity: int, scales: tuple[int
                 fill_value=0,
                 dimension_names=("patch", "z", "y", "x"),
             )
-    return group
+    # every array's metadata in the root zarr.json: opening a remote store is one request
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        return zarr.consolidate_metadata(group.store)
 
 
 def write_rows(group: zarr.Group, scale: int, start: int, images: np.ndarray, masks: np.ndarray) -> None:
