@@ -41,6 +41,11 @@ MANIFEST_FILE = "manifest.parquet"
 SCANS_FILE = "scans.parquet"
 BUILD_DIR = "_build"  # resume bookkeeping of luna-prep build; not part of the data
 
+VOLUMES_GROUP = "volumes"  # optional (luna-prep build --volumes): whole resampled scans
+VOLUME_IMAGE = "image"  # (Z, Y, X) in the store's image_dtype, identity orientation
+VOLUME_LUNGS = "lungs"  # (Z, Y, X) uint8 0/1 lung mask
+VOLUME_CHUNKS = (64, 64, 64)
+
 KINDS = ("nodule", "random", "candidate")
 IMAGE_DTYPES = ("float16", "uint8")
 
@@ -101,6 +106,29 @@ class FormatError(ValueError):
 def array_path(scale: int, name: str) -> str:
     """Path of an array inside the store, e.g. ``patches/64/image``."""
     return f"{PATCHES_GROUP}/{int(scale)}/{name}"
+
+
+def volume_path(seriesuid: str, name: str) -> str:
+    """Path of a whole-scan array, e.g. ``volumes/<seriesuid>/image``."""
+    return f"{VOLUMES_GROUP}/{seriesuid}/{name}"
+
+
+@dataclass(frozen=True)
+class ScanVolume:
+    """A scan's resampled volume as stored with ``--volumes``; world = origin + (x, y, z) * spacing."""
+
+    seriesuid: str
+    image: np.ndarray  # float32 in [0, 1], (z, y, x)
+    lungs: np.ndarray  # bool, (z, y, x)
+    origin_xyz: tuple[float, float, float]
+    spacing_mm: float
+    original: dict  # the source scan's geometry: origin, spacing, direction, size (ITK x, y, z)
+
+    def world_to_zyx(self, world_xyz) -> np.ndarray:
+        return ((np.asarray(world_xyz, dtype=np.float64) - np.asarray(self.origin_xyz)) / self.spacing_mm)[..., ::-1]
+
+    def zyx_to_world(self, zyx) -> np.ndarray:
+        return np.asarray(self.origin_xyz) + np.asarray(zyx, dtype=np.float64)[..., ::-1] * self.spacing_mm
 
 
 def encode_image(values01: np.ndarray, image_dtype: str) -> np.ndarray:
@@ -233,6 +261,26 @@ class PatchStore:
         image = decode_image(self.patches(scale, IMAGE_ARRAY).read(index), self.attrs.image_dtype)
         mask = self.patches(scale, MASK_ARRAY).read(index)
         return image, mask
+
+    def has_volumes(self) -> bool:
+        return bool(self.attrs.build_config.get("volumes"))
+
+    def read_volume(self, seriesuid: str) -> ScanVolume:
+        """The whole resampled scan, its lung mask and geometry (stores built with ``--volumes``)."""
+        import zarr
+
+        store = self.location.zarr_store()  # volumes are not in the consolidated metadata: open directly
+        try:
+            image = zarr.open_array(store, path=volume_path(seriesuid, VOLUME_IMAGE), mode="r")
+            lungs = zarr.open_array(store, path=volume_path(seriesuid, VOLUME_LUNGS), mode="r")
+        except (KeyError, FileNotFoundError) as exc:
+            hint = "" if self.has_volumes() else " (the store was built without --volumes)"
+            raise FormatError(f"{self.root}: no volume for {seriesuid}{hint}") from exc
+        attrs = dict(image.attrs)
+        return ScanVolume(
+            seriesuid=seriesuid, image=decode_image(image[:], self.attrs.image_dtype), lungs=lungs[:] > 0,
+            origin_xyz=tuple(attrs["origin_xyz"]), spacing_mm=float(attrs["spacing_mm"]), original=attrs["original"],
+        )
 
     def zarr_group(self):
         """The store as a read-only zarr group, for code that wants zarr arrays."""

@@ -24,7 +24,7 @@ from .plan import ScanPlan, seed_for
 from .reading import ScanReadError, read_scan
 from .resampling import ResampledVolume, encode_hu, resample_isotropic
 from .sampling import Nodule, SampleCentre, SamplingConfig, candidate_centres, nodule_centres, random_centres
-from .storage import StorageConfig, clear_rows, write_rows, write_table
+from .storage import StorageConfig, clear_rows, write_rows, write_table, write_volume
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class ScanJob:
     sampling: SamplingConfig
     storage: StorageConfig
     itk_threads: int = 1
+    volumes: bool = False  # also store the whole resampled volume and lung mask
 
 
 class AnnotationOutsideVolume(ValueError):
@@ -133,6 +134,10 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
         clear_rows(job.store, job.sampling.scales, plan.first_index, plan.n_samples, job.storage.shard_patches)
         group = zarr.open_group(job.store, mode="r+")
         rows = _write_patches(plan, job, vol, nodules, centres, group)
+        if job.volumes:
+            attrs = {"origin_xyz": list(vol.geometry.origin), "spacing_mm": vol.spacing, "subset": plan.subset,
+                     "original": original.to_dict()}
+            write_volume(group, plan.seriesuid, vol.array, lungs.upsample(vol.array.shape), attrs, job.storage)
     except (ScanReadError, AnnotationOutsideVolume) as exc:
         return _record(plan, "failed", str(exc), time.perf_counter() - t0, original, vol)
     except Exception as exc:  # a bug or an odd input: keep the build going, name the scan

@@ -13,7 +13,8 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec
 
-from .format import IMAGE_ARRAY, IMAGE_DTYPES, MASK_ARRAY, array_path
+from .format import (IMAGE_ARRAY, IMAGE_DTYPES, MASK_ARRAY, VOLUME_CHUNKS, VOLUME_IMAGE, VOLUME_LUNGS, array_path,
+                     volume_path)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,19 @@ def write_rows(group: zarr.Group, scale: int, start: int, images: np.ndarray, ma
     stop = start + len(images)
     group[array_path(scale, IMAGE_ARRAY)][start:stop] = images
     group[array_path(scale, MASK_ARRAY)][start:stop] = masks
+
+
+def write_volume(group: zarr.Group, seriesuid: str, image: np.ndarray, lungs: np.ndarray, attrs: dict,
+                 cfg: StorageConfig) -> None:
+    """Write a scan's whole resampled image and lung mask (replacing any earlier ones)."""
+    for name, data in ((VOLUME_IMAGE, image), (VOLUME_LUNGS, lungs.astype(np.uint8))):
+        arr = zarr.create_array(
+            group.store, name=volume_path(seriesuid, name), shape=data.shape, dtype=data.dtype,
+            chunks=tuple(min(c, n) for c, n in zip(VOLUME_CHUNKS, data.shape)),
+            compressors=_compressor(cfg, str(data.dtype)), fill_value=0, overwrite=True,
+            dimension_names=("z", "y", "x"), attributes=attrs if name == VOLUME_IMAGE else {},
+        )
+        arr[...] = data
 
 
 def clear_rows(root: str | Path, scales: tuple[int, ...], first: int, count: int, shard_patches: int) -> None:
