@@ -1,0 +1,61 @@
+"""Model factory: MONAI 3D UNet, AttentionUnet and DynUNet (with deep supervision), 1 input and 1 output channel."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from luna_train.config import ModelConfig
+
+MODELS = ("unet", "attention_unet", "dynunet")
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The network of ``cfg``; its output is one channel of logits (apply a sigmoid for probabilities).
+
+    ``channels`` has one entry per resolution level and ``strides`` one per downsampling
+    (``len(strides) == len(channels) - 1``). A DynUNet with ``deep_supervision`` returns, in
+    training mode, a (B, 1 + deep_supr_num, 1, D, H, W) stack (full-resolution output first,
+    then decoder levels upsampled to the input size), and a plain (B, 1, D, H, W) in eval mode.
+    """
+    from monai.networks.nets import AttentionUnet, DynUNet, UNet
+
+    name = cfg.name.lower().replace("-", "_")
+    channels, strides = tuple(int(c) for c in cfg.channels), tuple(int(s) for s in cfg.strides)
+    if len(strides) != len(channels) - 1:
+        raise ValueError(f"model: {len(channels)} channels need {len(channels) - 1} strides, got {list(strides)}")
+    if name == "unet":
+        return UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=channels, strides=strides,
+                    kernel_size=cfg.kernel_size, num_res_units=cfg.num_res_units, dropout=cfg.dropout)
+    if name == "attention_unet":
+        return AttentionUnet(spatial_dims=3, in_channels=1, out_channels=1, channels=channels, strides=strides,
+                             kernel_size=cfg.kernel_size, dropout=cfg.dropout)
+    if name == "dynunet":
+        n_up = len(strides)
+        supr = int(cfg.deep_supr_num) if cfg.deep_supervision else 1
+        if cfg.deep_supervision and not 1 <= supr < n_up:
+            raise ValueError(f"model: deep_supr_num must be 1..{n_up - 1} for {n_up} upsampling levels, got {supr}")
+        return DynUNet(spatial_dims=3, in_channels=1, out_channels=1,
+                       kernel_size=[cfg.kernel_size] * len(channels), strides=[1, *strides],
+                       upsample_kernel_size=list(strides), filters=list(channels),
+                       dropout=cfg.dropout or None, deep_supervision=bool(cfg.deep_supervision),
+                       deep_supr_num=supr, res_block=bool(cfg.res_block))
+    raise ValueError(f"unknown model {cfg.name!r}; expected one of {MODELS}")
+
+
+def split_outputs(out: torch.Tensor | list | tuple) -> list[torch.Tensor]:
+    """A model's output as a list of (B, 1, D, H, W) logits, the full-resolution one first."""
+    if isinstance(out, (list, tuple)):
+        return [o for o in out]
+    if out.dim() == 6:  # DynUNet deep-supervision stack (B, L, C, D, H, W)
+        return list(torch.unbind(out, dim=1))
+    return [out]
+
+
+def main_output(out: torch.Tensor | list | tuple) -> torch.Tensor:
+    """The full-resolution logits of a model output (drops deep-supervision levels)."""
+    return split_outputs(out)[0]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
