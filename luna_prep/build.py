@@ -52,6 +52,7 @@ class BuildReport:
     bytes_written: int
     seconds: float
     skipped: int  # finished scans kept from an earlier run
+    card: Path | None = None  # the dataset card written after the build (manifests/<name>.json)
 
     @property
     def ok(self) -> bool:
@@ -119,10 +120,14 @@ def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool
 
 
 @contextmanager
-def dask_client(workers: int, scheduler: str | None):
-    """A client on ``scheduler`` (an address or a scheduler file), else on a new LocalCluster."""
+def dask_client(workers: int, scheduler: str | None, scheduler_file: str | None = None):
+    """A client on ``scheduler`` (an address or a scheduler file) or ``scheduler_file``, else on a new LocalCluster."""
     from distributed import Client, LocalCluster
 
+    if scheduler_file:
+        with Client(scheduler_file=str(scheduler_file)) as client:
+            yield client
+        return
     if scheduler:
         kwargs = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
         with Client(**kwargs) as client:
@@ -133,12 +138,13 @@ def dask_client(workers: int, scheduler: str | None):
             yield client
 
 
-def _run_tasks(plans: list[ScanPlan], job: ScanJob, workers: int, scheduler: str | None, progress: bool) -> list[dict]:
+def _run_tasks(plans: list[ScanPlan], job: ScanJob, workers: int, scheduler: str | None, progress: bool,
+               scheduler_file: str | None = None) -> list[dict]:
     from tqdm import tqdm
 
     records: list[dict] = []
     bar = tqdm(total=len(plans), desc="scans", unit="scan", disable=not progress)
-    if workers == 0 and not scheduler:  # in-process, for debugging and profiling
+    if workers == 0 and not scheduler and not scheduler_file:  # in-process, for debugging and profiling
         for plan in plans:
             records.append(process_scan(plan, job))
             bar.update()
@@ -146,7 +152,7 @@ def _run_tasks(plans: list[ScanPlan], job: ScanJob, workers: int, scheduler: str
         return records
     from distributed import as_completed
 
-    with dask_client(workers, scheduler) as client:
+    with dask_client(workers, scheduler, scheduler_file) as client:
         futures = {client.submit(process_scan, p, job, key=f"scan-{p.seriesuid}", pure=False): p for p in plans}
         for fut in as_completed(futures):
             plan = futures[fut]
@@ -186,9 +192,21 @@ def _store_bytes(root: Path) -> int:
 
 
 def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, overwrite: bool = False,
-              progress: bool = True) -> BuildReport:
-    """Build (or resume) the store ``cfg.out`` from the scans of ``cfg.subsets``."""
+              progress: bool = True, scheduler_file: str | None = None, card_name: str | None = None,
+              manifests_dir: str | Path | None = None) -> BuildReport:
+    """Build (or resume) the store ``cfg.out`` from the scans of ``cfg.subsets``.
+
+    With ``manifests_dir``, a dataset card ``manifests_dir/<card_name>.json`` is written once the
+    build has finished (failed scans included; see :mod:`luna_prep.cards`).
+    """
     t0 = time.perf_counter()
+    if manifests_dir is not None:  # a bad card name fails now, not after the build
+        from .cards import CardError, card_path, default_name
+
+        try:
+            card_path(card_name or default_name(cfg.out), manifests_dir)
+        except CardError as exc:
+            raise BuildError(str(exc)) from exc
     ann_path, cand_path = _resolve_tables(cfg)
     annotations = read_annotations(ann_path)
     candidates = read_candidates(cand_path) if cand_path else None
@@ -200,13 +218,18 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
     finished = _prepare_store(cfg, digest, capacity, overwrite)
     todo = [p for p in plans if p.seriesuid not in finished]
     job = ScanJob(str(Path(cfg.out).resolve()), cfg.spacing_mm, tuple(cfg.hu_window), cfg.seed, cfg.sampling, cfg.storage)
-    records = _run_tasks(todo, job, workers, scheduler, progress) if todo else []
+    records = _run_tasks(todo, job, workers, scheduler, progress, scheduler_file) if todo else []
     manifest, scans_table = _finalize(cfg, plans, records)
     failed = scans_table[scans_table["status"] != "ok"] if len(scans_table) else scans_table
     counts = manifest.groupby(["scale", "kind"]).size().unstack(fill_value=0) if len(manifest) else pd.DataFrame()
+    card = None
+    if manifests_dir is not None:
+        from .cards import write_card
+
+        card = write_card(cfg.out, card_name, manifests_dir)
     return BuildReport(
         store=cfg.out, scans_ok=int((scans_table["status"] == "ok").sum()) if len(scans_table) else 0,
         scans_failed=len(failed), failures=list(zip(failed.get("source_path", []), failed.get("error", []))),
         patches=counts, bytes_written=_store_bytes(Path(cfg.out)), seconds=time.perf_counter() - t0,
-        skipped=len(plans) - len(todo),
+        skipped=len(plans) - len(todo), card=card,
     )

@@ -1,4 +1,4 @@
-"""The ``luna-prep`` command line: synth, build, info, preview."""
+"""The ``luna-prep`` command line: synth, build, info, preview, card, verify, pack."""
 
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ def synth(out, scans, seed, full_size):
 @click.option("--out", default=DEFAULT_STORE, type=click.Path(file_okay=False), help="Zarr store to write.")
 @click.option("--workers", default=2, help="Local Dask worker processes (0: run in this process).")
 @click.option("--scheduler", default=None, help="Existing Dask scheduler: tcp://host:port, or a scheduler .json file.")
+@click.option("--scheduler-file", default=None, type=click.Path(dir_okay=False),
+              help="Existing Dask scheduler's file (dask scheduler --scheduler-file, dask-jobqueue, SLURM).")
 @click.option("--scales", default="48,64,96", help="Patch edge lengths in voxels.")
 @click.option("--spacing", default=1.0, help="Isotropic voxel size in mm.")
 @click.option("--hu-window", default="-1000,400", help="HU clipped to LOW,HIGH then scaled to [0,1].")
@@ -62,11 +64,17 @@ def synth(out, scans, seed, full_size):
 @click.option("--shard-patches", default=32, help="Patches per shard file.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built with another configuration.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def build(data_root, subsets, out, workers, scheduler, scales, spacing, hu_window, seed, annotations, candidates,
-          jitter_copies, negative_ratio, hard_fraction, min_negatives, image_dtype, shard_patches, overwrite, quiet):
+@click.option("--name", default=None, help="Dataset card name  [default: the store's name without .zarr]")
+@click.option("--manifests-dir", default="manifests", envvar="LUNA_PREP_MANIFESTS_DIR", type=click.Path(file_okay=False),
+              help="Where the dataset card NAME.json is written (env LUNA_PREP_MANIFESTS_DIR).")
+@click.option("--no-card", is_flag=True, help="Do not write a dataset card.")
+def build(data_root, subsets, out, workers, scheduler, scheduler_file, scales, spacing, hu_window, seed, annotations,
+          candidates, jitter_copies, negative_ratio, hard_fraction, min_negatives, image_dtype, shard_patches, overwrite,
+          quiet, name, manifests_dir, no_card):
     """Resample every scan of SUBSETS and write multi-scale patches to a Zarr store.
 
     Re-running the same command resumes: finished scans are kept. Exit status 1 when any scan failed.
+    Once finished, writes the dataset card MANIFESTS_DIR/NAME.json (checksums of every file).
     """
     from .build import BuildConfig, BuildError, run_build
     from .sampling import SamplingConfig
@@ -84,10 +92,16 @@ def build(data_root, subsets, out, workers, scheduler, scales, spacing, hu_windo
                                     min_negatives=min_negatives),
             storage=StorageConfig(image_dtype=image_dtype, shard_patches=shard_patches),
         )
-        report = run_build(cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=not quiet)
+        if scheduler and scheduler_file:
+            raise click.BadParameter("give --scheduler or --scheduler-file, not both")
+        report = run_build(cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=not quiet,
+                           scheduler_file=scheduler_file, card_name=name,
+                           manifests_dir=None if no_card else manifests_dir)
     except (BuildError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc))
     click.echo(build_summary(report))
+    if report.card is not None:
+        click.echo(f"dataset card: {report.card}")
     sys.exit(0 if report.ok else 1)
 
 
@@ -114,6 +128,53 @@ def preview(store, out, samples, seed):
     from .preview import render_preview
 
     click.echo(f"wrote {render_preview(store, out, n=samples, seed=seed)}")
+
+
+@main.command()
+@click.argument("store", default=DEFAULT_STORE, type=click.Path(file_okay=False, exists=True))
+@click.option("--name", default=None, help="Card name  [default: the store's name without .zarr]")
+@click.option("--manifests-dir", default="manifests", envvar="LUNA_PREP_MANIFESTS_DIR", type=click.Path(file_okay=False),
+              help="Where NAME.json is written.")
+def card(store, name, manifests_dir):
+    """(Re)write the dataset card of a local STORE: counts, configuration, sha256 of every file."""
+    from .cards import CardError, write_card
+    from .format import FormatError
+
+    try:
+        click.echo(f"wrote {write_card(store, name, manifests_dir)}")
+    except (CardError, FormatError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc))
+
+
+@main.command()
+@click.argument("target", metavar="STORE_OR_CARD")
+@click.option("--store-url", default=None,
+              help="Where the card's store is now (folder, .zip or URL), instead of the location in the card.")
+@click.option("--deep", is_flag=True, help="Also decode every patch the manifest uses; mask sums must equal fg_voxels.")
+def verify(target, store_url, deep):
+    """Check a store, or a dataset card and its store: checksums of every file (with a card) and the format's
+    invariants. Exit status 1 when anything is wrong."""
+    from .verify import verify as run_verify
+
+    report = run_verify(target, store_url=store_url, deep=deep)
+    click.echo(report.format())
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("store", type=click.Path(file_okay=False, exists=True))
+@click.argument("out_zip", metavar="OUT.zip", type=click.Path(dir_okay=False))
+def pack(store, out_zip):
+    """Pack a STORE folder into one uncompressed .zip (ranged reads work; _build/ left out)."""
+    from .format import FormatError
+    from .pack import pack_store
+    from .summary import human_bytes
+
+    try:
+        r = pack_store(store, out_zip)
+    except (FormatError, ValueError) as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"wrote {r.zip_path}: {r.files} files, {human_bytes(r.bytes)}")
 
 
 if __name__ == "__main__":

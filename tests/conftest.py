@@ -65,3 +65,9 @@ def write_tiny_store(root, scales=(16, 24), n_scans=10, samples_per_scan=8, seed
 def tiny_store(tmp_path):
     """Path of a tiny store: 10 scans (one per subset), scales 16 and 24, 8 samples each."""
     return write_tiny_store(tmp_path / "tiny.zarr")
+
+
+@pytest.fixture(autouse=True)
+def _cards_out_of_the_repo(tmp_path, monkeypatch):
+    """Builds run through the CLI write dataset cards; keep them in the test's temporary folder."""
+    monkeypatch.setenv("LUNA_PREP_MANIFESTS_DIR", str(tmp_path / "manifests"))
