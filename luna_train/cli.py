@@ -26,6 +26,20 @@ def _subsets(ctx, param, value):
         raise click.BadParameter(str(exc)) from exc
 
 
+def _resolve_store(dataset: str, store_url: str | None, verify: bool) -> str:
+    """The store behind ``dataset``: a store path or URL as is, or the store a dataset card points at."""
+    from luna_prep.cards import CardError, resolve_dataset
+    from luna_prep.storefs import is_url
+
+    try:
+        store = resolve_dataset(str(dataset), store_url, verify)
+    except (CardError, ValueError, FileNotFoundError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    if not is_url(store) and not Path(store).exists():
+        raise click.UsageError(f"dataset {store} not found; build one with `luna-prep build` or pass --dataset")
+    return store
+
+
 @main.command("run")
 @click.option("--dataset", type=click.Path(), default=None,
               help="luna-patches store [default: data.dataset of the config, else data/patches.zarr].")
@@ -34,13 +48,17 @@ def _subsets(ctx, param, value):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set optim.lr=3e-4 --set model.channels=[8,16,32]. Repeatable.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory [default: runs/NAME].")
+@click.option("--store-url", default=None,
+              help="Where the card's store lives now (path, .zip, http(s)://, s3://...), when --dataset is a card.")
+@click.option("--no-verify", is_flag=True, help="Skip checking the store's small files against the card's checksums.")
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory from its last.pt.")
 @click.option("--train-subsets", callback=_subsets, default=None, help="Training subsets, e.g. 0-7 or 0,2,5.")
 @click.option("--val-subsets", callback=_subsets, default=None, help="Validation subsets, e.g. 8.")
 @click.option("--test-subsets", callback=_subsets, default=None, help="Test subsets, e.g. 9.")
 @click.option("--fold", type=int, default=None, help="Cross-validation fold: this subset validates, the rest train.")
 @click.option("--name", default=None, help="Run name [default: config file stem + timestamp].")
-def run_cmd(dataset, config_file, overrides, out, resume, train_subsets, val_subsets, test_subsets, fold, name):
+def run_cmd(dataset, config_file, overrides, out, store_url, no_verify, resume, train_subsets, val_subsets, test_subsets,
+            fold, name):
     """Train a segmentation model; writes checkpoints, metrics, plots and summary.json to the run directory.
 
     Works the same under ``torchrun --nproc-per-node N`` (DistributedDataParallel; rank 0 writes).
@@ -74,9 +92,7 @@ def run_cmd(dataset, config_file, overrides, out, resume, train_subsets, val_sub
                              ("test_subsets", test_subsets), ("fold", fold)):
             if value is not None:
                 setattr(cfg.split, field, value)
-        if not Path(cfg.data.dataset).exists():
-            raise click.UsageError(f"dataset {cfg.data.dataset} not found; build one with `luna-prep build` "
-                                   f"or pass --dataset")
+        cfg.data.dataset = _resolve_store(cfg.data.dataset, store_url, not no_verify)
         try:
             summary = run_training(cfg, run_dir, resume=resume, info=info)
         except Interrupted as exc:
