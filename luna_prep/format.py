@@ -77,7 +77,10 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "fg_voxels": "int64",  # mask voxels of the patch
     "annotation_index": "int64",  # row of annotations.csv of the centred nodule, -1 otherwise
     "diameter_mm": "float32",  # of the centred nodule, NaN otherwise
+    "mask_source": "string",  # what the mask was drawn from: sphere | lidc | mixed | none (no nodule in it)
 }
+
+MASK_SOURCES = ("sphere", "lidc", "mixed", "none")
 
 SCANS_COLUMNS: dict[str, str] = {
     "seriesuid": "string",
@@ -94,6 +97,8 @@ SCANS_COLUMNS: dict[str, str] = {
     "n_nodule": "int64",  # samples (centres) of each kind
     "n_random": "int64",
     "n_candidate": "int64",
+    "n_lidc_masks": "int64",  # nodules drawn from LIDC readers' contours (--masks lidc)
+    "n_sphere_masks": "int64",  # nodules drawn as spheres of diameter_mm (the default, or no contours)
     "first_index": "int64",  # first row of the scan's range in the arrays
     "seconds": "float64",
 }

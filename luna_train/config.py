@@ -36,7 +36,9 @@ class DataConfig:
     batch_size: int = 8
     val_batch_size: int | None = None  # None = batch_size
     num_workers: int = 2
-    device_augment: bool = True  # on CUDA, augment batches on the GPU instead of in the workers
+    # batch-level flips/rotations/intensity on the training device instead of MONAI transforms per item in
+    # the workers: None = on CUDA only; true also on CPU (much cheaper than per-item transforms there)
+    device_augment: bool | None = None
 
 
 @dataclass
@@ -58,9 +60,13 @@ class ModelConfig:
 class LossConfig:
     """Loss function; weights of the combo terms; deep-supervision weight decay."""
 
-    name: str = "dicefocal"  # dicefocal | dice | tversky | combo
+    name: str = "dicefocal"  # dicefocal | dicece | dice | tversky | combo
     lambda_dice: float = 1.0
     lambda_focal: float = 1.0
+    lambda_ce: float = 1.0
+    # dicece: positive-class weight of the binary cross-entropy; nodule voxels are ~1% of a patch, and an
+    # unweighted CE term drives small models to predict nothing (seen on the synthetic demo data)
+    ce_pos_weight: float | None = None
     gamma: float = 2.0  # focal
     focal_alpha: float | None = None  # foreground weight of the focal term (0..1)
     dice_batch: bool = True  # Dice/Tversky over the whole batch (stable with empty patches) vs per item

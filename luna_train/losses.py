@@ -15,7 +15,7 @@ from torch import nn
 from luna_train.config import LossConfig
 from luna_train.models import split_outputs
 
-LOSSES = ("dicefocal", "dice", "tversky", "combo")
+LOSSES = ("dicefocal", "dicece", "dice", "tversky", "combo")
 
 
 def signed_distance_map(target: torch.Tensor) -> torch.Tensor:
@@ -90,9 +90,13 @@ class DeepSupervisionLoss(nn.Module):
 
 def build_base_loss(cfg: LossConfig) -> nn.Module:
     """The single-output loss of ``cfg``."""
-    from monai.losses import DiceFocalLoss, DiceLoss, TverskyLoss
+    from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss, TverskyLoss
 
     name = cfg.name.lower().replace("-", "_").replace("_", "")
+    if name == "dicece":
+        pos_weight = None if cfg.ce_pos_weight is None else torch.tensor([float(cfg.ce_pos_weight)])
+        return DiceCELoss(sigmoid=True, batch=cfg.dice_batch, weight=pos_weight, lambda_dice=cfg.lambda_dice,
+                          lambda_ce=cfg.lambda_ce)
     if name == "dicefocal":
         return DiceFocalLoss(sigmoid=True, batch=cfg.dice_batch, gamma=cfg.gamma, alpha=cfg.focal_alpha,
                              lambda_dice=cfg.lambda_dice, lambda_focal=cfg.lambda_focal)

@@ -94,7 +94,8 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     device, tc, bs = info.device, cfg.train, cfg.data.batch_size
     rows = select_rows(cfg)
 
-    on_device_aug = (device.type == "cuda" and cfg.data.device_augment and cfg.augment.enabled
+    use_device = device.type == "cuda" if cfg.data.device_augment is None else cfg.data.device_augment
+    on_device_aug = (use_device and cfg.augment.enabled
                      and cfg.augment.affine_prob == 0)
     transform = None if on_device_aug else build_train_transform(cfg.augment)
     train_ds = PatchDataset(cfg.data.dataset, rows.train, train_size=cfg.data.train_size, transform=transform)

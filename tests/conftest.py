@@ -54,6 +54,7 @@ def write_tiny_store(root, scales=(16, 24), n_scans=10, samples_per_scan=8, seed
                     "kind": kind, "center_x": float(j), "center_y": 0.0, "center_z": 0.0,
                     "fg_voxels": int(masks[j].sum()), "annotation_index": j if kind == "nodule" else -1,
                     "diameter_mm": 2 * radii[j] if kind == "nodule" else np.nan,
+                    "mask_source": "sphere" if kind == "nodule" else "none",
                 })
         scan_rows.append({"seriesuid": uid, "subset": k % 10, "status": "ok", "error": "", "first_index": first})
     write_table(conform(pd.DataFrame(rows), MANIFEST_COLUMNS, "tiny"), f"{root}/{MANIFEST_FILE}")

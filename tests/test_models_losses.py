@@ -42,7 +42,7 @@ def _ball():
     return t
 
 
-@pytest.mark.parametrize("name", ["dicefocal", "dice", "tversky", "combo"])
+@pytest.mark.parametrize("name", ["dicefocal", "dicece", "dice", "tversky", "combo"])
 def test_perfect_prediction_has_near_zero_loss(name):
     target = _ball()
     loss = build_loss(LossConfig(name=name))
@@ -83,3 +83,16 @@ def test_deep_supervision_weights_and_resized_targets():
     assert float(wrapper(stacked, target)) == pytest.approx(float(expected), rel=1e-5)
     small = torch.nn.functional.interpolate(good, size=(8, 8, 8), mode="nearest")
     assert float(wrapper([good, small], target)) < 1e-3  # target resized to the coarse output
+
+
+def test_dicece_positive_weight_scales_the_cross_entropy_of_nodule_voxels():
+    target = torch.zeros(2, 1, 8, 8, 8)
+    target[:, :, 3:5, 3:5, 3:5] = 1
+    missed = torch.full_like(target, -4.0)  # predicts background everywhere
+    plain = build_base_loss(LossConfig(name="dicece", lambda_dice=0.0))
+    weighted = build_base_loss(LossConfig(name="dicece", lambda_dice=0.0, ce_pos_weight=50.0))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    assert float(plain(missed, target)) == pytest.approx(float(bce(missed, target)), rel=1e-5)
+    fg = target.mean()  # share of nodule voxels: their CE term is multiplied by 50
+    expected = (1 - fg) * bce(torch.tensor(-4.0), torch.tensor(0.0)) + 50 * fg * bce(torch.tensor(-4.0), torch.tensor(1.0))
+    assert float(weighted(missed, target)) == pytest.approx(float(expected), rel=1e-5)

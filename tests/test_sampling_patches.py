@@ -3,7 +3,7 @@
 import numpy as np
 
 from luna_prep.lungmask import lung_mask
-from luna_prep.patches import extract_patch, sphere_mask
+from luna_prep.patches import extract_patch, nodule_mask
 from luna_prep.sampling import Nodule, SamplingConfig, nodule_centres, planned_counts, random_centres, touches_nodule
 
 
@@ -21,9 +21,10 @@ def test_sphere_mask_is_the_union_of_every_nodule_reaching_in():
     a = Nodule(0, np.array([10.0, 10.0, 10.0]), 3.0, 6.0)
     b = Nodule(1, np.array([10.0, 10.0, 17.5]), 2.0, 4.0)  # reaches in from beside the centred one
     far = Nodule(2, np.array([40.0, 40.0, 40.0]), 3.0, 6.0)
-    m = sphere_mask((10, 10, 10), 16, [a, b, far])  # patch covers 2..17 on each axis
+    m, sources = nodule_mask((10, 10, 10), 16, [a, b, far])  # patch covers 2..17 on each axis
+    assert sources == {"sphere"}
     assert m[8, 8, 8] == 1 and m[8, 8, 15] == 1  # both nodules' centres (patch coords = world - 2)
-    only_a = sphere_mask((10, 10, 10), 16, [a])
+    only_a, _ = nodule_mask((10, 10, 10), 16, [a])
     assert m.sum() > only_a.sum()
     # voxel count of a sphere of radius 3 centred on a voxel: 123 lattice points
     assert only_a.sum() == 123
@@ -73,3 +74,17 @@ def test_random_centres_avoid_nodules_and_stay_in_the_lungs():
     zyx = np.array([c.centre_zyx for c in centres])
     assert not touches_nodule(zyx, [nod], 16).any()
     assert (vol[tuple(zyx.T)] < 0.3).mean() > 0.9
+
+
+def test_nodule_mask_paints_a_given_mask_and_names_its_source():
+    blob = np.zeros((3, 4, 5), bool)
+    blob[1, 1:3, 1:4] = True
+    lidc = Nodule(0, np.array([11.0, 11.5, 12.0]), 2.0, 4.0, mask=blob, mask_lo_zyx=np.array([10, 10, 10]))
+    sphere = Nodule(1, np.array([4.0, 4.0, 4.0]), 1.0, 2.0)
+    m, sources = nodule_mask((10, 10, 10), 16, [lidc])  # patch voxel 0 = volume voxel 2
+    assert sources == {"lidc"} and m.sum() == blob.sum()
+    assert m[9, 9:11, 9:12].all()
+    m, sources = nodule_mask((10, 10, 10), 16, [lidc, sphere])
+    assert sources == {"lidc", "sphere"} and m.sum() == blob.sum() + 7
+    _, sources = nodule_mask((40, 40, 40), 16, [lidc, sphere])
+    assert sources == set()
