@@ -17,10 +17,21 @@ $(BIN)/luna-prep: pyproject.toml constraints.txt
 venv: $(BIN)/luna-prep
 
 demo: venv
-	$(BIN)/luna-prep synth --out $(DEMO)/luna16 --scans 10 --seed 0
-	$(BIN)/luna-prep build --data-root $(DEMO)/luna16 --subsets 0-9 --out $(DEMO)/patches.zarr --workers 2 --overwrite
+	rm -rf $(DEMO)
+	$(BIN)/luna-prep synth --out $(DEMO)/luna16 --scans 30 --seed 0
+	$(BIN)/luna-prep build --data-root $(DEMO)/luna16 --subsets 0-9 --out $(DEMO)/patches.zarr --volumes \
+		--workers 2 --quiet --manifests-dir $(DEMO)/manifests
 	$(BIN)/luna-prep info $(DEMO)/patches.zarr
 	$(BIN)/luna-prep preview $(DEMO)/patches.zarr --out $(DEMO)/preview.png
+	$(BIN)/luna-train run --config configs/demo.yaml --dataset $(DEMO)/patches.zarr --out $(DEMO)/run \
+		--set logging.progress=false
+	$(BIN)/luna-train evaluate $(DEMO)/run --subsets 9 --tta --postprocess --json $(DEMO)/evaluate.json
+	$(BIN)/luna-train detect $(DEMO)/run --subsets 9 --out $(DEMO)/submission.csv --plots $(DEMO)/detections \
+		--annotations $(DEMO)/luna16/annotations.csv
+	$(BIN)/luna-train froc $(DEMO)/submission.csv --annotations $(DEMO)/luna16/annotations.csv \
+		--seriesuids $(DEMO)/submission_seriesuids.csv --json $(DEMO)/froc.json --plot $(DEMO)/froc.png
+	@$(BIN)/python -c "import json; s=json.load(open('$(DEMO)/run/summary.json')); f=json.load(open('$(DEMO)/froc.json')); \
+		print(f\"demo: val Dice {s['val_dice']:.3f}, test Dice {s['test_dice']:.3f}, CPM on the test scans {f['cpm']:.3f}; see $(DEMO)/\")"
 
 test: venv
 	$(BIN)/pytest -q

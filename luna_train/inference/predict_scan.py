@@ -1,0 +1,56 @@
+"""Segmentation and candidates for one raw scan (.mhd), returned in the scan's own geometry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from luna_prep.format import ScanVolume, decode_image
+from luna_prep.geometry import ScanGeometry
+from luna_prep.lungmask import lung_mask
+from luna_prep.reading import read_scan
+from luna_prep.resampling import encode_hu, resample_isotropic
+from luna_train.inference.detect import DetectConfig, detect_volume
+
+
+@dataclass
+class ScanPrediction:
+    candidates: pd.DataFrame  # LUNA16 submission rows (world mm)
+    probabilities: sitk.Image  # float32 on the scan's own grid
+    mask: sitk.Image  # uint8 0/1 on the scan's own grid (probabilities >= threshold)
+
+
+def prepare_volume(path: str | Path, spacing_mm: float, hu_window: tuple[float, float], image_dtype: str) -> tuple[ScanVolume, sitk.Image]:
+    """The scan as luna-prep stores it (resampled, windowed, quantized like the training patches)."""
+    image = read_scan(path)
+    vol = resample_isotropic(image, spacing_mm)
+    encoded = encode_hu(vol.array, hu_window, image_dtype)
+    full = 255.0 if encoded.dtype == np.uint8 else 1.0
+    lungs = lung_mask(encoded, spacing_mm, hu_window, full_scale=full).upsample(encoded.shape)
+    volume = ScanVolume(
+        seriesuid=Path(path).stem, image=decode_image(encoded, image_dtype), lungs=lungs,
+        origin_xyz=tuple(vol.geometry.origin), spacing_mm=spacing_mm,
+        original=ScanGeometry.from_image(image).to_dict(),
+    )
+    return volume, image
+
+
+def to_scan_grid(values: np.ndarray, volume: ScanVolume, reference: sitk.Image) -> sitk.Image:
+    """A (z, y, x) map on the resampled grid, resampled linearly onto the scan's own grid."""
+    img = sitk.GetImageFromArray(values.astype(np.float32))
+    img.SetOrigin(tuple(float(v) for v in volume.origin_xyz))
+    img.SetSpacing((float(volume.spacing_mm),) * 3)
+    return sitk.Resample(img, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+def predict_scan(model, path: str | Path, spacing_mm: float, hu_window: tuple[float, float], image_dtype: str,
+                 cfg: DetectConfig) -> ScanPrediction:
+    volume, original = prepare_volume(path, spacing_mm, hu_window, image_dtype)
+    candidates, prob = detect_volume(model, volume, cfg)
+    prob_img = to_scan_grid(prob, volume, original)
+    mask = sitk.Cast(sitk.BinaryThreshold(prob_img, cfg.postprocess.threshold, 1e9, 1, 0), sitk.sitkUInt8)
+    return ScanPrediction(candidates, prob_img, mask)

@@ -1,0 +1,99 @@
+"""A trained model from a run directory, ready for inference (one or several runs: an ensemble)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from luna_train.checkpoint import load_checkpoint
+from luna_train.config import TrainConfig, from_dict
+from luna_train.models import build_model, main_output
+
+BEST, LAST = "best.pt", "last.pt"
+
+
+@dataclass
+class TrainedModel:
+    """A network in eval mode with the config it was trained with."""
+
+    model: nn.Module
+    config: TrainConfig
+    run_dir: Path
+    device: torch.device
+
+    @property
+    def input_size(self) -> int | None:
+        """Edge of the patches the model was trained on (None: native patch size)."""
+        return self.config.data.train_size
+
+    @property
+    def voxel_mm(self) -> float:
+        """Voxel size (in store voxels) of the model's inputs: eval_scale patches resized to train_size."""
+        size = self.config.data.train_size
+        return 1.0 if size is None else self.config.data.eval_scale / size
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Sigmoid probabilities (B, 1, D, H, W) of a (B, 1, D, H, W) batch."""
+        return torch.sigmoid(main_output(self.model(x.to(self.device))).float())
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_trained_model(run_dir: str | Path, checkpoint: str = BEST, device: torch.device | None = None) -> TrainedModel:
+    """The model of ``run_dir/best.pt`` (or ``last.pt``), loaded with ``weights_only=True``."""
+    run_dir = Path(run_dir)
+    path = run_dir / checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint (is {run_dir} a luna-train run directory?)")
+    ckpt = load_checkpoint(path)
+    cfg = from_dict(TrainConfig, ckpt["config"], where=str(path))
+    device = device or default_device()
+    model = build_model(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    return TrainedModel(model.to(device).eval(), cfg, run_dir, device)
+
+
+class Ensemble:
+    """The mean probability of several trained models (checkpoints or cross-validation folds).
+
+    All members must share the input size and voxel size (the same patches feed each).
+    """
+
+    def __init__(self, members: list[TrainedModel]):
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        sizes = {(m.input_size, m.voxel_mm) for m in members}
+        if len(sizes) > 1:
+            raise ValueError(f"ensemble members disagree on (input size, voxel size): {sorted(sizes, key=str)}")
+        self.members = members
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.members[0].config
+
+    @property
+    def input_size(self) -> int | None:
+        return self.members[0].input_size
+
+    @property
+    def voxel_mm(self) -> float:
+        return self.members[0].voxel_mm
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.probabilities(x) for m in self.members]).mean(0)
+
+
+def load_ensemble(run_dirs: list[str | Path], checkpoint: str = BEST, device: torch.device | None = None) -> Ensemble:
+    device = device or default_device()
+    return Ensemble([load_trained_model(r, checkpoint, device) for r in run_dirs])
