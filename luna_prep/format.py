@@ -261,6 +261,10 @@ class PatchStore:
             self._arrays[path] = ShardedPatchArray(self.location, path, self._array_meta.get(path))
         return self._arrays[path]
 
+    def read_stored(self, scale: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image as stored (uint8 or float16), mask uint8) of one patch; decode with decode_image."""
+        return self.patches(scale, IMAGE_ARRAY).read(index), self.patches(scale, MASK_ARRAY).read(index)
+
     def read_patch(self, scale: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(image float32 in [0, 1], mask uint8) of one patch, each (s, s, s) in (z, y, x)."""
         image = decode_image(self.patches(scale, IMAGE_ARRAY).read(index), self.attrs.image_dtype)

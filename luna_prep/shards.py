@@ -92,8 +92,13 @@ class ShardedPatchArray:
         return np.frombuffer(body, dtype="<u8").reshape(self.shard_len, 2)
 
     def _decode(self, blob: bytes) -> np.ndarray:
-        raw = self.decoder.decode(blob) if self.decoder is not None else blob
-        return np.frombuffer(raw, dtype=self.dtype).reshape(self.shape[1:]).astype(self.dtype.newbyteorder("="), copy=False)
+        """A writable native-endian patch decoded straight into its own buffer."""
+        out = np.empty(self.shape[1:], dtype=self.dtype)
+        if self.decoder is not None:
+            self.decoder.decode(blob, out=out)
+        else:
+            out.reshape(-1).view(np.uint8)[:] = np.frombuffer(blob, dtype=np.uint8)
+        return out.astype(self.dtype.newbyteorder("="), copy=False)
 
     def read(self, i: int) -> np.ndarray:
         """Patch ``i`` as an (s, s, s) array; rows never written read as the fill value."""

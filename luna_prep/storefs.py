@@ -7,11 +7,14 @@ of them too). Paths inside the store are relative, forward-slashed and may not e
 
 from __future__ import annotations
 
+import os
 import posixpath
+from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import urlparse
 
 import fsspec
+import fsspec.implementations.local
 
 
 class UnsafePathError(ValueError):
@@ -41,6 +44,24 @@ class StoreLocation:
         self.fs = fs
         self.root = root.rstrip("/")
         self.display = display
+        self._local = isinstance(fs, fsspec.implementations.local.LocalFileSystem)
+        self._fds: OrderedDict[str, int] = OrderedDict()  # open local files, for pread
+
+    def __del__(self):
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
+
+    def _fd(self, path: str) -> int:
+        """A cached read-only descriptor (at most 64 open): local ranged reads skip open() and fsspec."""
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
+            self._fds[path] = fd
+            if len(self._fds) > 64:
+                os.close(self._fds.popitem(last=False)[1])
+        else:
+            self._fds.move_to_end(path)
+        return fd
 
     @classmethod
     def open(cls, location: str | Path) -> "StoreLocation":
@@ -68,9 +89,17 @@ class StoreLocation:
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{self.display}: {rel} not found") from exc
 
-    def read_range(self, rel: str, start: int, stop: int) -> bytes:
+    def read_range(self, rel: str, start: int, stop: int | None) -> bytes:
         """Bytes [start, stop) of a file; negative ``start`` counts from the end."""
-        return self.fs.cat_file(self._path(rel), start=start, end=stop)
+        path = self._path(rel)
+        if not self._local:
+            return self.fs.cat_file(path, start=start, end=stop)
+        fd = self._fd(path)
+        if start < 0 or stop is None:
+            size = os.fstat(fd).st_size
+            start = max(0, size + start) if start < 0 else start
+            stop = size if stop is None else stop
+        return os.pread(fd, stop - start, start)
 
     def exists(self, rel: str) -> bool:
         return self.fs.exists(self._path(rel))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from luna_train.data.dataset import decode_batch
 from luna_train import distributed as D
 from luna_train.losses import per_sample_soft_dice_loss
 from luna_train.models import main_output
@@ -102,8 +103,7 @@ def train_epoch(parts: TrainParts, state: LoopState, *, restore_rng: Callable[[]
     start = time.perf_counter() - state.epoch_seconds
     while state.step_in_epoch < n_batches:
         batch = next(iterator)
-        image = batch["image"].to(parts.device, non_blocking=True)
-        label = batch["label"].to(parts.device, non_blocking=True)
+        image, label = decode_batch(batch, parts.device)
         if parts.augment_on_device is not None:
             aug = parts.augment_on_device({"image": image, "label": label}, state.epoch, state.step)
             image, label = aug["image"], aug["label"]
@@ -159,8 +159,7 @@ def evaluate(model: nn.Module, loader, loss_fn: nn.Module, device: torch.device,
     sums = torch.zeros(7, dtype=torch.float64)  # loss*n, n, dice_fg_sum, n_fg, tp, fp, fn
     panel: list[dict] = []
     for batch in loader:
-        image = batch["image"].to(device, non_blocking=True)
-        label = batch["label"].to(device, non_blocking=True)
+        image, label = decode_batch(batch, device)
         with amp_context(device, amp):
             logits = main_output(model(image))
         logits = logits.float()

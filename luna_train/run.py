@@ -62,7 +62,7 @@ def select_rows(cfg: TrainConfig) -> RunData:
 
 
 def _eval_loader(cfg: TrainConfig, rows: pd.DataFrame, info: D.DistInfo):
-    ds = PatchDataset(cfg.data.dataset, rows, train_size=cfg.data.train_size)
+    ds = PatchDataset(cfg.data.dataset, rows, train_size=cfg.data.train_size, stored=True)
     shard = list(range(info.rank, len(rows), info.world_size))  # each rank evaluates its share
     return make_loader(ds, sampler=shard, batch_size=cfg.data.val_batch_size or cfg.data.batch_size,
                        num_workers=cfg.data.num_workers, persistent_workers=False)
@@ -98,7 +98,8 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     on_device_aug = (use_device and cfg.augment.enabled
                      and cfg.augment.affine_prob == 0)
     transform = None if on_device_aug else build_train_transform(cfg.augment)
-    train_ds = PatchDataset(cfg.data.dataset, rows.train, train_size=cfg.data.train_size, transform=transform)
+    train_ds = PatchDataset(cfg.data.dataset, rows.train, train_size=cfg.data.train_size, transform=transform,
+                            stored=True)
     sampler = WeightedPatchSampler(rows.train, cfg.sampler, seed=tc.seed, num_replicas=info.world_size, rank=info.rank)
     loader = make_loader(train_ds, sampler=sampler, batch_size=bs, num_workers=cfg.data.num_workers)
     loader.generator = torch.Generator().manual_seed(tc.seed)  # iterators must not draw from the global RNG

@@ -67,6 +67,11 @@ class PatchDataset(torch.utils.data.Dataset):
     float32 (1, S, S, S) 0/1, with S = ``train_size`` (patches of other scales are resized) or the
     native scale when ``train_size`` is None (then all rows must share one scale).
 
+    With ``stored=True``, a patch that needs neither resizing nor a per-item transform comes as
+    stored (``image`` uint8 or float16, ``label`` uint8): a quarter of the bytes through workers,
+    shared memory and the host-to-device copy. :func:`decode_batch` turns a batch into float32 on
+    the device; it is a no-op on float batches, so the training loop always calls it.
+
     Items are addressed by ``position`` (0..len-1, the row's place in ``rows``) or by
     ``(position, aug_seed)``: the transform's random state is then seeded from ``aug_seed``, so
     the same pair gives the same sample in any process. The store is opened lazily in the process
@@ -74,8 +79,9 @@ class PatchDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, store: str | Path, rows: pd.DataFrame, train_size: int | None = 64,
-                 transform: Callable[[dict], dict] | None = None):
+                 transform: Callable[[dict], dict] | None = None, stored: bool = False):
         self.store = str(store)
+        self.stored = bool(stored)
         self.scales = rows["scale"].to_numpy(dtype=np.int64).copy()
         self.indices = rows["index"].to_numpy(dtype=np.int64).copy()
         self.train_size = None if train_size is None else int(train_size)
@@ -109,6 +115,11 @@ class PatchDataset(torch.utils.data.Dataset):
             position, aug_seed = int(item), None
         if not 0 <= position < len(self):
             raise IndexError(f"position {position} out of range for {len(self)} rows")
+        scale = int(self.scales[position])
+        if self.stored and self.transform is None and self.train_size in (None, scale):
+            image, mask = self._open().read_stored(scale, int(self.indices[position]))
+            return {"image": torch.from_numpy(image)[None], "label": torch.from_numpy(mask)[None],
+                    "position": position, "scale": scale}
         image, mask = self.read(position)
         img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
         lbl = torch.from_numpy(mask.astype(np.float32))[None]
@@ -124,6 +135,18 @@ class PatchDataset(torch.utils.data.Dataset):
         sample["position"] = position
         sample["scale"] = int(self.scales[position])
         return sample
+
+
+def decode_batch(batch: dict, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image float32 in [0, 1], label float32) of a batch, moved to ``device`` first (stored dtypes
+    cross the bus at their small size and are converted there)."""
+    image = batch["image"].to(device, non_blocking=True)
+    label = batch["label"].to(device, non_blocking=True)
+    if image.dtype == torch.uint8:
+        image = image.float().mul_(1.0 / 255.0)
+    elif image.dtype != torch.float32:
+        image = image.float()
+    return image, label.float() if label.dtype != torch.float32 else label
 
 
 def _plain(value: Any) -> Any:
