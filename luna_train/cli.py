@@ -108,5 +108,82 @@ def run_cmd(dataset, config_file, overrides, out, store_url, no_verify, resume, 
         D.cleanup()
 
 
+@main.command("evaluate")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--dataset", type=click.Path(), default=None,
+              help="luna-patches store (or dataset card) [default: data.dataset of the run's config].")
+@click.option("--subsets", callback=_subsets, default=None, help="Subsets to evaluate, e.g. 9 [default: the run's test subsets].")
+@click.option("--tta", is_flag=True, help="Average over flips and 90-degree axial rotations (each inverted exactly).")
+@click.option("--postprocess", "postprocess_tune", is_flag=True,
+              help="Tune post-processing on the run's validation subsets, freeze it, report raw and post-processed metrics.")
+@click.option("--ensemble", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Another run directory whose model is averaged with RUN_DIR's. Repeatable.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--threshold", type=float, default=None, help="Raw probability threshold [default: the run's train.threshold].")
+@click.option("--batch-size", type=int, default=None, help="Patches per forward pass [default: the run's eval batch size].")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here.")
+def evaluate_cmd(run_dir, dataset, subsets, tta, postprocess_tune, ensemble, checkpoint, threshold, batch_size, json_out):
+    """Patch metrics of a trained run: per-patch and pooled Dice, precision, recall (at eval_scale, as training)."""
+    from luna_train.evaluate import evaluate_run, format_report
+
+    store = _resolve_store(dataset, None, True) if dataset is not None else None
+    try:
+        res = evaluate_run(run_dir, dataset=store, subsets=subsets, tta=tta, postprocess_tune=postprocess_tune,
+                           ensemble=ensemble, checkpoint=checkpoint, batch_size=batch_size, threshold=threshold,
+                           log=lambda msg: click.echo(msg, err=True))
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_report(res))
+    if json_out is not None:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(res, indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
+@main.command("froc")
+@click.argument("submission", type=click.Path(exists=True, dir_okay=False))
+@click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False), help="LUNA16 annotations.csv.")
+@click.option("--excluded", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="LUNA16 annotations_excluded.csv (findings whose candidates are ignored).")
+@click.option("--seriesuids", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="seriesuids.csv: the scans evaluated (the FP rate is per scan of this list).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the summary as JSON here.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="Write the FROC plot (PNG) here.")
+@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap samples (scans resampled) of the 95% band.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+def froc_cmd(submission, annotations, excluded, seriesuids, json_out, plot_out, bootstrap, seed):
+    """LUNA16 FROC and CPM of a submission CSV (seriesuid, coordX, coordY, coordZ, probability)."""
+    from luna_train.evaluation.froc import run_froc
+
+    try:
+        res = run_froc(submission, annotations, excluded, seriesuids, json_out=json_out, plot_out=plot_out,
+                       n_bootstrap=bootstrap, seed=seed)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    d = res.to_json_dict()
+
+    def f(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    click.echo(f"{d['n_scans']} scans, {d['n_nodules']} nodules, {d['n_hits']} detected, "
+               f"{d['n_candidates']} candidates, {d['n_false_positives']} false positives "
+               f"({d['n_ignored_excluded']} on excluded findings, {d['n_ignored_double']} double hits ignored)")
+    click.echo(f"{'FPs/scan':>10}  {'sensitivity':>11}  95% band")
+    for fp, s, lo, hi in zip(d["operating_points"], d["sensitivities"], d["sensitivities_lower"],
+                             d["sensitivities_upper"]):
+        click.echo(f"{fp:>10g}  {f(s):>11}  {f(lo)}-{f(hi)}")
+    lo, hi = d["cpm_ci"]
+    click.echo(f"CPM {f(d['cpm'])} (95% CI {f(lo)}-{f(hi)}, {d['n_bootstrap']} bootstrap samples)")
+    for path in (json_out, plot_out):
+        if path is not None:
+            click.echo(f"wrote {path}")
+
+
+from luna_train.detect_cli import detect, predict  # noqa: E402  (scan-level commands live in their own module)
+
+main.add_command(detect)
+main.add_command(predict)
+
+
 if __name__ == "__main__":
     main()
