@@ -265,6 +265,13 @@ class PatchStore:
         """(image as stored (uint8 or float16), mask uint8) of one patch; decode with decode_image."""
         return self.patches(scale, IMAGE_ARRAY).read(index), self.patches(scale, MASK_ARRAY).read(index)
 
+    def read_stored_many(self, scale: int, indices: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Stored images and masks of many patches of one scale, in one batch of ranged reads."""
+        from .shards import read_many
+
+        images, masks = read_many([self.patches(scale, IMAGE_ARRAY), self.patches(scale, MASK_ARRAY)], list(indices))
+        return images, masks
+
     def read_patch(self, scale: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(image float32 in [0, 1], mask uint8) of one patch, each (s, s, s) in (z, y, x)."""
         image = decode_image(self.patches(scale, IMAGE_ARRAY).read(index), self.attrs.image_dtype)

@@ -11,7 +11,6 @@ someone else cannot make us unpickle anything.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 
 import numcodecs
 import numpy as np
@@ -40,6 +39,28 @@ def _inner_decoder(codecs: list[dict], where: str):
     if names[1] == "zstd":
         return numcodecs.Zstd(), endian
     return numcodecs.GZip(level=int(cfg.get("level", 5))), endian
+
+
+def _ok(blob):
+    if isinstance(blob, Exception):
+        raise blob
+    return blob
+
+
+def read_many(arrays: list["ShardedPatchArray"], rows: list[int]) -> list[list[np.ndarray]]:
+    """Row ``rows[k]`` of every array in ``arrays`` (e.g. image and mask), fetched in one batch of
+    ranged reads (concurrent for remote stores): ``[[arrays[0] rows...], [arrays[1] rows...]]``."""
+    plans = [a.requests(rows) for a in arrays]
+    wanted = [(j, k, req) for j, plan in enumerate(plans) for k, req in enumerate(plan) if req is not None]
+    location = arrays[0].location
+    blobs = location.read_ranges([r[0] for _, _, r in wanted], [r[1] for _, _, r in wanted],
+                                 [r[2] for _, _, r in wanted]) if wanted else []
+    out = [[None] * len(rows) for _ in arrays]
+    for (j, k, _), blob in zip(wanted, blobs):
+        out[j][k] = arrays[j].decode(_ok(blob))
+    for j, a in enumerate(arrays):
+        out[j] = [a.empty() if v is None else v for v in out[j]]
+    return out
 
 
 class ShardedPatchArray:
@@ -71,7 +92,7 @@ class ShardedPatchArray:
         self._index_bytes = self.shard_len * 16 + 4
         self._key_sep = (meta.get("chunk_key_encoding", {}).get("configuration") or {}).get("separator", "/")
         self._crc = numcodecs.CRC32C()
-        self._index = lru_cache(maxsize=4096)(self._read_index)
+        self._indexes: dict[int, np.ndarray | None] = {}  # shard -> (offset, nbytes) per chunk; None: no file
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -80,18 +101,52 @@ class ShardedPatchArray:
         sep = self._key_sep
         return f"{self.path}/c{sep}{shard}{sep}0{sep}0{sep}0"
 
-    def _read_index(self, shard: int) -> np.ndarray | None:
-        try:
-            raw = self.location.read_range(self.shard_key(shard), -self._index_bytes, None)
-        except FileNotFoundError:
-            return None
+    def _index(self, shard: int) -> np.ndarray | None:
+        """The shard's chunk index, read once (a few hundred bytes at the file's end) and cached."""
+        if shard not in self._indexes:
+            try:
+                raw = self.location.read_range(self.shard_key(shard), -self._index_bytes, None)
+            except FileNotFoundError:
+                self._indexes[shard] = None
+            else:
+                self._indexes[shard] = self._parse_index(shard, raw)
+        return self._indexes[shard]
+
+    def _parse_index(self, shard: int, raw: bytes) -> np.ndarray:
         try:
             body = self._crc.decode(raw)
         except RuntimeError as exc:
             raise FormatError(f"{self.location.display}/{self.shard_key(shard)}: shard index checksum mismatch") from exc
         return np.frombuffer(body, dtype="<u8").reshape(self.shard_len, 2)
 
-    def _decode(self, blob: bytes) -> np.ndarray:
+    def prefetch_indexes(self, rows) -> None:
+        """Fetch the indexes of the shards holding ``rows`` that are not cached yet, in one batch."""
+        missing = sorted({int(r) // self.shard_len for r in rows} - set(self._indexes))
+        if not missing:
+            return
+        blobs = self.location.read_ranges([self.shard_key(k) for k in missing], [-self._index_bytes] * len(missing),
+                                          [None] * len(missing))
+        for k, blob in zip(missing, blobs):
+            self._indexes[k] = None if isinstance(blob, FileNotFoundError) else self._parse_index(k, _ok(blob))
+
+    def requests(self, rows) -> list[tuple[str, int, int] | None]:
+        """(shard key, start, stop) of each row's chunk, None for rows never written."""
+        self.prefetch_indexes(rows)
+        out = []
+        for i in rows:
+            shard, within = divmod(int(i), self.shard_len)
+            index = self._index(shard)
+            if index is None or index[within, 0] == _EMPTY:
+                out.append(None)
+            else:
+                offset, nbytes = (int(v) for v in index[within])
+                out.append((self.shard_key(shard), offset, offset + nbytes))
+        return out
+
+    def empty(self) -> np.ndarray:
+        return np.full(self.shape[1:], self.fill_value, dtype=self.dtype.newbyteorder("="))
+
+    def decode(self, blob: bytes) -> np.ndarray:
         """A writable native-endian patch decoded straight into its own buffer."""
         out = np.empty(self.shape[1:], dtype=self.dtype)
         if self.decoder is not None:
@@ -107,9 +162,9 @@ class ShardedPatchArray:
         shard, within = divmod(int(i), self.shard_len)
         index = self._index(shard)
         if index is None or index[within, 0] == _EMPTY:
-            return np.full(self.shape[1:], self.fill_value, dtype=self.dtype.newbyteorder("="))
+            return self.empty()
         offset, nbytes = (int(v) for v in index[within])
-        return self._decode(self.location.read_range(self.shard_key(shard), offset, offset + nbytes))
+        return self.decode(self.location.read_range(self.shard_key(shard), offset, offset + nbytes))
 
     def read_shard(self, shard: int) -> dict[int, np.ndarray]:
         """Every written patch of one shard, from one whole-file read: {row: patch}."""
@@ -121,5 +176,5 @@ class ShardedPatchArray:
         out = {}
         for within, (offset, nbytes) in enumerate(index):
             if offset != _EMPTY:
-                out[shard * self.shard_len + within] = self._decode(data[int(offset):int(offset + nbytes)])
+                out[shard * self.shard_len + within] = self.decode(data[int(offset):int(offset + nbytes)])
         return out

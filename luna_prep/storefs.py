@@ -101,6 +101,20 @@ class StoreLocation:
             stop = size if stop is None else stop
         return os.pread(fd, stop - start, start)
 
+    def read_ranges(self, rels: list[str], starts: list[int], stops: list[int | None]) -> list[bytes | Exception]:
+        """Many ranged reads at once; remote ones are issued concurrently. A failed read (e.g. a
+        missing file) comes back as its exception in place of the bytes."""
+        if self._local:
+            out: list[bytes | Exception] = []
+            for rel, start, stop in zip(rels, starts, stops):
+                try:
+                    out.append(self.read_range(rel, start, stop))
+                except FileNotFoundError as exc:
+                    out.append(exc)
+            return out
+        paths = [self._path(r) for r in rels]
+        return self.fs.cat_ranges(paths, list(starts), list(stops), on_error="return")
+
     def exists(self, rel: str) -> bool:
         return self.fs.exists(self._path(rel))
 

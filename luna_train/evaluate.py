@@ -194,7 +194,7 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Se
         vp, vl = predict_patches(model, val_ds, tta, bs, workers)
         pp_cfg, score = tune_postprocess(vp, vl, grid)
         out["postprocess"] = {**asdict(pp_cfg), "val_subsets": list(val_subsets), "n_val_patches": len(vp),
-                              "val_mean_dice_all_patches": score,
+                              "val_tuning_score": score,
                               "val_raw": patch_metrics(vp, vl, thr), "val_postprocessed": patch_metrics(vp, vl, pp_cfg)}
         del vp, vl
 
@@ -238,7 +238,7 @@ def format_report(res: dict[str, Any]) -> str:
         pp = res["postprocess"]
         head.append(f"post-processing tuned on val subsets {pp['val_subsets']} ({pp['n_val_patches']} patches): "
                     f"threshold {pp['threshold']}, min_size {pp['min_size']}, closing_radius {pp['closing_radius']}, "
-                    f"hysteresis_high {pp['hysteresis_high']} (val mean Dice, all patches {pp['val_mean_dice_all_patches']:.4f})")
+                    f"hysteresis_high {pp['hysteresis_high']} (val tuning score: mean of nodule-patch and pooled Dice {pp['val_tuning_score']:.4f})")
     width = max(len(r[0]) for r in rows)
     lines = ["", f"{'':{width}}  " + "  ".join(f"{c:>12}" for c in cols)]
     for name, m in rows:

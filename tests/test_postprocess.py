@@ -109,3 +109,22 @@ def test_tuning_rejects_unknown_keys():
     probs, targets = make_validation_case(1)
     with pytest.raises(ValueError):
         tune_postprocess(probs, targets, grid={"thresh": [0.5]})
+
+
+def test_tuning_keeps_small_nodules_that_empty_patches_would_vote_away():
+    """Nine empty patches with a faint speckle and one small nodule: deleting everything would
+    score 0.9 mean per-patch Dice over all patches, but the balanced score keeps the nodule."""
+    probs, targets = [], []
+    for i in range(10):
+        target = np.zeros((8, 8, 8), dtype=bool)
+        prob = np.full((8, 8, 8), 0.05)
+        prob[0, 0, 0] = 0.55  # a one-voxel false positive on every patch
+        if i == 0:
+            target[3:5, 3:5, 3:5] = True  # an 8-voxel nodule
+            prob[target] = 0.9
+        probs.append(prob)
+        targets.append(target)
+    cfg, _ = tune_postprocess(probs, targets, grid={"threshold": [0.5, 0.95], "min_size": [0, 2, 30]})
+    assert cfg.threshold == 0.5 and cfg.min_size == 2
+    kept = postprocess(probs[0], cfg)
+    assert (kept == targets[0]).all()

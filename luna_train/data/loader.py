@@ -7,6 +7,8 @@ import sys
 
 import torch
 
+from luna_train.data.dataset import collate_patches
+
 # Imported by the fork server before it forks workers (those the parent already uses), so each
 # worker starts in milliseconds instead of re-importing torch + MONAI (~8 s of CPU each).
 PRELOAD = ("torch", "numpy", "pandas", "zarr", "monai.transforms", "luna_prep.format",
@@ -53,4 +55,5 @@ def make_loader(dataset, sampler=None, batch_size: int = 8, num_workers: int = 0
         kwargs.update(multiprocessing_context=worker_context(start_method), prefetch_factor=prefetch_factor,
                       persistent_workers=persistent_workers, worker_init_fn=_seed_worker_transform)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle,
-                                       num_workers=num_workers, pin_memory=pin_memory, drop_last=False, **kwargs)
+                                       num_workers=num_workers, pin_memory=pin_memory, drop_last=False,
+                                       collate_fn=collate_patches, **kwargs)

@@ -112,11 +112,25 @@ def postprocess(prob: np.ndarray, cfg: PostprocessConfig = PostprocessConfig(),
     return remove_small(_closed(mask, within, cfg.closing_radius), cfg.min_size)
 
 
+def _balanced_dice(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> float:
+    fg = [dice(p, t) for p, t in zip(preds, targets) if np.any(t)]
+    tp = sum(int(np.count_nonzero(p & t)) for p, t in zip(preds, targets))
+    total = sum(int(np.count_nonzero(p)) + int(np.count_nonzero(t)) for p, t in zip(preds, targets))
+    pooled = 2 * tp / total if total else 1.0
+    return float(0.5 * ((np.mean(fg) if fg else 1.0) + pooled))
+
+
 def tune_postprocess(probs: Sequence[np.ndarray], targets: Sequence[np.ndarray],
                      grid: dict[str, Sequence[Any]] | None = None,
                      within: Sequence[np.ndarray | None] | None = None,
                      ) -> tuple[PostprocessConfig, float]:
-    """Grid search maximizing mean per-patch Dice; returns the best config and its score.
+    """Grid search maximizing a balanced Dice; returns the best config and its score.
+
+    The score is the mean of (a) the mean per-patch Dice over patches that hold a nodule (the
+    headline metric) and (b) the voxel-pooled Dice over all patches, which charges false
+    positives on empty patches. (a) alone would never filter anything; the mean per-patch Dice
+    over all patches (empty ones scoring 1 when nothing is predicted) rewards deleting small
+    nodules: on the demo it chose min_size 30 and cut test recall to 0.1.
 
     Run it on validation patches only and freeze the result for the test split. ``grid`` maps
     :class:`PostprocessConfig` field names to candidate values (default :data:`DEFAULT_GRID`;
@@ -138,8 +152,7 @@ def tune_postprocess(probs: Sequence[np.ndarray], targets: Sequence[np.ndarray],
         for radius in values["closing_radius"]:
             closed = [_closed(m, w, radius) for m, (_, w) in zip(seeded, checked)]
             for size in values["min_size"]:
-                score = float(np.mean([dice(remove_small(m, size), t)
-                                       for m, t in zip(closed, targets)]))
+                score = _balanced_dice([remove_small(m, size) for m in closed], targets)
                 if best is None or score > best[1]:
                     cfg = replace(base, threshold=thr, hysteresis_high=high,
                                   closing_radius=radius, min_size=size)
