@@ -9,21 +9,12 @@ from pathlib import Path
 
 import click
 
-from luna_prep.tables import parse_subsets
+from luna_train.cli_options import subsets_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Nodule segmentation training and evaluation on luna-patches stores."""
-
-
-def _subsets(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return tuple(parse_subsets(value))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
 
 
 def _resolve_store(dataset: str, store_url: str | None, verify: bool) -> str:
@@ -52,9 +43,9 @@ def _resolve_store(dataset: str, store_url: str | None, verify: bool) -> str:
               help="Where the card's store lives now (path, .zip, http(s)://, s3://...), when --dataset is a card.")
 @click.option("--no-verify", is_flag=True, help="Skip checking the store's small files against the card's checksums.")
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory from its last.pt.")
-@click.option("--train-subsets", callback=_subsets, default=None, help="Training subsets, e.g. 0-7 or 0,2,5.")
-@click.option("--val-subsets", callback=_subsets, default=None, help="Validation subsets, e.g. 8.")
-@click.option("--test-subsets", callback=_subsets, default=None, help="Test subsets, e.g. 9.")
+@click.option("--train-subsets", callback=subsets_option, default=None, help="Training subsets, e.g. 0-7 or 0,2,5.")
+@click.option("--val-subsets", callback=subsets_option, default=None, help="Validation subsets, e.g. 8.")
+@click.option("--test-subsets", callback=subsets_option, default=None, help="Test subsets, e.g. 9.")
 @click.option("--fold", type=int, default=None, help="Cross-validation fold: this subset validates, the rest train.")
 @click.option("--name", default=None, help="Run name [default: config file stem + timestamp].")
 def run_cmd(dataset, config_file, overrides, out, store_url, no_verify, resume, train_subsets, val_subsets, test_subsets,
@@ -112,7 +103,7 @@ def run_cmd(dataset, config_file, overrides, out, store_url, no_verify, resume, 
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--dataset", type=click.Path(), default=None,
               help="luna-patches store (or dataset card) [default: data.dataset of the run's config].")
-@click.option("--subsets", callback=_subsets, default=None, help="Subsets to evaluate, e.g. 9 [default: the run's test subsets].")
+@click.option("--subsets", callback=subsets_option, default=None, help="Subsets to evaluate, e.g. 9 [default: the run's test subsets].")
 @click.option("--tta", is_flag=True, help="Average over flips and 90-degree axial rotations (each inverted exactly).")
 @click.option("--postprocess", "postprocess_tune", is_flag=True,
               help="Tune post-processing on the run's validation subsets, freeze it, report raw and post-processed metrics.")

@@ -6,16 +6,7 @@ from pathlib import Path
 
 import click
 
-from luna_prep.tables import parse_subsets
-
-
-def _subsets(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return tuple(parse_subsets(value))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+from luna_train.cli_options import subsets_option
 
 
 def _model(run_dir: str, ensemble: tuple[str, ...], checkpoint: str):
@@ -50,7 +41,7 @@ def common_options(fn):
 @click.command("detect")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--dataset", default=None, help="Store built with --volumes [default: the run's dataset].")
-@click.option("--subsets", callback=_subsets, default=None, help="Subsets to detect on [default: the run's test subsets].")
+@click.option("--subsets", callback=subsets_option, default=None, help="Subsets to detect on [default: the run's test subsets].")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Submission CSV [default: RUN_DIR/submission.csv].")
 @click.option("--plots", default=None, type=click.Path(file_okay=False), help="Folder for a candidates figure per scan.")
 @click.option("--annotations", default=None, type=click.Path(exists=True, dir_okay=False),

@@ -1,0 +1,187 @@
+"""Benchmark of the training loader against the decompression floor and three baselines, as ratios.
+
+    python benchmarks/loader.py [--store STORE] [--json OUT] [--batches 30]
+
+Patches per second for batches of 32 patches at 64^3, no augmentation:
+  ours        PatchDataset + WeightedPatchSampler through a DataLoader (0, 1 and 2 workers)
+  floor       decompressing the same chunks with numcodecs in a loop (bytes already in memory)
+  memory      slicing the same patches out of an in-memory numpy array
+  zarr        zarr-python per-item reads of the same rows
+  monai       MONAI on the fly: LoadImage the .mhd, Spacing, RandCropByPosNegLabeld (needs itk-io)
+  http        ours over HTTP from a localhost server (Range requests), as a ratio to local
+Without --store, a store is built from 10 synthetic scans first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from luna_prep.format import IMAGE_ARRAY, MASK_ARRAY, PatchStore  # noqa: E402
+from luna_train.data.dataset import PatchDataset, decode_batch  # noqa: E402
+from luna_train.data.loader import make_loader  # noqa: E402
+from luna_train.data.sampler import SamplerConfig, WeightedPatchSampler  # noqa: E402
+
+BATCH = 32
+SCALE = 64
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("nan")
+
+
+def ours(store: str, rows, batches: int, workers: int) -> float:
+    ds = PatchDataset(store, rows, train_size=SCALE, stored=True)
+    sampler = WeightedPatchSampler(rows, SamplerConfig(samples_per_epoch=BATCH * (batches + 3)), seed=0)
+    loader = make_loader(ds, sampler, batch_size=BATCH, num_workers=workers, persistent_workers=False)
+    it = iter(loader)
+    for _ in range(3 if workers else 1):  # warm-up: worker start, first shard indexes
+        next(it)
+    t = time.perf_counter()
+    n = 0
+    for batch in it:  # stored dtypes: decode_batch converts them on the training device
+        n += batch["image"].shape[0]
+    return rate(n, time.perf_counter() - t)
+
+
+def cpu_decode_ms(store: str, rows) -> float:
+    """What decode_batch (uint8 -> float32 in [0, 1]) costs per batch when the device is the CPU."""
+    ds = PatchDataset(store, rows, train_size=SCALE, stored=True)
+    from luna_train.data.dataset import collate_patches
+
+    batch = collate_patches(ds.__getitems__(list(range(BATCH))))
+    t = time.perf_counter()
+    for _ in range(5):
+        decode_batch(batch, "cpu")
+    return (time.perf_counter() - t) / 5 * 1000
+
+
+def chunk_bytes(store: PatchStore, indices: np.ndarray) -> list[tuple[bytes | None, bytes | None]]:
+    img, msk = store.patches(SCALE, IMAGE_ARRAY), store.patches(SCALE, MASK_ARRAY)
+    out = []
+    for i in indices:
+        pair = []
+        for arr in (img, msk):
+            shard, within = divmod(int(i), arr.shard_len)
+            index = arr._index(shard)  # None: no shard file (every mask in it was empty)
+            off, nb = (2**64 - 1, 0) if index is None else (int(v) for v in index[within])
+            empty = off == 2**64 - 1  # an all-zero mask is not stored at all
+            pair.append(None if empty else arr.location.read_range(arr.shard_key(shard), off, off + nb))
+        out.append(tuple(pair))
+    return out
+
+
+def floor(blobs: list[tuple[bytes | None, bytes | None]]) -> float:
+    codec = numcodecs.Blosc()
+    t = time.perf_counter()
+    for pair in blobs:
+        for blob in pair:
+            if blob is not None:
+                codec.decode(blob)
+    return rate(len(blobs), time.perf_counter() - t)
+
+
+def memory(store: PatchStore, indices: np.ndarray) -> float:
+    uniq = np.unique(indices)
+    data = {int(i): store.patches(SCALE, IMAGE_ARRAY).read(int(i)) for i in uniq}
+    big = np.stack([data[int(i)] for i in uniq])
+    pos = {int(i): k for k, i in enumerate(uniq)}
+    t = time.perf_counter()
+    for i in indices:
+        torch.from_numpy(big[pos[int(i)]].astype(np.float32))
+    return rate(len(indices), time.perf_counter() - t)
+
+
+def zarr_items(store: PatchStore, indices: np.ndarray) -> float:
+    img, msk = store.image_array(SCALE), store.mask_array(SCALE)
+    t = time.perf_counter()
+    for i in indices:
+        img[int(i)]
+        msk[int(i)]
+    return rate(len(indices), time.perf_counter() - t)
+
+
+def monai_baseline(data_root: Path, n: int) -> float:
+    try:
+        import itk  # noqa: F401
+    except ImportError:
+        return float("nan")
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, RandCropByPosNegLabeld, ScaleIntensityRanged, Spacingd
+
+    scans = sorted(data_root.glob("subset*/*.mhd"))
+    xf = Compose([
+        LoadImaged(keys=["image"], reader="ITKReader"), EnsureChannelFirstd(keys=["image"]),
+        Spacingd(keys=["image"], pixdim=(1.0, 1.0, 1.0), mode="bilinear"),
+        ScaleIntensityRanged(keys=["image"], a_min=-1000, a_max=400, b_min=0.0, b_max=1.0, clip=True),
+    ])
+    crop = RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=(SCALE,) * 3,
+                                  pos=1, neg=1, num_samples=4)
+    done, t = 0, time.perf_counter()
+    while done < n:
+        d = xf({"image": str(scans[done // 4 % len(scans)])})
+        d["label"] = (d["image"] > 0.7).float()
+        done += len(crop(d))
+    return rate(done, time.perf_counter() - t)
+
+
+def over_http(store: str, rows, batches: int) -> float:
+    from http_server import serve_directory
+
+    with serve_directory(store) as served:
+        url = served[0] if isinstance(served, tuple) else served
+        return ours(url, rows, batches, workers=0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", type=str)
+    ap.add_argument("--batches", type=int, default=30)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    data_root = None
+    if args.store is None:
+        from luna_prep.build import BuildConfig, run_build
+        from luna_prep.synth import synthesize
+
+        work = Path(tempfile.mkdtemp(prefix="luna-bench-loader-"))
+        data_root = synthesize(work / "luna16", n_scans=10).root
+        args.store = str(work / "patches.zarr")
+        run_build(BuildConfig(data_root=str(data_root), out=args.store), workers=2, progress=False)
+    store = PatchStore(args.store)
+    rows = store.manifest[store.manifest["scale"] == SCALE].reset_index(drop=True)
+    sampler = WeightedPatchSampler(rows, SamplerConfig(samples_per_epoch=BATCH * args.batches), seed=1)
+    indices = rows["index"].to_numpy()[[p for p, _ in sampler]]
+    result = {"machine": f"{platform.node()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
+              "store": args.store, "image_dtype": store.attrs.image_dtype, "batch": BATCH, "scale": SCALE}
+    result["floor_patches_per_s"] = floor(chunk_bytes(store, indices))
+    result["memory_patches_per_s"] = memory(store, indices)
+    result["zarr_patches_per_s"] = zarr_items(store, indices)
+    for w in (0, 1, 2):
+        result[f"patches_per_s_{w}_workers"] = ours(args.store, rows, args.batches, w)
+    result["patches_per_s"] = result["patches_per_s_0_workers"]
+    result["ratio_to_floor"] = result["patches_per_s"] / result["floor_patches_per_s"]
+    result["scaling_2_workers"] = result["patches_per_s_2_workers"] / result["patches_per_s_1_workers"]
+    result["cpu_decode_batch_ms"] = cpu_decode_ms(args.store, rows)
+    result["http_patches_per_s"] = over_http(args.store, rows, args.batches)
+    result["http_ratio"] = result["http_patches_per_s"] / result["patches_per_s"]
+    if data_root is not None:
+        result["monai_patches_per_s"] = monai_baseline(data_root, 64)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
