@@ -73,7 +73,7 @@ def _centres(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules: list[N
     return centres
 
 
-def _write_patches(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules, centres, group) -> list[dict]:
+def _write_patches(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules, centres) -> list[dict]:
     rows = []
     step = job.storage.shard_patches
     for block in range(0, len(centres), step):
@@ -83,7 +83,7 @@ def _write_patches(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules, 
             images = np.stack([extract_patch(vol.array, c.centre_zyx, s) for c in part])
             drawn = [nodule_mask(np.asarray(c.centre_zyx), s, nodules) for c in part]
             masks = np.stack([m for m, _ in drawn])
-            write_rows(group, s, start, images, masks)
+            write_rows(job.store, s, start, images, masks, job.storage)
             fg = masks.reshape(len(part), -1).sum(axis=1)
             for k, c in enumerate(part):
                 world = vol.zyx_to_world(c.centre_zyx)
@@ -139,12 +139,11 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
         rng = np.random.default_rng(seed_for(job.seed, plan.seriesuid))
         centres = _centres(plan, job, vol, nodules, lungs, rng)
         clear_rows(job.store, job.sampling.scales, plan.first_index, plan.n_samples, job.storage.shard_patches)
-        group = zarr.open_group(job.store, mode="r+")
-        rows = _write_patches(plan, job, vol, nodules, centres, group)
+        rows = _write_patches(plan, job, vol, nodules, centres)
         if job.volumes:
             attrs = {"origin_xyz": list(vol.geometry.origin), "spacing_mm": vol.spacing, "subset": plan.subset,
                      "original": original.to_dict()}
-            write_volume(group, plan.seriesuid, vol.array, lungs.upsample(vol.array.shape), attrs, job.storage)
+            write_volume(zarr.open_group(job.store, mode="r+"), plan.seriesuid, vol.array, lungs.upsample(vol.array.shape), attrs, job.storage)
     except (ScanReadError, AnnotationOutsideVolume) as exc:
         return _record(plan, "failed", str(exc), time.perf_counter() - t0, original, vol)
     except Exception as exc:  # a bug or an odd input: keep the build going, name the scan

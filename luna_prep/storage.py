@@ -8,6 +8,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numcodecs
 import numpy as np
 import pandas as pd
 import zarr
@@ -60,11 +61,47 @@ def create_store(root: str | Path, attrs: dict, capacity: int, scales: tuple[int
         return zarr.consolidate_metadata(group.store)
 
 
-def write_rows(group: zarr.Group, scale: int, start: int, images: np.ndarray, masks: np.ndarray) -> None:
-    """Write patches into rows [start, start + n) of one scale. The caller owns those shards."""
-    stop = start + len(images)
-    group[array_path(scale, IMAGE_ARRAY)][start:stop] = images
-    group[array_path(scale, MASK_ARRAY)][start:stop] = masks
+def write_rows(root: str | Path, scale: int, start: int, images: np.ndarray, masks: np.ndarray,
+               cfg: StorageConfig) -> None:
+    """Write patches into rows [start, start + n) of one scale: exactly one shard of each array,
+    owned by the caller (``start`` on a shard boundary, n <= shard_patches)."""
+    write_shard(root, array_path(scale, IMAGE_ARRAY), start, images, cfg)
+    write_shard(root, array_path(scale, MASK_ARRAY), start, masks, cfg)
+
+
+def write_shard(root: str | Path, path: str, start: int, patches: np.ndarray, cfg: StorageConfig) -> None:
+    """Encode one shard file of a luna-patches array directly, as zarr's sharding codec lays it out.
+
+    Chunks (one patch each) are Blosc-compressed back to back, then the index of (offset, nbytes)
+    uint64 pairs and its crc32c; all-zero chunks are not stored (index entry 2^64-1), and an
+    all-empty shard is no file at all, as zarr does by default. Going through zarr-python cost
+    ~1 ms per chunk on top of the compression (0.8 s of a full-size scan's 6 s). The file is
+    written to a temporary name and renamed, so a killed build never leaves a truncated shard.
+    """
+    n_slots = cfg.shard_patches
+    if start % n_slots or len(patches) > n_slots:
+        raise ValueError(f"{path}: rows {start}..{start + len(patches)} are not within one shard of {n_slots}")
+    codec = numcodecs.Blosc(cname=cfg.codec, clevel=cfg.clevel, blocksize=0,
+                            shuffle=numcodecs.Blosc.BITSHUFFLE if patches.dtype.itemsize == 1 else numcodecs.Blosc.SHUFFLE)
+    index = np.full((n_slots, 2), np.iinfo(np.uint64).max, dtype="<u8")
+    parts, offset = [], 0
+    for k, patch in enumerate(patches):
+        if not patch.any():
+            continue
+        blob = codec.encode(np.ascontiguousarray(patch, dtype=patch.dtype.newbyteorder("<")))
+        index[k] = (offset, len(blob))
+        parts.append(blob)
+        offset += len(blob)
+    target = Path(root) / path / "c" / str(start // n_slots) / "0" / "0" / "0"
+    if not parts:
+        target.unlink(missing_ok=True)
+        return
+    parts.append(bytes(numcodecs.CRC32C().encode(index.tobytes())))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.writelines(parts)
+    os.replace(tmp, target)
 
 
 def write_volume(group: zarr.Group, seriesuid: str, image: np.ndarray, lungs: np.ndarray, attrs: dict,

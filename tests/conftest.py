@@ -25,7 +25,7 @@ def write_tiny_store(root, scales=(16, 24), n_scans=10, samples_per_scan=8, seed
         "scales": list(scales), "image_dtype": image_dtype, "shard_patches": cfg.shard_patches,
         "capacity": capacity, "build_config": {"tiny": True}, "config_hash": "0" * 64, "software_version": "test",
     }
-    group = create_store(root, attrs, capacity, tuple(scales), cfg)
+    create_store(root, attrs, capacity, tuple(scales), cfg)
     rows, scan_rows = [], []
     for k in range(n_scans):
         uid = f"1.2.3.{k}"
@@ -47,7 +47,7 @@ def write_tiny_store(root, scales=(16, 24), n_scans=10, samples_per_scan=8, seed
                 masks.append(mask)
             enc = np.stack(images)
             enc = np.rint(enc * 255).astype(np.uint8) if image_dtype == "uint8" else enc.astype(np.float16)
-            write_rows(group, s, first, enc, np.stack(masks))
+            write_rows(root, s, first, enc, np.stack(masks), cfg)
             for j, kind in enumerate(kinds):
                 rows.append({
                     "sample_id": first + j, "seriesuid": uid, "subset": k % 10, "scale": s, "index": first + j,
