@@ -20,6 +20,7 @@ from .plan import ScanPlan, plan_build
 from .sampling import SamplingConfig
 from .scan_task import ScanJob, done_paths, process_scan
 from .storage import StorageConfig, create_store, write_table
+from .summary import folder_bytes
 from .tables import default_annotations, default_candidates, find_scans, read_annotations, read_candidates
 
 
@@ -211,10 +212,6 @@ def _finalize(cfg: BuildConfig, plans: list[ScanPlan], new_records: list[dict]) 
     return manifest, scans
 
 
-def _store_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and BUILD_DIR not in p.parts)
-
-
 def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, overwrite: bool = False,
               progress: bool = True, scheduler_file: str | None = None, card_name: str | None = None,
               manifests_dir: str | Path | None = None) -> BuildReport:
@@ -256,7 +253,7 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
     return BuildReport(
         store=cfg.out, scans_ok=int((scans_table["status"] == "ok").sum()) if len(scans_table) else 0,
         scans_failed=len(failed), failures=list(zip(failed.get("source_path", []), failed.get("error", []))),
-        patches=counts, bytes_written=_store_bytes(Path(cfg.out)), seconds=time.perf_counter() - t0,
+        patches=counts, bytes_written=folder_bytes(Path(cfg.out)), seconds=time.perf_counter() - t0,
         skipped=len(plans) - len(todo), card=card, masks=cfg.masks, nodule_masks=_mask_counts(scans_table),
     )
 

@@ -136,15 +136,6 @@ class ScanVolume:
         return np.asarray(self.origin_xyz) + np.asarray(zyx, dtype=np.float64)[..., ::-1] * self.spacing_mm
 
 
-def encode_image(values01: np.ndarray, image_dtype: str) -> np.ndarray:
-    """Encode normalized intensities in [0, 1] to the stored dtype."""
-    if image_dtype == "float16":
-        return values01.astype(np.float16)
-    if image_dtype == "uint8":
-        return np.rint(np.clip(values01, 0.0, 1.0) * 255.0).astype(np.uint8)
-    raise FormatError(f"unknown image_dtype {image_dtype!r}; expected one of {IMAGE_DTYPES}")
-
-
 def decode_image(stored: np.ndarray, image_dtype: str) -> np.ndarray:
     """Stored image values back to float32 intensities in [0, 1]."""
     if image_dtype == "float16" or stored.dtype == np.float16:

@@ -100,11 +100,3 @@ def read_header_geometry(path: str | Path) -> ScanGeometry:
         direction=tuple(float(v) for v in reader.GetDirection()),
         size=tuple(int(v) for v in reader.GetSize()),
     )
-
-
-def xyz_to_zyx(v) -> np.ndarray:
-    """Reverse the last axis: ITK (x, y, z) order to numpy (z, y, x) order, and back."""
-    return np.asarray(v)[..., ::-1]
-
-
-zyx_to_xyz = xyz_to_zyx

@@ -46,12 +46,13 @@ def build_summary(report) -> str:
     return "\n".join(lines)
 
 
+def folder_bytes(root: Path) -> int:
+    """Bytes of every file under ``root``, the build's bookkeeping (_build/) excluded."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and BUILD_DIR not in p.parts)
+
+
 def store_bytes_by_scale(root: Path, scales) -> dict[int, int]:
-    out = {}
-    for s in scales:
-        folder = root / "patches" / str(s)
-        out[s] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and BUILD_DIR not in p.parts)
-    return out
+    return {s: folder_bytes(root / "patches" / str(s)) for s in scales}
 
 
 def store_summary(store: PatchStore) -> str:

@@ -7,13 +7,7 @@ from pathlib import Path
 import click
 
 from luna_train.cli_options import subsets_option
-
-
-def _model(run_dir: str, ensemble: tuple[str, ...], checkpoint: str):
-    from luna_train.inference.trained_model import load_ensemble, load_trained_model
-
-    name = f"{checkpoint}.pt"
-    return load_ensemble([run_dir, *ensemble], name) if ensemble else load_trained_model(run_dir, name)
+from luna_train.evaluate import load_model_like
 
 
 def _detect_config(tta: bool, threshold: float, min_size: int):
@@ -60,7 +54,7 @@ def detect(run_dir, dataset, subsets, out, plots, annotations, tta, ensemble, ch
     from luna_train.evaluation.detection_plot import plot_scan_candidates
     from luna_train.inference.detect import SUBMISSION_COLUMNS, detect_volume
 
-    model = _model(run_dir, ensemble, checkpoint)
+    model = load_model_like(run_dir, ensemble, checkpoint)
     cfg = _detect_config(tta, threshold, min_size)
     store = PatchStore(dataset or model.config.data.dataset)
     if not store.has_volumes():
@@ -105,7 +99,7 @@ def predict(run_dir, scan_path, out, probabilities, candidates, dataset, tta, en
     from luna_prep.format import PatchStore
     from luna_train.inference.predict_scan import predict_scan
 
-    model = _model(run_dir, ensemble, checkpoint)
+    model = load_model_like(run_dir, ensemble, checkpoint)
     attrs = PatchStore(dataset or model.config.data.dataset).attrs
     pred = predict_scan(model, scan_path, attrs.spacing_mm, attrs.hu_window, attrs.image_dtype,
                         _detect_config(tta, threshold, min_size))
