@@ -18,15 +18,15 @@ from pathlib import Path
 
 import torch
 
-from luna_prep.format import PatchStore
+from luna_prep.format.reader import PatchStore
 from luna_train.config import load_config
 from luna_train.data.augment import augment_batch_on_device, batch_generator
 from luna_train.data.dataset import PatchDataset, decode_batch
 from luna_train.data.loader import make_loader
 from luna_train.data.sampler import WeightedPatchSampler
-from luna_train.engine import amp_context
-from luna_train.losses import build_loss
-from luna_train.models import build_model, count_parameters
+from luna_train.training.loop import amp_context
+from luna_train.nets.losses import build_loss
+from luna_train.nets.models import build_model, count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.store is None:
         from luna_prep.build import BuildConfig, run_build
-        from luna_prep.synth import synthesize
+        from luna_prep.synthetic.scans import synthesize
 
         work = Path(tempfile.mkdtemp(prefix="luna-bench-gpu-"))
         data = synthesize(work / "luna16", n_scans=10).root

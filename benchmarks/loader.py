@@ -29,7 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from luna_prep.format import IMAGE_ARRAY, MASK_ARRAY, PatchStore  # noqa: E402
+from luna_prep.format.spec import IMAGE_ARRAY, MASK_ARRAY
+from luna_prep.format.reader import PatchStore  # noqa: E402
 from luna_train.data.dataset import PatchDataset, decode_batch  # noqa: E402
 from luna_train.data.loader import make_loader  # noqa: E402
 from luna_train.data.sampler import SamplerConfig, WeightedPatchSampler  # noqa: E402
@@ -153,7 +154,7 @@ def main() -> None:
     data_root = None
     if args.store is None:
         from luna_prep.build import BuildConfig, run_build
-        from luna_prep.synth import synthesize
+        from luna_prep.synthetic.scans import synthesize
 
         work = Path(tempfile.mkdtemp(prefix="luna-bench-loader-"))
         data_root = synthesize(work / "luna16", n_scans=10).root

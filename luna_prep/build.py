@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
-from .format import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
+from luna_prep import __version__
+from luna_prep.format.spec import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
                      conform, empty_manifest)
-from .lidc import default_lidc_db
-from .plan import ScanPlan, plan_build
-from .sampling import SamplingConfig
-from .scan_task import ScanJob, done_paths, process_scan
-from .storage import StorageConfig, create_store, write_table
-from .summary import folder_bytes
-from .tables import default_annotations, default_candidates, find_scans, read_annotations, read_candidates
+from luna_prep.luna16.lidc import default_lidc_db
+from luna_prep.pipeline.plan import ScanPlan, plan_build
+from luna_prep.pipeline.sampling import SamplingConfig
+from luna_prep.pipeline.scan_task import ScanJob, done_paths, process_scan
+from luna_prep.format.writer import StorageConfig, create_store, write_table
+from luna_prep.report.summary import folder_bytes
+from luna_prep.luna16.tables import default_annotations, default_candidates, find_scans, read_annotations, read_candidates
 
 
 class BuildError(RuntimeError):
@@ -218,11 +218,11 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
     """Build (or resume) the store ``cfg.out`` from the scans of ``cfg.subsets``.
 
     With ``manifests_dir``, a dataset card ``manifests_dir/<card_name>.json`` is written once the
-    build has finished (failed scans included; see :mod:`luna_prep.cards`).
+    build has finished (failed scans included; see :mod:`luna_prep.sharing.cards`).
     """
     t0 = time.perf_counter()
     if manifests_dir is not None:  # a bad card name fails now, not after the build
-        from .cards import CardError, card_path, default_name
+        from luna_prep.sharing.cards import CardError, card_path, default_name
 
         try:
             card_path(card_name or default_name(cfg.out), manifests_dir)
@@ -247,7 +247,7 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
     counts = manifest.groupby(["scale", "kind"]).size().unstack(fill_value=0) if len(manifest) else pd.DataFrame()
     card = None
     if manifests_dir is not None:
-        from .cards import write_card
+        from luna_prep.sharing.cards import write_card
 
         card = write_card(cfg.out, card_name, manifests_dir)
     return BuildReport(

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .format import DEFAULT_STORE
+from luna_prep.format.spec import DEFAULT_STORE
 
 
 def _parse_scales(value: str) -> tuple[int, ...]:
@@ -31,7 +31,7 @@ def main():
 @click.option("--full-size", is_flag=True, help="512x512 in-plane, ~300 slices at 2.5 mm (for benchmarks).")
 def synth(out, scans, seed, full_size):
     """Write a synthetic LUNA16-shaped data set: scans (.mhd/.raw), annotations.csv, candidates.csv."""
-    from .synth import synthesize
+    from luna_prep.synthetic.scans import synthesize
 
     ds = synthesize(out, n_scans=scans, seed=seed, full_size=full_size)
     n_nod = sum(len(s.nodules) for s in ds.scans)
@@ -84,11 +84,11 @@ def build(data_root, subsets, out, workers, scheduler, scheduler_file, scales, s
     Re-running the same command resumes: finished scans are kept. Exit status 1 when any scan failed.
     Once finished, writes the dataset card MANIFESTS_DIR/NAME.json (checksums of every file).
     """
-    from .build import BuildConfig, BuildError, run_build
-    from .sampling import SamplingConfig
-    from .storage import StorageConfig
-    from .summary import build_summary
-    from .tables import parse_subsets
+    from luna_prep.build import BuildConfig, BuildError, run_build
+    from luna_prep.pipeline.sampling import SamplingConfig
+    from luna_prep.format.writer import StorageConfig
+    from luna_prep.report.summary import build_summary
+    from luna_prep.luna16.tables import parse_subsets
 
     try:
         lo, hi = (float(v) for v in hu_window.split(","))
@@ -118,8 +118,9 @@ def build(data_root, subsets, out, workers, scheduler, scheduler_file, scales, s
 @click.argument("store", default=DEFAULT_STORE, type=click.Path(file_okay=False))
 def info(store):
     """Print a store's summary: configuration, scans, patches per scale and kind, bytes."""
-    from .format import FormatError, PatchStore
-    from .summary import store_summary
+    from luna_prep.format.spec import FormatError
+    from luna_prep.format.reader import PatchStore
+    from luna_prep.report.summary import store_summary
 
     try:
         click.echo(store_summary(PatchStore(store)))
@@ -134,7 +135,7 @@ def info(store):
 @click.option("--seed", default=0, help="Which samples to pick.")
 def preview(store, out, samples, seed):
     """Render a montage of patches (every scale) with mask outlines to a PNG."""
-    from .preview import render_preview
+    from luna_prep.report.preview import render_preview
 
     click.echo(f"wrote {render_preview(store, out, n=samples, seed=seed)}")
 
@@ -146,8 +147,8 @@ def preview(store, out, samples, seed):
               help="Where NAME.json is written.")
 def card(store, name, manifests_dir):
     """(Re)write the dataset card of a local STORE: counts, configuration, sha256 of every file."""
-    from .cards import CardError, write_card
-    from .format import FormatError
+    from luna_prep.sharing.cards import CardError, write_card
+    from luna_prep.format.spec import FormatError
 
     try:
         click.echo(f"wrote {write_card(store, name, manifests_dir)}")
@@ -163,7 +164,7 @@ def card(store, name, manifests_dir):
 def verify(target, store_url, deep):
     """Check a store, or a dataset card and its store: checksums of every file (with a card) and the format's
     invariants. Exit status 1 when anything is wrong."""
-    from .verify import verify as run_verify
+    from luna_prep.sharing.verify import verify as run_verify
 
     report = run_verify(target, store_url=store_url, deep=deep)
     click.echo(report.format())
@@ -175,9 +176,9 @@ def verify(target, store_url, deep):
 @click.argument("out_zip", metavar="OUT.zip", type=click.Path(dir_okay=False))
 def pack(store, out_zip):
     """Pack a STORE folder into one uncompressed .zip (ranged reads work; _build/ left out)."""
-    from .format import FormatError
-    from .pack import pack_store
-    from .summary import human_bytes
+    from luna_prep.format.spec import FormatError
+    from luna_prep.sharing.pack import pack_store
+    from luna_prep.report.summary import human_bytes
 
     try:
         r = pack_store(store, out_zip)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from luna_prep.format import DEFAULT_STORE
+from luna_prep.format.spec import DEFAULT_STORE
 from luna_train.data.augment import AugmentConfig
 from luna_train.data.sampler import SamplerConfig
 from luna_train.data.splits import SplitConfig

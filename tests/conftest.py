@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from luna_prep.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE, conform
-from luna_prep.storage import StorageConfig, create_store, write_rows, write_table
+from luna_prep.format.spec import FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE, conform
+from luna_prep.format.writer import StorageConfig, create_store, write_rows, write_table
 
 
 def write_tiny_store(root, scales=(16, 24), n_scans=10, samples_per_scan=8, seed=0, image_dtype="uint8"):

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from luna_prep.format import PatchStore
+from luna_prep.format.reader import PatchStore
 
 
 def _axis_coords(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

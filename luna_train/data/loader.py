@@ -11,7 +11,7 @@ from luna_train.data.dataset import collate_patches
 
 # Imported by the fork server before it forks workers (those the parent already uses), so each
 # worker starts in milliseconds instead of re-importing torch + MONAI (~8 s of CPU each).
-PRELOAD = ("torch", "numpy", "pandas", "zarr", "monai.transforms", "luna_prep.format",
+PRELOAD = ("torch", "numpy", "pandas", "zarr", "monai.transforms", "luna_prep.format.spec",
            "luna_train.data.dataset", "luna_train.data.augment")
 
 

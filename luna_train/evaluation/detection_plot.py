@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from luna_prep.format import ScanVolume
+from luna_prep.format.reader import ScanVolume
 
 
 def plot_scan_candidates(volume: ScanVolume, candidates: pd.DataFrame, out_png: str | Path,

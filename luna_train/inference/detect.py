@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from luna_prep.format import ScanVolume
+from luna_prep.format.reader import ScanVolume
 from luna_train.inference.postprocess import PostprocessConfig, postprocess
 from luna_train.inference.tta import tta_predict
 

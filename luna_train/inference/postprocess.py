@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from luna_train.evaluation.dice import dice
+from luna_train.evaluation.metrics import dice
 
 DEFAULT_GRID: dict[str, list[Any]] = {
     "threshold": [0.3, 0.4, 0.5, 0.6, 0.7],

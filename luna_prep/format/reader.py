@@ -1,0 +1,135 @@
+"""Reading a luna-patches store: :class:`PatchStore` (attributes, tables, patches) and whole-scan volumes."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from luna_prep.format.location import StoreLocation
+from luna_prep.format.shards import ShardedPatchArray, read_many
+from luna_prep.format.spec import (IMAGE_ARRAY, MANIFEST_COLUMNS, MANIFEST_FILE, MASK_ARRAY, SCANS_FILE, VOLUME_IMAGE,
+                                   VOLUME_LUNGS, FormatError, StoreAttributes, array_path, conform, decode_image,
+                                   volume_path)
+
+
+@dataclass(frozen=True)
+class ScanVolume:
+    """A scan's resampled volume as stored with ``--volumes``; world = origin + (x, y, z) * spacing."""
+
+    seriesuid: str
+    image: np.ndarray  # float32 in [0, 1], (z, y, x)
+    lungs: np.ndarray  # bool, (z, y, x)
+    origin_xyz: tuple[float, float, float]
+    spacing_mm: float
+    original: dict  # the source scan's geometry: origin, spacing, direction, size (ITK x, y, z)
+
+    def world_to_zyx(self, world_xyz) -> np.ndarray:
+        return ((np.asarray(world_xyz, dtype=np.float64) - np.asarray(self.origin_xyz)) / self.spacing_mm)[..., ::-1]
+
+    def zyx_to_world(self, zyx) -> np.ndarray:
+        return np.asarray(self.origin_xyz) + np.asarray(zyx, dtype=np.float64)[..., ::-1] * self.spacing_mm
+
+
+
+class PatchStore:
+    """Read access to a luna-patches store: attributes, manifest, scans table and patches.
+
+    ``root`` is a folder, a ``.zip`` or a URL (``file://``, ``http(s)://``, ``s3://``, ``gs://``;
+    see :mod:`luna_prep.format.location`). Opening reads one file (the root ``zarr.json``, which holds the
+    consolidated metadata of every array); tables and arrays load on first use. Patches are read
+    through :class:`luna_prep.format.shards.ShardedPatchArray` (one ranged read per patch). Picklable:
+    DataLoader workers reopen the store in their own process.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = str(root)
+        self.location = StoreLocation.open(self.root)
+        try:
+            meta = json.loads(self.location.read("zarr.json"))
+        except FileNotFoundError as exc:
+            raise FormatError(f"{self.root}: no zarr.json, not a Zarr v3 store") from exc
+        if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
+            raise FormatError(f"{self.root}: zarr.json is not a Zarr v3 group")
+        self.attrs = StoreAttributes.from_attrs(meta.get("attributes", {}), where=self.root)
+        self._array_meta = (meta.get("consolidated_metadata") or {}).get("metadata") or {}
+        self._arrays: dict[str, object] = {}
+
+    def __getstate__(self):
+        return {"root": self.root}
+
+    def __setstate__(self, state):
+        self.__init__(state["root"])
+
+    def _read_table(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(io.BytesIO(self.location.read(name)))
+
+    @cached_property
+    def manifest(self) -> pd.DataFrame:
+        return conform(self._read_table(MANIFEST_FILE), MANIFEST_COLUMNS, f"{self.root}/{MANIFEST_FILE}")
+
+    @cached_property
+    def scans(self) -> pd.DataFrame:
+        return self._read_table(SCANS_FILE)
+
+    def patches(self, scale: int, name: str):
+        """The :class:`~luna_prep.format.shards.ShardedPatchArray` of ``image`` or ``mask`` at a scale."""
+        path = array_path(scale, name)
+        if path not in self._arrays:
+            self._arrays[path] = ShardedPatchArray(self.location, path, self._array_meta.get(path))
+        return self._arrays[path]
+
+    def read_stored(self, scale: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image as stored (uint8 or float16), mask uint8) of one patch; decode with decode_image."""
+        return self.patches(scale, IMAGE_ARRAY).read(index), self.patches(scale, MASK_ARRAY).read(index)
+
+    def read_stored_many(self, scale: int, indices: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Stored images and masks of many patches of one scale, in one batch of ranged reads."""
+        images, masks = read_many([self.patches(scale, IMAGE_ARRAY), self.patches(scale, MASK_ARRAY)], list(indices))
+        return images, masks
+
+    def read_patch(self, scale: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image float32 in [0, 1], mask uint8) of one patch, each (s, s, s) in (z, y, x)."""
+        image = decode_image(self.patches(scale, IMAGE_ARRAY).read(index), self.attrs.image_dtype)
+        mask = self.patches(scale, MASK_ARRAY).read(index)
+        return image, mask
+
+    def has_volumes(self) -> bool:
+        return bool(self.attrs.build_config.get("volumes"))
+
+    def read_volume(self, seriesuid: str) -> ScanVolume:
+        """The whole resampled scan, its lung mask and geometry (stores built with ``--volumes``)."""
+        import zarr
+
+        store = self.location.zarr_store()  # volumes are not in the consolidated metadata: open directly
+        try:
+            image = zarr.open_array(store, path=volume_path(seriesuid, VOLUME_IMAGE), mode="r")
+            lungs = zarr.open_array(store, path=volume_path(seriesuid, VOLUME_LUNGS), mode="r")
+        except (KeyError, FileNotFoundError) as exc:
+            hint = "" if self.has_volumes() else " (the store was built without --volumes)"
+            raise FormatError(f"{self.root}: no volume for {seriesuid}{hint}") from exc
+        attrs = dict(image.attrs)
+        return ScanVolume(
+            seriesuid=seriesuid, image=decode_image(image[:], self.attrs.image_dtype), lungs=lungs[:] > 0,
+            origin_xyz=tuple(attrs["origin_xyz"]), spacing_mm=float(attrs["spacing_mm"]), original=attrs["original"],
+        )
+
+    def zarr_group(self):
+        """The store as a read-only zarr group, for code that wants zarr arrays."""
+        import zarr
+
+        return zarr.open_group(self.location.zarr_store(), mode="r")
+
+    def image_array(self, scale: int):
+        """zarr array ``patches/<scale>/image`` (stored values, not decoded)."""
+        return self.zarr_group()[array_path(scale, IMAGE_ARRAY)]
+
+    def mask_array(self, scale: int):
+        return self.zarr_group()[array_path(scale, MASK_ARRAY)]
+
+

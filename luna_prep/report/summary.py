@@ -1,0 +1,81 @@
+"""Human-readable summaries of a build and of a store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from luna_prep.format.spec import BUILD_DIR
+from luna_prep.format.reader import PatchStore
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def counts_table(manifest: pd.DataFrame) -> str:
+    if manifest.empty:
+        return "  (no patches)"
+    table = manifest.groupby(["scale", "kind"]).size().unstack(fill_value=0)
+    table["total"] = table.sum(axis=1)
+    return "\n".join("  " + line for line in table.to_string().splitlines())
+
+
+def build_summary(report) -> str:
+    lines = [
+        f"store: {report.store}",
+        f"scans: {report.scans_ok} ok, {report.scans_failed} failed"
+        + (f" ({report.skipped} kept from an earlier run)" if report.skipped else ""),
+    ]
+    if report.patches is not None and not report.patches.empty:
+        table = report.patches.copy()
+        table["total"] = table.sum(axis=1)
+        lines.append("patches by scale and kind:")
+        lines += ["  " + ln for ln in table.to_string().splitlines()]
+    if report.masks == "lidc":
+        n = report.nodule_masks
+        lines.append(f"nodule masks: {n.get('lidc', 0)} from LIDC readers' contours, "
+                     f"{n.get('sphere', 0)} spheres (no contours found)")
+    lines.append(f"bytes written: {human_bytes(report.bytes_written)}; time: {report.seconds:.1f} s")
+    for path, error in report.failures:
+        lines.append(f"FAILED {error}")
+    return "\n".join(lines)
+
+
+def folder_bytes(root: Path) -> int:
+    """Bytes of every file under ``root``, the build's bookkeeping (_build/) excluded."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and BUILD_DIR not in p.parts)
+
+
+def store_bytes_by_scale(root: Path, scales) -> dict[int, int]:
+    return {s: folder_bytes(root / "patches" / str(s)) for s in scales}
+
+
+def store_summary(store: PatchStore) -> str:
+    a = store.attrs
+    m = store.manifest
+    scans = store.scans
+    ok = int((scans["status"] == "ok").sum())
+    lines = [
+        f"store: {store.root}",
+        f"format: luna-patches v1, written by luna-prep {a.software_version}; config hash {a.config_hash[:12]}",
+        f"spacing: {a.spacing_mm} mm; HU window: {list(a.hu_window)}; scales: {list(a.scales)}; "
+        f"image dtype: {a.image_dtype}; {a.shard_patches} patches per shard",
+        f"scans: {ok} ok, {len(scans) - ok} failed; subsets: {sorted(scans['subset'].unique().tolist())}",
+        f"samples: {m['sample_id'].nunique()}; patches: {len(m)}; with foreground: {int((m['fg_voxels'] > 0).sum())}",
+        "patches by scale and kind:",
+        counts_table(m),
+    ]
+    by_scale = store_bytes_by_scale(Path(store.root), a.scales)
+    for s, n in by_scale.items():
+        count = int((m["scale"] == s).sum())
+        per = n / count if count else 0
+        lines.append(f"  {s}^3: {human_bytes(n)} on disk, {human_bytes(per)} per patch (image + mask)")
+    for r in scans[scans["status"] != "ok"].itertuples():
+        lines.append(f"FAILED {r.error}")
+    return "\n".join(lines)

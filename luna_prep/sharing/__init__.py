@@ -1,0 +1,1 @@
+"""Sharing a built store: dataset cards, verification, packing into one file."""

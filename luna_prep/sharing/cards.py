@@ -1,0 +1,298 @@
+"""Dataset cards: a small JSON file per built store, for sharing it and for finding it again.
+
+``luna-prep build`` writes ``manifests/<name>.json`` when a build finishes. A card says what the
+store holds (format version, build configuration and its hash, software version, patch counts by
+subset x kind x scale), where it was written, and the sha256 and size of every file of the store
+(``_build/`` excluded). The store itself lives elsewhere (a shared filesystem, a web server, a
+bucket or a ``.zip``); the card is what people commit or send around.
+
+Readers call :func:`resolve_dataset`: given a card it returns the store's location after checking
+the store's small files (``zarr.json``, ``manifest.parquet``, ``scans.parquet``) against the card,
+so a model is never trained on a different store than the card describes. ``luna-prep verify``
+checks every file (:mod:`luna_prep.sharing.verify`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from luna_prep import __version__
+from luna_prep.format.spec import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
+                     StoreAttributes, conform)
+from luna_prep.format.location import StoreLocation, UnsafePathError, is_url, safe_relpath
+
+CARD_FORMAT = "luna-patches-card"
+CARD_VERSION = 1
+DEFAULT_MANIFESTS_DIR = "manifests"
+# Files checked against the card each time a reader resolves a card (cheap: a few requests).
+SMALL_FILES = ("zarr.json", MANIFEST_FILE, SCANS_FILE)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class CardError(ValueError):
+    """A card that is not valid, or a store that does not match its card."""
+
+
+class ChecksumMismatch(CardError):
+    """A store file whose bytes differ from what the card recorded."""
+
+
+def default_name(store_path: str | Path) -> str:
+    """Card name from the store's path: ``data/patches.zarr`` -> ``patches``."""
+    s = str(store_path).rstrip("/")
+    base = s.rsplit("/", 1)[-1] if is_url(s) else Path(s).name
+    for suffix in (".zip", ".zarr"):
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+    return base or "dataset"
+
+
+def card_path(name: str, manifests_dir: str | Path = DEFAULT_MANIFESTS_DIR) -> Path:
+    if not _NAME.match(name):
+        raise CardError(f"card name {name!r}: use letters, digits, '.', '_' and '-' (no '/')")
+    return Path(manifests_dir) / f"{name}.json"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            n += len(block)
+    return h.hexdigest(), n
+
+
+def store_files(root: str | Path) -> list[str]:
+    """Relative paths of every file of a local store folder, ``_build/`` excluded, sorted."""
+    root = Path(root)
+    out = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel.split("/", 1)[0] != BUILD_DIR:
+            out.append(rel)
+    return sorted(out)
+
+
+def file_checksums(root: str | Path, threads: int = 4) -> list[dict]:
+    """``[{path, size, sha256}]`` for every file of a local store (hashing in a few threads)."""
+    root = Path(root)
+    rels = store_files(root)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        digests = list(pool.map(lambda rel: _sha256_file(root / rel), rels))
+    return [{"path": rel, "size": size, "sha256": digest} for rel, (digest, size) in zip(rels, digests)]
+
+
+def count_records(manifest: pd.DataFrame) -> list[dict]:
+    """Patches by subset x kind x scale, as sorted records."""
+    if manifest.empty:
+        return []
+    g = manifest.groupby(["subset", "kind", "scale"]).size().reset_index(name="patches")
+    return [{"subset": int(r.subset), "kind": str(r.kind), "scale": int(r.scale), "patches": int(r.patches)}
+            for r in g.sort_values(["subset", "kind", "scale"]).itertuples()]
+
+
+def write_card(store_path: str | Path, name: str | None = None,
+               manifests_dir: str | Path = DEFAULT_MANIFESTS_DIR) -> Path:
+    """Write ``manifests_dir/<name>.json`` describing the local store ``store_path``; return its path.
+
+    Call it once the build has finished (failed scans included: the card records what exists).
+    """
+    root = Path(store_path)
+    name = name or default_name(store_path)
+    out = card_path(name, manifests_dir)
+    meta = json.loads((root / "zarr.json").read_bytes())
+    attrs = StoreAttributes.from_attrs(meta.get("attributes", {}), where=str(root))
+    manifest = conform(pd.read_parquet(root / MANIFEST_FILE), MANIFEST_COLUMNS, f"{root}/{MANIFEST_FILE}")
+    scans = pd.read_parquet(root / SCANS_FILE)
+    status = scans["status"] if "status" in scans.columns else pd.Series([], dtype=str)
+    files = file_checksums(root)
+    card: dict[str, Any] = {
+        "card_format": CARD_FORMAT,
+        "card_version": CARD_VERSION,
+        "name": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "software_version": attrs.software_version,
+        "card_written_by": __version__,
+        "config_hash": attrs.config_hash,
+        "build_config": attrs.build_config,
+        "attributes": {
+            "spacing_mm": attrs.spacing_mm, "hu_window": list(attrs.hu_window), "scales": list(attrs.scales),
+            "image_dtype": attrs.image_dtype, "shard_patches": attrs.shard_patches, "capacity": attrs.capacity,
+        },
+        "store": {
+            "location": str(store_path),
+            "absolute": None if is_url(str(store_path)) else str(root.resolve()),
+        },
+        "totals": {
+            "scans_ok": int((status == "ok").sum()),
+            "scans_failed": int((status != "ok").sum()),
+            "samples": int(manifest["sample_id"].nunique()),
+            "patches": int(len(manifest)),
+            "files": len(files),
+            "bytes": int(sum(f["size"] for f in files)),
+        },
+        "counts": count_records(manifest),
+        "failed_scans": [str(u) for u in scans.loc[status != "ok", "seriesuid"]] if len(scans) else [],
+        "files": files,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp.write_text(_dump_card(card))
+    os.replace(tmp, out)
+    return out
+
+
+def _dump_card(card: dict) -> str:
+    """JSON with one line per file / count record, so cards diff well under version control."""
+    parts = []
+    for key, value in card.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            body = ",\n".join(f"  {json.dumps(v)}" for v in value)
+            parts.append(f" {json.dumps(key)}: [\n{body}\n ]")
+        else:
+            parts.append(f" {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
+def _read_text(path: str | Path) -> str:
+    if is_url(str(path)):
+        import fsspec
+
+        with fsspec.open(str(path), "rt") as f:
+            return f.read()
+    return Path(path).read_text()
+
+
+def validate_card(card: Any, where: str = "card") -> dict:
+    """Check a parsed card's structure; return it. Paths escaping the store are refused."""
+    if not isinstance(card, dict):
+        raise CardError(f"{where}: not a JSON object")
+    if card.get("card_format") != CARD_FORMAT:
+        raise CardError(f"{where}: not a {CARD_FORMAT} (card_format={card.get('card_format')!r})")
+    if card.get("card_version") != CARD_VERSION:
+        raise CardError(f"{where}: card_version {card.get('card_version')!r}, this software reads {CARD_VERSION}")
+    if card.get("format") != FORMAT_NAME or card.get("format_version") != FORMAT_VERSION:
+        raise CardError(f"{where}: describes a {card.get('format')!r} v{card.get('format_version')!r} store, "
+                        f"this software reads {FORMAT_NAME} v{FORMAT_VERSION}")
+    store = card.get("store")
+    if not isinstance(store, dict) or not isinstance(store.get("location"), str):
+        raise CardError(f"{where}: no store location")
+    files = card.get("files")
+    if not isinstance(files, list) or not files:
+        raise CardError(f"{where}: no file list")
+    seen = set()
+    for i, f in enumerate(files):
+        if not isinstance(f, dict):
+            raise CardError(f"{where}: files[{i}] is not an object")
+        try:
+            rel = safe_relpath(f.get("path"), where)
+        except UnsafePathError as exc:
+            raise CardError(str(exc)) from exc
+        if rel != f["path"]:
+            raise CardError(f"{where}: path {f['path']!r} is not normalized")
+        if rel.split("/", 1)[0] == BUILD_DIR:
+            raise CardError(f"{where}: {rel} is build bookkeeping, not part of a store")
+        if rel in seen:
+            raise CardError(f"{where}: {rel} listed twice")
+        seen.add(rel)
+        if not isinstance(f.get("sha256"), str) or not _SHA256.match(f["sha256"]):
+            raise CardError(f"{where}: {rel}: sha256 must be 64 lowercase hex digits")
+        if not isinstance(f.get("size"), int) or isinstance(f["size"], bool) or f["size"] < 0:
+            raise CardError(f"{where}: {rel}: size must be a non-negative integer")
+    missing = [s for s in SMALL_FILES if s not in seen]
+    if missing:
+        raise CardError(f"{where}: file list lacks {missing}")
+    return card
+
+
+def load_card(path: str | Path) -> dict:
+    """Read and validate a card (a local path or a URL)."""
+    try:
+        card = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise CardError(f"{path}: not valid JSON ({exc})") from exc
+    return validate_card(card, where=str(path))
+
+
+def is_card(dataset: str | Path) -> bool:
+    return str(dataset).lower().endswith(".json")
+
+
+def card_store_location(card: dict, store_url: str | None = None, card_file: str | Path | None = None) -> str:
+    """Where the card's store is: ``store_url`` if given, else the recorded location.
+
+    A local store is looked for at its recorded absolute path, then at the location as given
+    (relative to the current directory). Raises FileNotFoundError naming both when neither exists.
+    """
+    if store_url:
+        return str(store_url)
+    loc = card["store"]["location"]
+    if is_url(loc):
+        return loc
+    absolute = card["store"].get("absolute")
+    for candidate in (absolute, loc):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    where = f"{card_file}: " if card_file else ""
+    raise FileNotFoundError(
+        f"{where}store not found at {absolute or loc!r}" + (f" nor {loc!r}" if absolute and absolute != loc else "")
+        + "; pass --store-url with where the store (folder, .zip or URL) is now"
+    )
+
+
+def check_files(location: StoreLocation, card: dict, rels: tuple[str, ...] | list[str] = SMALL_FILES,
+                card_file: str | Path = "card") -> None:
+    """Compare some of the store's files with the card; raise :class:`ChecksumMismatch` naming the file."""
+    expected = {f["path"]: f for f in card["files"]}
+    for rel in rels:
+        want = expected.get(rel)
+        if want is None:
+            raise CardError(f"{card_file}: {rel} is not in the card's file list")
+        try:
+            data = location.read(rel)
+        except FileNotFoundError as exc:
+            raise ChecksumMismatch(f"{location.display}: {rel} is missing (the card {card_file} lists it)") from exc
+        got = sha256_bytes(data)
+        if got != want["sha256"] or len(data) != want["size"]:
+            raise ChecksumMismatch(
+                f"{location.display}: {rel} does not match the card {card_file} "
+                f"(sha256 {got[:12]}..., {len(data)} bytes; card: {want['sha256'][:12]}..., {want['size']} bytes). "
+                "The store changed since the card was written: rebuild the card, or pass --no-verify"
+            )
+
+
+def resolve_dataset(dataset: str, store_url: str | None = None, verify: bool = True) -> str:
+    """The store to read for ``dataset``: a store path/URL is returned unchanged; a card (``.json``)
+    gives its store's location (or ``store_url``), after checking the store's small files against
+    the card when ``verify`` (a mismatch raises :class:`ChecksumMismatch` naming the file).
+    """
+    dataset = str(dataset)
+    if not is_card(dataset):
+        return dataset
+    card = load_card(dataset)
+    try:
+        location = card_store_location(card, store_url, dataset)
+    except FileNotFoundError:
+        if not verify:
+            return card["store"]["location"]
+        raise
+    if verify:
+        check_files(StoreLocation.open(location), card, SMALL_FILES, dataset)
+    return location

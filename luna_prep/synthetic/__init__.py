@@ -1,0 +1,1 @@
+"""LUNA16-shaped synthetic scans with nodules of known size at known world coordinates."""

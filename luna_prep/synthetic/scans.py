@@ -1,0 +1,217 @@
+"""Synthetic LUNA16-shaped data: chest CT scans (.mhd/.raw) with known nodules and the two CSVs.
+
+``synthesize(out_dir)`` writes, like the LUNA16 release::
+
+    DIR/subset{k}/<seriesuid>.mhd + .raw   int16 HU (MET_SHORT); scan i in subset i % 10
+    DIR/annotations.csv                    seriesuid,coordX,coordY,coordZ,diameter_mm
+    DIR/candidates.csv                     seriesuid,coordX,coordY,coordZ,class
+
+Coordinates are world mm (ITK physical x, y, z). Special scans: index 1 has direction
+diag(-1, 1, -1) (origin = world position of voxel (0, 0, 0)), index 2 is stored compressed
+(.zraw), index 4 has a circular field of view with -2048 outside it. With more than 10 scans,
+every scan with index % 4 == 3 has no nodule. Same seed -> byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from luna_prep.luna16.geometry import ScanGeometry, read_header_geometry
+from luna_prep.synthetic.anatomy import Ball, Chest, Ellipsoid, Tube, render
+
+UID_PREFIX = "1.3.6.1.4.1.14519.5.2.1.9999."
+ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
+CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
+FLIPPED_INDEX = 1
+FLIPPED_DIRECTION = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+COMPRESSED_INDEX = 2
+FOV_CLIP_INDEX = 4
+NODULE_DIAMETER_MM = (3.0, 30.0)
+CLEARANCE_MM = 5.0  # lung wall, vessels and other nodules stay this far from a nodule's surface
+
+
+@dataclass(frozen=True)
+class SynthNodule:
+    world_xyz: tuple[float, float, float]
+    diameter_mm: float
+
+
+@dataclass(frozen=True)
+class SynthScan:
+    seriesuid: str
+    subset: int
+    path: Path  # the .mhd
+    geometry: ScanGeometry
+    nodules: tuple[SynthNodule, ...]
+
+
+@dataclass(frozen=True)
+class SynthDataset:
+    root: Path
+    scans: tuple[SynthScan, ...]
+    annotations_csv: Path
+    candidates_csv: Path
+
+
+def seriesuid_for(seed: int, index: int) -> str:
+    """A DICOM-UID-like series id, deterministic in (seed, index): prefix + 30 digits."""
+    h = int.from_bytes(hashlib.sha256(f"luna-synth:{seed}:{index}".encode()).digest()[:16], "big")
+    return UID_PREFIX + str(10**29 + h % (9 * 10**29))
+
+
+def _sample_geometry(rng: np.random.Generator, index: int, full_size: bool) -> ScanGeometry:
+    if full_size:
+        n_xy, s_xy, s_z = 512, rng.uniform(0.65, 0.8), 2.5
+        n_z = int(rng.integers(280, 321))
+    else:
+        n_xy, s_xy, s_z = 192, rng.uniform(0.6, 0.95), round(rng.uniform(0.7, 2.5), 3)
+        n_z = int(np.ceil(rng.uniform(130.0, 170.0) / s_z))
+    spacing = np.array([round(s_xy, 6), round(s_xy, 6), s_z])
+    size = np.array([n_xy, n_xy, n_z])
+    lo = np.round([rng.uniform(-250, -150), rng.uniform(-250, -150), rng.uniform(-400, -100)], 3)
+    direction = FLIPPED_DIRECTION if index == FLIPPED_INDEX else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    d = np.asarray(direction).reshape(3, 3)
+    # Origin is voxel (0, 0, 0); put the world box's minimum corner at ``lo`` whatever the direction.
+    origin = lo - np.minimum(d * (spacing * (size - 1))[None, :], 0.0).sum(axis=1)
+    return ScanGeometry(tuple(float(v) for v in np.round(origin, 6)), tuple(float(v) for v in spacing),
+                        tuple(float(v) for v in direction), tuple(int(v) for v in size))
+
+
+def _sample_anatomy(rng: np.random.Generator, geom: ScanGeometry, full_size: bool):
+    """Body, bones, lungs and vessels in world mm (nodules come later)."""
+    lo, hi = geom.world_bounds()
+    ext, ctr = hi - lo, (lo + hi) / 2
+    fov = min(ext[0], ext[1])
+    a = fov * rng.uniform(0.40, 0.45)
+    b = a * rng.uniform(0.70, 0.80)
+    body_center = (ctr[0] + rng.uniform(-0.03, 0.03) * fov, ctr[1] + rng.uniform(-0.03, 0.03) * fov)
+    bone_ring = (0.86, 0.92)
+    lung_z = min(0.42 * ext[2], 140.0) * rng.uniform(0.95, 1.0)
+    zc = ctr[2] + rng.uniform(-0.03, 0.03) * ext[2]
+    lungs = []
+    for side in (-1.0, 1.0):
+        cx, cy = 0.44 * side * rng.uniform(0.97, 1.03), 0.02
+        sa, sb = 0.33 * rng.uniform(0.95, 1.05), 0.62 * rng.uniform(0.95, 1.05)
+        t = np.linspace(0, 2 * np.pi, 721)  # keep the lung's outline inside the rib ring
+        shrink = min(1.0, (bone_ring[0] - 0.02) / np.hypot(cx + sa * np.cos(t), cy + sb * np.sin(t)).max())
+        lungs.append(Ellipsoid((body_center[0] + cx * a, body_center[1] + cy * b, zc),
+                               (shrink * sa * a, shrink * sb * b, lung_z)))
+    vessels = []
+    for lung in lungs:
+        medial = 1.0 if lung.center[0] < body_center[0] else -1.0
+        hilum = np.asarray(lung.center) + np.array([0.55 * medial * lung.semi[0], 0.0, 0.0])
+        for _ in range(int(rng.integers(6, 11) if full_size else rng.integers(3, 6))):
+            p0 = hilum + rng.normal(0.0, 0.08, 3) * np.asarray(lung.semi)
+            p1, p2 = lung.random_point(rng, 0.8), lung.random_point(rng, 0.8)
+            r = rng.uniform(1.5, 3.0)
+            vessels += [Tube(tuple(p0), tuple(p1), r), Tube(tuple(p1), tuple(p2), max(1.0, 0.6 * r))]
+    chest = Chest(body_center, (a, b), rng.uniform(0.04, 0.07), bone_ring, rng.uniform(22.0, 30.0),
+                  rng.uniform(0.0, 30.0), tuple(lungs), tuple(vessels), (), False)
+    return chest
+
+
+def _place_nodules(rng: np.random.Generator, geom: ScanGeometry, chest: Chest, n: int) -> list[Ball]:
+    """Up to n non-overlapping balls fully inside a lung, off the vessels, inside the volume."""
+    balls: list[Ball] = []
+    lo, hi = geom.world_bounds()
+    for _ in range(n):
+        d = float(np.exp(rng.uniform(*np.log(NODULE_DIAMETER_MM))))
+        for attempt in range(600):
+            if attempt and attempt % 100 == 0:
+                d = max(NODULE_DIAMETER_MM[0], 0.7 * d)
+            r = d / 2
+            lung = chest.lungs[int(rng.integers(len(chest.lungs)))]
+            c = lung.random_point(rng)
+            if (np.all(c - r - 2 > lo) and np.all(c + r + 2 < hi) and lung.contains_ball(c, r + CLEARANCE_MM)
+                    and all(float(t.distance(*c)) > r + t.radius + CLEARANCE_MM for t in chest.vessels)
+                    and all(np.linalg.norm(c - b.center) > r + b.radius + CLEARANCE_MM for b in balls)):
+                balls.append(Ball(tuple(float(v) for v in c), r, float(rng.uniform(15.0, 45.0))))
+                break
+    return balls
+
+
+def _candidates(rng: np.random.Generator, chest: Chest) -> list[tuple[np.ndarray, int]]:
+    """Class 1 points within 1 mm of each nodule centre; 20-40 class 0 points on vessels and in lungs."""
+    rows = []
+    for b in chest.nodules:
+        for _ in range(int(rng.integers(1, 4))):
+            u = rng.standard_normal(3)
+            rows.append((np.asarray(b.center) + u / np.linalg.norm(u) * rng.uniform(0.0, 0.9), 1))
+
+    def far_from_nodules(p):
+        return all(np.linalg.norm(p - b.center) > b.radius + CLEARANCE_MM for b in chest.nodules)
+
+    n0 = int(rng.integers(20, 41))
+    n_vessel = int(round(0.6 * n0)) if chest.vessels else 0
+    weights = np.array([t.length for t in chest.vessels])
+    n_have = 0
+    for _ in range(100 * n0):
+        if n_have == n0:
+            break
+        if n_have < n_vessel:
+            p = chest.vessels[int(rng.choice(len(weights), p=weights / weights.sum()))].point(rng.random())
+        else:
+            p = chest.lungs[int(rng.integers(len(chest.lungs)))].random_point(rng, 0.9)
+        if far_from_nodules(p):
+            rows.append((p, 0))
+            n_have += 1
+    return [rows[i] for i in rng.permutation(len(rows))]
+
+
+def _fmt(v) -> str:
+    return repr(float(v))
+
+
+def _write_scan(path: Path, volume: np.ndarray, geom: ScanGeometry, compressed: bool) -> ScanGeometry:
+    image = sitk.GetImageFromArray(volume)
+    image.SetOrigin(geom.origin)
+    image.SetSpacing(geom.spacing)
+    image.SetDirection(geom.direction)
+    sitk.WriteImage(image, str(path), useCompression=compressed)
+    written = read_header_geometry(path)
+    if written != geom:  # MetaIO writes 17 significant digits: this holds exactly
+        raise RuntimeError(f"{path}: header geometry {written} differs from the rendered {geom}")
+    return written
+
+
+def synthesize(out_dir, n_scans: int = 10, seed: int = 0, full_size: bool = False) -> SynthDataset:
+    """Write a synthetic LUNA16-shaped dataset to ``out_dir`` and describe it.
+
+    Scan i depends only on (seed, i, full_size), except that with n_scans > 10 every scan with
+    i % 4 == 3 is rendered without nodules. Existing files of the same names are overwritten;
+    nothing else in ``out_dir`` is touched, so use a fresh directory.
+    """
+    if n_scans < 0 or seed < 0:
+        raise ValueError("n_scans and seed must be non-negative")
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    scans, ann_lines, cand_lines = [], [",".join(ANNOTATION_COLUMNS)], [",".join(CANDIDATE_COLUMNS)]
+    for i in range(n_scans):
+        rng = np.random.default_rng([seed, i, int(full_size)])
+        uid, subset = seriesuid_for(seed, i), i % 10
+        geom = _sample_geometry(rng, i, full_size)
+        chest = _sample_anatomy(rng, geom, full_size)
+        n_nod = int(rng.integers(1, 4))
+        if n_scans > 10 and i % 4 == 3:
+            n_nod = 0
+        balls = _place_nodules(rng, geom, chest, n_nod)
+        chest = replace(chest, nodules=tuple(balls), fov_clip=i == FOV_CLIP_INDEX)
+        cands = _candidates(rng, chest)
+        volume = render(geom, chest, np.random.default_rng([seed, i, int(full_size), 1]))
+        folder = root / f"subset{subset}"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{uid}.mhd"
+        geom = _write_scan(path, volume, geom, compressed=i == COMPRESSED_INDEX)
+        nodules = tuple(SynthNodule(b.center, 2.0 * b.radius) for b in balls)
+        scans.append(SynthScan(uid, subset, path, geom, nodules))
+        ann_lines += [",".join([uid, *map(_fmt, n.world_xyz), _fmt(n.diameter_mm)]) for n in nodules]
+        cand_lines += [",".join([uid, *map(_fmt, p), str(cls)]) for p, cls in cands]
+    annotations_csv, candidates_csv = root / "annotations.csv", root / "candidates.csv"
+    annotations_csv.write_text("\n".join(ann_lines) + "\n", newline="\n")
+    candidates_csv.write_text("\n".join(cand_lines) + "\n", newline="\n")
+    return SynthDataset(root, tuple(scans), annotations_csv, candidates_csv)

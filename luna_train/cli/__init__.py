@@ -1,0 +1,1 @@
+"""The luna-train command line: one thin module per command group."""

@@ -1,0 +1,1 @@
+"""Training: assemble a run, the loop, checkpoints, schedule, distributed helpers, run log and plots."""

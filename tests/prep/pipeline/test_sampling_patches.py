@@ -1,0 +1,90 @@
+"""Sample centres and patch cutting on tiny volumes."""
+
+import numpy as np
+
+from luna_prep.pipeline.lungmask import lung_mask
+from luna_prep.pipeline.patches import extract_patch, nodule_mask
+from luna_prep.pipeline.sampling import Nodule, SamplingConfig, nodule_centres, planned_counts, random_centres, touches_nodule
+
+
+def test_extract_patch_pads_with_air_beyond_the_edge():
+    vol = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7) + 1
+    p = extract_patch(vol, (0, 0, 0), 4)  # voxel [2,2,2] of the patch is vol[0,0,0]
+    assert p.shape == (4, 4, 4)
+    assert p[2, 2, 2] == vol[0, 0, 0]
+    assert (p[:2] == 0).all() and (p[:, :2] == 0).all() and (p[:, :, :2] == 0).all()
+    np.testing.assert_array_equal(p[2:, 2:, 2:], vol[:2, :2, :2])
+    assert (extract_patch(vol, (100, 100, 100), 4) == 0).all()
+
+
+def test_sphere_mask_is_the_union_of_every_nodule_reaching_in():
+    a = Nodule(0, np.array([10.0, 10.0, 10.0]), 3.0, 6.0)
+    b = Nodule(1, np.array([10.0, 10.0, 17.5]), 2.0, 4.0)  # reaches in from beside the centred one
+    far = Nodule(2, np.array([40.0, 40.0, 40.0]), 3.0, 6.0)
+    m, sources = nodule_mask((10, 10, 10), 16, [a, b, far])  # patch covers 2..17 on each axis
+    assert sources == {"sphere"}
+    assert m[8, 8, 8] == 1 and m[8, 8, 15] == 1  # both nodules' centres (patch coords = world - 2)
+    only_a, _ = nodule_mask((10, 10, 10), 16, [a])
+    assert m.sum() > only_a.sum()
+    # voxel count of a sphere of radius 3 centred on a voxel: 123 lattice points
+    assert only_a.sum() == 123
+
+
+def test_jitter_keeps_the_nodule_well_inside_the_smallest_patch():
+    cfg = SamplingConfig(scales=(48, 64), jitter_copies=20, max_jitter_mm=30.0)
+    nod = Nodule(0, np.array([50.2, 60.7, 70.4]), 12.0, 24.0)
+    centres = nodule_centres([nod], cfg, 1.0, np.random.default_rng(0))
+    assert len(centres) == 21 and centres[0].centre_zyx == (50, 61, 70)
+    half = 24
+    for c in centres:
+        rel = nod.centre_zyx - np.asarray(c.centre_zyx) + half
+        assert np.all(rel - nod.radius_vox >= cfg.jitter_margin_vox - 1)
+        assert np.all(rel + nod.radius_vox <= 48 - cfg.jitter_margin_vox + 1)
+    assert len({c.centre_zyx for c in centres}) > 10  # copies really move
+
+
+def test_planned_counts_follow_the_ratio_and_floor():
+    cfg = SamplingConfig(jitter_copies=4, negative_ratio=3.0, hard_fraction=0.5, min_negatives=6)
+    assert planned_counts(2, 1000, cfg) == {"nodule": 10, "candidate": 15, "random": 15}
+    assert planned_counts(0, 1000, cfg) == {"nodule": 0, "candidate": 3, "random": 3}
+    assert planned_counts(2, 4, cfg) == {"nodule": 10, "candidate": 4, "random": 26}
+
+
+def _toy_chest():
+    """uint8-like normalized volume: body 0.7, two lung boxes at 0.1, air 0 outside."""
+    vol = np.zeros((40, 60, 80), np.float32)
+    vol[:, 10:50, 10:70] = 0.74
+    vol[:, 15:45, 15:35] = 0.11
+    vol[:, 15:45, 45:65] = 0.11
+    return vol
+
+
+def test_lung_mask_excludes_air_outside_the_body():
+    vol = _toy_chest()
+    lungs = lung_mask(vol, 1.0, (-1000, 400), grid_mm=2.0).upsample(vol.shape)
+    assert lungs[20, 30, 25] and lungs[20, 30, 55]
+    assert not lungs[20, 2, 2] and not lungs[20, 30, 40]
+
+
+def test_random_centres_avoid_nodules_and_stay_in_the_lungs():
+    vol = _toy_chest()
+    lungs = lung_mask(vol, 1.0, (-1000, 400), grid_mm=2.0)
+    nod = Nodule(0, np.array([20.0, 30.0, 25.0]), 3.0, 6.0)
+    centres = random_centres(50, lungs, vol.shape, [nod], 16, np.random.default_rng(1))
+    zyx = np.array([c.centre_zyx for c in centres])
+    assert not touches_nodule(zyx, [nod], 16).any()
+    assert (vol[tuple(zyx.T)] < 0.3).mean() > 0.9
+
+
+def test_nodule_mask_paints_a_given_mask_and_names_its_source():
+    blob = np.zeros((3, 4, 5), bool)
+    blob[1, 1:3, 1:4] = True
+    lidc = Nodule(0, np.array([11.0, 11.5, 12.0]), 2.0, 4.0, mask=blob, mask_lo_zyx=np.array([10, 10, 10]))
+    sphere = Nodule(1, np.array([4.0, 4.0, 4.0]), 1.0, 2.0)
+    m, sources = nodule_mask((10, 10, 10), 16, [lidc])  # patch voxel 0 = volume voxel 2
+    assert sources == {"lidc"} and m.sum() == blob.sum()
+    assert m[9, 9:11, 9:12].all()
+    m, sources = nodule_mask((10, 10, 10), 16, [lidc, sphere])
+    assert sources == {"lidc", "sphere"} and m.sum() == blob.sum() + 7
+    _, sources = nodule_mask((40, 40, 40), 16, [lidc, sphere])
+    assert sources == set()

@@ -1,0 +1,161 @@
+"""luna-prep build on a real Dask cluster: a `dask scheduler` and two `dask worker` processes on localhost.
+
+The output must be byte-identical to an in-process build, also when a worker is killed (SIGKILL,
+nanny and worker together, like a node going down) in the middle of a build.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from luna_prep.build import BuildConfig, run_build
+from luna_prep.format.spec import BUILD_DIR
+from luna_prep.format.reader import PatchStore
+from luna_prep.pipeline.sampling import SamplingConfig
+from luna_prep.synthetic.scans import synthesize
+
+SCALES = (32, 48)
+N_SCANS = 4
+START_TIMEOUT = 45  # s, scheduler and workers
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen:
+    """A `python -m dask ...` process in its own process group (so nanny + worker die together)."""
+    with open(log, "wb") as f:
+        return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen, sig=signal.SIGTERM, wait: float = 10) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=wait)
+
+
+@contextmanager
+def local_cluster_processes(tmp: Path, n_workers: int = 2):
+    """Yield (scheduler_file, {nanny pid: Popen}, client) of a scheduler and ``n_workers`` workers."""
+    from distributed import Client
+
+    scheduler_file = tmp / "scheduler.json"
+    procs: list[subprocess.Popen] = []
+    client = None
+    try:
+        procs.append(_spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                             "--scheduler-file", str(scheduler_file)], tmp / "scheduler.log"))
+        deadline = time.time() + START_TIMEOUT
+        while not scheduler_file.exists() or scheduler_file.stat().st_size == 0:
+            assert procs[0].poll() is None, (tmp / "scheduler.log").read_text()
+            assert time.time() < deadline, "scheduler did not start"
+            time.sleep(0.1)
+        workers = {}
+        for i in range(n_workers):
+            p = _spawn(["worker", "--scheduler-file", str(scheduler_file), "--nworkers", "1", "--nthreads", "1",
+                        "--host", "127.0.0.1", "--no-dashboard", "--death-timeout", "60", "--name", f"w{i}"],
+                       tmp / f"worker{i}.log")
+            procs.append(p)
+            workers[p.pid] = p
+        client = Client(scheduler_file=str(scheduler_file), timeout=START_TIMEOUT)
+        client.wait_for_workers(n_workers, timeout=START_TIMEOUT)
+        yield scheduler_file, workers, client
+    finally:
+        if client is not None:
+            client.close(timeout=10)
+        for p in reversed(procs):
+            _stop(p)
+
+
+@pytest.fixture(scope="module")
+def synth4(tmp_path_factory):
+    return synthesize(tmp_path_factory.mktemp("synth") / "luna16", n_scans=N_SCANS, seed=21)
+
+
+@pytest.fixture(scope="module")
+def reference(synth4, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "local.zarr"
+    cfg = BuildConfig(data_root=str(synth4.root), out=str(out), subsets=tuple(range(N_SCANS)),
+                      sampling=SamplingConfig(scales=SCALES, jitter_copies=1))
+    report = run_build(cfg, workers=0, progress=False)
+    assert report.ok and report.scans_ok == N_SCANS
+    return PatchStore(out)
+
+
+def build_cmd(synth4, out: Path, scheduler_file: Path) -> list[str]:
+    return [sys.executable, "-m", "luna_prep.cli", "build", "--data-root", str(synth4.root),
+            "--subsets", f"0-{N_SCANS - 1}", "--out", str(out), "--scales", ",".join(map(str, SCALES)),
+            "--jitter-copies", "1", "--scheduler-file", str(scheduler_file), "--quiet", "--no-card"]
+
+
+def assert_identical(store: PatchStore, reference: PatchStore) -> None:
+    a = store.manifest.sort_values(["sample_id", "scale"], ignore_index=True)
+    b = reference.manifest.sort_values(["sample_id", "scale"], ignore_index=True)
+    pd.testing.assert_frame_equal(a, b)
+    assert (store.scans["status"] == "ok").sum() == N_SCANS
+    for s in SCALES:
+        assert np.array_equal(store.image_array(s)[:], reference.image_array(s)[:])
+        assert np.array_equal(store.mask_array(s)[:], reference.mask_array(s)[:])
+
+
+@pytest.mark.timeout(180)
+def test_build_on_a_dask_cluster_matches_local_and_survives_a_killed_worker(synth4, reference, tmp_path):
+    with local_cluster_processes(tmp_path) as (scheduler_file, workers, client):
+        # 1. a plain build through the two workers
+        out = tmp_path / "cluster.zarr"
+        result = subprocess.run(build_cmd(synth4, out, scheduler_file), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"scans: {N_SCANS} ok, 0 failed" in result.stdout
+        ran_on = {w["name"] for w in client.scheduler_info()["workers"].values()}
+        assert ran_on == {"w0", "w1"}
+        assert_identical(PatchStore(out), reference)
+
+        # 2. SIGKILL a busy worker (nanny and worker process) once the first scan has finished
+        out = tmp_path / "killed.zarr"
+        nanny_of = client.run(os.getppid)  # worker address -> pid of its nanny, our Popen
+        proc = subprocess.Popen(build_cmd(synth4, out, scheduler_file), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            done = out / BUILD_DIR / "done"
+            deadline = time.time() + 90
+            victim = None
+            while victim is None and time.time() < deadline and proc.poll() is None:
+                if done.exists() and any(done.glob("*.json")):
+                    busy = [addr for addr, keys in client.processing().items() if keys]
+                    if busy:
+                        victim = workers[nanny_of[busy[0]]]
+                        n_done = len(list(done.glob("*.json")))
+                        _stop(victim, signal.SIGKILL)
+                        break
+                time.sleep(0.02)
+            assert victim is not None, "no busy worker to kill: the build finished too early"
+            assert 1 <= n_done < N_SCANS
+            stdout, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, stdout
+        assert f"scans: {N_SCANS} ok, 0 failed" in stdout
+        assert victim.poll() is not None
+        assert len(client.scheduler_info()["workers"]) == 1  # the other worker took over
+        assert_identical(PatchStore(out), reference)

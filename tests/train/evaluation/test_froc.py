@@ -1,0 +1,210 @@
+"""LUNA16 FROC/CPM: hand-worked cases, then the real LUNA16 annotation files of tests/data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from luna_train.evaluation.froc import (
+    OPERATING_POINTS, compute_froc, load_luna_csv, load_seriesuids, run_froc)
+
+from paths import DATA
+COLS = ["seriesuid", "coordX", "coordY", "coordZ"]
+
+
+def nodules(*rows: tuple) -> pd.DataFrame:
+    """(uid, x, y, z, diameter_mm) rows."""
+    return pd.DataFrame(rows, columns=COLS + ["diameter_mm"])
+
+
+def cands(*rows: tuple) -> pd.DataFrame:
+    """(uid, x, y, z, probability) rows."""
+    return pd.DataFrame(rows, columns=COLS + ["probability"])
+
+
+def froc(sub, ann, excl=None, uids=("s1",), **kw):
+    return compute_froc(sub, ann, excl, list(uids), n_bootstrap=kw.pop("n_bootstrap", 0), **kw)
+
+
+def test_perfect_detector_cpm_one():
+    # 3 nodules in 2 scans, each with a candidate on its centre, no other candidate:
+    # no FP at all -> the official script sets every FP rate to 0, the curve ends at sensitivity
+    # 3/3 and np.interp beyond its end gives 1.0 at every operating point.
+    ann = nodules(("s1", 0, 0, 0, 10), ("s1", 50, 0, 0, 6), ("s2", 0, 0, 0, 4))
+    sub = cands(("s1", 0, 0, 0, 0.9), ("s1", 50, 0, 0, 0.8), ("s2", 0, 0, 0, 0.7))
+    r = froc(sub, ann, uids=("s1", "s2"))
+    assert r.cpm == 1.0
+    np.testing.assert_array_equal(r.sensitivities, np.ones(7))
+    assert (r.n_nodules, r.n_hits, r.n_false_positives) == (3, 3, 0)
+
+
+def test_candidate_on_excluded_finding_is_not_a_false_positive():
+    # Nodule A at the origin (d=10). Excluded finding at (50,0,0) with diameter -1 -> 10 mm,
+    # radius 5. Candidate at distance 4.9 from it, p=0.9, above A's candidate p=0.5.
+    ann = nodules(("s1", 0, 0, 0, 10))
+    excl = nodules(("s1", 50, 0, 0, -1))
+    sub = cands(("s1", 0, 0, 0, 0.5), ("s1", 54.9, 0, 0, 0.9))
+    r = froc(sub, ann, excl)
+    # ignored: only A's candidate is scored, no FP -> sensitivity 1 everywhere.
+    assert (r.n_false_positives, r.n_ignored_excluded, r.cpm) == (0, 1, 1.0)
+    # Without the excluded list it is an FP above the nodule: ROC points (FPs/scan, sens)
+    # (0,0), (1,0), (1,1): 0 at 1/8, 1/4, 1/2; at 1 np.interp takes the top of the
+    # vertical step -> 1; beyond -> 1. CPM = 4/7.
+    r = froc(sub, ann, None)
+    assert r.n_false_positives == 1
+    np.testing.assert_array_equal(r.sensitivities, [0, 0, 0, 1, 1, 1, 1])
+    assert r.cpm == pytest.approx(4 / 7)
+    # At distance 5.1 (> 5 mm) the candidate is an FP even with the excluded list.
+    r = froc(cands(("s1", 0, 0, 0, 0.5), ("s1", 55.1, 0, 0, 0.9)), ann, excl)
+    assert (r.n_false_positives, r.n_ignored_excluded) == (1, 0)
+
+
+def test_nodule_hit_twice_counts_once_with_highest_probability():
+    # Nodule at origin d=10; hits at p=0.8 and p=0.6; a far FP at p=0.7; 1 scan.
+    # Scored entries: nodule (0.8), FP (0.7); the 0.6 hit is neither. ROC points:
+    # (0,0), (0,1) [nodule], (1,1) [FP] -> sensitivity 1 at every operating point.
+    # (Had the nodule taken 0.6, the FP would come first and 1/8..1/2 would score 0;
+    # had the 0.6 hit been an FP, the curve would reach 2 FPs/scan.)
+    ann = nodules(("s1", 0, 0, 0, 10))
+    sub = cands(("s1", 1, 0, 0, 0.8), ("s1", -1, 0, 0, 0.6), ("s1", 100, 0, 0, 0.7))
+    r = froc(sub, ann)
+    assert (r.n_hits, r.n_false_positives, r.n_ignored_double) == (1, 1, 1)
+    assert r.fps.max() == 1.0
+    assert r.cpm == 1.0
+
+
+def test_candidate_near_two_nodules_detects_both():
+    # A at (0,0,0) and B at (6,0,0), both d=10 (radius 5); C at (100,0,0) is missed.
+    # One candidate at (3,0,0): distance 3 to both A and B -> both detected (as the official
+    # script does), no FP. Sensitivity 2/3 at every operating point.
+    ann = nodules(("s1", 0, 0, 0, 10), ("s1", 6, 0, 0, 10), ("s1", 100, 0, 0, 10))
+    r = froc(cands(("s1", 3, 0, 0, 0.9)), ann)
+    assert (r.n_nodules, r.n_hits, r.n_false_positives) == (3, 2, 0)
+    assert r.cpm == pytest.approx(2 / 3)
+
+
+def test_more_than_100_candidates_keeps_the_100_most_probable():
+    # 100 far FPs with p in (0.5, 1) and one candidate on the nodule with the lowest p=0.1:
+    # 101 candidates -> cut at the 101st probability (0.1), keep p > 0.1 -> the hit is dropped.
+    ann = nodules(("s1", 0, 0, 0, 10))
+    fps = [("s1", 200 + 10 * i, 0, 0, 0.5 + i / 200) for i in range(100)]
+    r = froc(cands(*fps, ("s1", 0, 0, 0, 0.1)), ann)
+    assert (r.n_hits, r.n_candidates, r.n_dropped_cap, r.n_false_positives) == (0, 100, 1, 100)
+    assert r.cpm == 0.0
+    # with 100 candidates in all (one FP fewer) nothing is dropped and the hit counts.
+    r = froc(cands(*fps[1:], ("s1", 0, 0, 0, 0.1)), ann)
+    assert (r.n_hits, r.n_dropped_cap) == (1, 0)
+    # official tie rule: 99 FPs, then the 100th and 101st share p=0.1 -> cut 0.1, keep p > 0.1:
+    # both tied candidates are dropped (the hit among them), 99 are scored.
+    r = froc(cands(*fps[1:], ("s1", 300, 50, 0, 0.1), ("s1", 0, 0, 0, 0.1)), ann)
+    assert (r.n_candidates, r.n_dropped_cap, r.n_hits) == (99, 2, 0)
+
+
+def test_missed_nodule_lowers_sensitivity():
+    # 2 nodules, one candidate on the first, no FP -> sensitivity 1/2 everywhere.
+    ann = nodules(("s1", 0, 0, 0, 10), ("s1", 50, 0, 0, 10))
+    r = froc(cands(("s1", 0, 0, 0, 0.9)), ann)
+    assert (r.n_nodules, r.n_hits) == (2, 1)
+    np.testing.assert_array_equal(r.sensitivities, np.full(7, 0.5))
+
+
+def test_fp_rate_divides_by_the_seriesuids_count():
+    # 4 scans listed, candidates only in s1: FP p=0.9 above the nodule's hit p=0.8.
+    # ROC (FPs/scan, sens): (0,0), (1/4,0), (1/4,1) -> 0 at 1/8, 1 from 1/4 on: CPM 6/7.
+    # (Dividing by the 1 scan with candidates would give (1,0),(1,1) and CPM 4/7.)
+    # A candidate of an unlisted scan is ignored.
+    ann = nodules(("s1", 0, 0, 0, 10), ("zz", 0, 0, 0, 10))
+    sub = cands(("s1", 0, 0, 0, 0.8), ("s1", 100, 0, 0, 0.9), ("zz", 100, 0, 0, 0.99))
+    r = froc(sub, ann, uids=("s1", "s2", "s3", "s4"))
+    assert (r.n_scans, r.n_nodules, r.n_unlisted, r.n_false_positives) == (4, 1, 1, 1)
+    assert r.fps.max() == 0.25
+    np.testing.assert_array_equal(r.sensitivities, [0, 1, 1, 1, 1, 1, 1])
+    assert r.cpm == pytest.approx(6 / 7)
+
+
+def test_distance_equal_to_radius_is_a_miss():
+    # d=10 -> radius^2 = 25; (3,4,0) has squared distance 9+16 = 25, not < 25: a miss
+    # (and an FP); (4.999,0,0) is a hit.
+    ann = nodules(("s1", 0, 0, 0, 10))
+    r = froc(cands(("s1", 3, 4, 0, 0.9)), ann)
+    assert (r.n_hits, r.n_false_positives, r.cpm) == (0, 1, 0.0)
+    r = froc(cands(("s1", 4.999, 0, 0, 0.9)), ann)
+    assert (r.n_hits, r.n_false_positives, r.cpm) == (1, 0, 1.0)
+
+
+# --- the real LUNA16 files -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def luna():
+    ann = load_luna_csv(DATA / "annotations.csv")
+    return ann, load_luna_csv(DATA / "annotations_excluded.csv"), load_seriesuids(DATA / "seriesuids.csv")
+
+
+def as_submission(ann: pd.DataFrame, prob) -> pd.DataFrame:
+    return ann.drop(columns="diameter_mm").assign(probability=prob)
+
+
+def test_real_files_load(luna):
+    ann, excl, uids = luna
+    assert list(ann.columns) == COLS + ["diameter_mm"]  # CRLF: no '\r' left in names or values
+    assert (len(ann), len(excl), len(uids), len(set(uids))) == (1186, 35192, 888, 888)
+    assert not ann.seriesuid.str.contains("\r").any() and ann.diameter_mm.dtype == float
+
+
+def test_real_annotations_as_candidates_score_one(luna):
+    ann, excl, uids = luna
+    r = compute_froc(as_submission(ann, 1.0), ann, excl, uids, n_bootstrap=0)
+    np.testing.assert_array_equal(r.sensitivities, np.ones(7))
+    assert (r.n_nodules, r.n_hits, r.n_false_positives, r.n_scans) == (1186, 1186, 0, 888)
+
+
+def test_real_annotations_plus_one_lower_fp_per_scan_still_cpm_one(luna):
+    # all nodules at p=1 come before every FP (p=0.5): sensitivity is 1 already at 0 FPs/scan.
+    ann, excl, uids = luna
+    rng = np.random.default_rng(0)
+    fps = pd.DataFrame({"seriesuid": uids, "coordX": rng.uniform(-150, 150, 888),
+                        "coordY": rng.uniform(-150, 150, 888),
+                        "coordZ": rng.uniform(-300, 0, 888), "probability": 0.5})
+    r = compute_froc(pd.concat([as_submission(ann, 1.0), fps]), ann, excl, uids, n_bootstrap=0)
+    assert r.cpm == 1.0
+    assert r.n_false_positives + r.n_ignored_excluded + r.n_ignored_double == 888
+
+
+def test_real_half_of_the_nodules_gives_cpm_near_half_and_band_contains_it(luna):
+    ann, excl, uids = luna
+    rng = np.random.default_rng(1)
+    half = as_submission(ann.iloc[::2], rng.uniform(0.3, 1.0, len(ann.iloc[::2])))
+    r = compute_froc(half, ann, excl, uids, n_bootstrap=0)
+    assert r.cpm == pytest.approx(0.5, abs=0.01)  # 593/1186, plus any overlapping neighbour
+    # with 3 random FPs per scan at random probabilities, bootstrap over scans (seeded)
+    n = 3 * len(uids)
+    fps = pd.DataFrame({"seriesuid": np.repeat(uids, 3), "coordX": rng.uniform(-150, 150, n),
+                        "coordY": rng.uniform(-150, 150, n),
+                        "coordZ": rng.uniform(-300, 0, n), "probability": rng.uniform(0, 0.9, n)})
+    r = compute_froc(pd.concat([half, fps]), ann, excl, uids, n_bootstrap=200, seed=0)
+    assert 0.2 < r.cpm < 0.5
+    assert r.cpm_ci[0] < r.cpm < r.cpm_ci[1]
+    assert np.all(r.sensitivities_lower <= r.sensitivities)
+    assert np.all(r.sensitivities <= r.sensitivities_upper)
+    assert np.all(r.bootstrap_lower <= r.bootstrap_upper)
+    again = compute_froc(pd.concat([half, fps]), ann, excl, uids, n_bootstrap=200, seed=0)
+    assert again.cpm_ci == r.cpm_ci  # seeded
+
+
+def test_run_froc_writes_json_and_plot(luna, tmp_path):
+    ann, _, uids = luna
+    sub = tmp_path / "submission.csv"
+    as_submission(ann.iloc[::2], 0.9).to_csv(sub, index=False, lineterminator="\r\n")
+    r = run_froc(sub, DATA / "annotations.csv", DATA / "annotations_excluded.csv",
+                 DATA / "seriesuids.csv", json_out=tmp_path / "froc.json",
+                 plot_out=tmp_path / "froc.png", n_bootstrap=20)
+    d = json.loads((tmp_path / "froc.json").read_text())
+    assert d["operating_points"] == list(OPERATING_POINTS)
+    assert d["sensitivities"] == pytest.approx(list(r.sensitivities)) and len(d["sensitivities"]) == 7
+    assert d["cpm"] == pytest.approx(r.cpm) and len(d["cpm_ci"]) == 2
+    assert d["n_nodules"] == 1186 and d["n_scans"] == len(uids)
+    assert (tmp_path / "froc.png").stat().st_size > 10_000

@@ -1,0 +1,109 @@
+"""Scan-level detection and single-scan prediction, with a stand-in model whose output is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+
+from luna_prep.format.reader import ScanVolume
+from luna_prep.luna16.geometry import ScanGeometry
+from luna_prep.synthetic.scans import synthesize
+from luna_train.config import TrainConfig
+from luna_train.evaluation.froc import compute_froc
+from luna_train.inference.detect import DetectConfig, candidates_from_probabilities, detect_volume, volume_probabilities
+from luna_train.inference.postprocess import PostprocessConfig
+from luna_train.inference.predict_scan import predict_scan
+
+
+class BrightBlobModel:
+    """Stands in for a trained network: probability = how far a voxel's 3^3 mean exceeds tissue level."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, train_size=24, eval_scale=24):
+        self.config = TrainConfig()
+        self.config.data.train_size = train_size
+        self.config.data.eval_scale = eval_scale
+
+    @property
+    def input_size(self):
+        return self.config.data.train_size
+
+    @property
+    def voxel_mm(self):
+        return self.config.data.eval_scale / self.config.data.train_size
+
+    def probabilities(self, x):
+        return torch.nn.functional.avg_pool3d(x, 3, stride=1, padding=1, count_include_pad=False).sub(0.6).mul(8).clamp(0, 1)
+
+
+def _volume_with_balls(centres_zyx, radius=4.0, shape=(60, 70, 80)) -> ScanVolume:
+    grid = np.indices(shape).transpose(1, 2, 3, 0)
+    image = np.full(shape, 0.1, np.float32)
+    for c in centres_zyx:
+        image[np.linalg.norm(grid - np.asarray(c), axis=-1) <= radius] = 0.75
+    return ScanVolume("1.2.3", image, np.ones(shape, bool), (-100.0, -50.0, 20.0), 1.0, {})
+
+
+@pytest.mark.parametrize("eval_scale", [24, 36])  # model voxels of 1 mm and of 1.5 mm
+def test_candidates_land_on_the_balls(eval_scale):
+    centres = [(20, 30, 25), (40, 40, 60)]
+    volume = _volume_with_balls(centres)
+    model = BrightBlobModel(train_size=24, eval_scale=eval_scale)
+    prob = volume_probabilities(model, volume.image, DetectConfig())
+    assert prob.shape == volume.image.shape
+    cands = candidates_from_probabilities(prob, volume, DetectConfig())
+    assert len(cands) == 2 and (cands["probability"] > 0.5).all()
+    found = volume.world_to_zyx(cands[["coordX", "coordY", "coordZ"]].to_numpy())
+    for c in centres:
+        assert np.min(np.linalg.norm(found - np.asarray(c), axis=1)) < 1.0
+
+
+def test_candidates_stay_inside_the_dilated_lungs_and_are_capped():
+    volume = _volume_with_balls([(20, 30, 25), (40, 40, 60)])
+    lungs = np.zeros_like(volume.lungs)
+    lungs[:, :, :45] = True  # the second ball is 15 mm beyond the lungs
+    volume = ScanVolume(volume.seriesuid, volume.image, lungs, volume.origin_xyz, 1.0, {})
+    prob = volume_probabilities(BrightBlobModel(), volume.image, DetectConfig())
+    assert len(candidates_from_probabilities(prob, volume, DetectConfig(lung_margin_mm=8))) == 1
+    assert len(candidates_from_probabilities(prob, volume, DetectConfig(lung_margin_mm=0, max_candidates=5))) == 1
+    many = candidates_from_probabilities(prob, volume, DetectConfig(lung_margin_mm=40, max_candidates=1))
+    assert len(many) == 1
+
+
+def test_detection_on_synthetic_scans_scores_a_perfect_froc(tmp_path):
+    """The stand-in finds every synthetic nodule (and bright look-alikes): every nodule is hit."""
+    from luna_prep.build import BuildConfig, run_build
+    from luna_prep.format.reader import PatchStore
+
+    data = synthesize(tmp_path / "luna16", n_scans=2, seed=4)
+    out = tmp_path / "v.zarr"
+    run_build(BuildConfig(data_root=str(data.root), out=str(out), subsets=(0, 1), volumes=True), workers=0,
+              progress=False)
+    store = PatchStore(out)
+    model = BrightBlobModel()
+    parts = [detect_volume(model, store.read_volume(s.seriesuid), DetectConfig(postprocess=PostprocessConfig(0.5, 20)))[0]
+             for s in data.scans]
+    submission = pd.concat(parts, ignore_index=True)
+    ann = pd.read_csv(data.annotations_csv)
+    result = compute_froc(submission, ann, None, [s.seriesuid for s in data.scans], n_bootstrap=10)
+    assert result.n_hits == len(ann)
+
+
+def test_predict_writes_masks_in_the_scans_own_geometry(tmp_path):
+    data = synthesize(tmp_path / "luna16", n_scans=2, seed=5)
+    scan = data.scans[1]  # the flipped direction matrix
+    assert not scan.geometry.is_identity_direction
+    pred = predict_scan(BrightBlobModel(), scan.path, 1.0, (-1000.0, 400.0), "uint8",
+                        DetectConfig(postprocess=PostprocessConfig(0.5, 20)))
+    assert ScanGeometry.from_image(pred.mask) == scan.geometry
+    assert pred.mask.GetPixelID() == sitk.sitkUInt8
+    mask = sitk.GetArrayFromImage(pred.mask)
+    for nod in scan.nodules:  # every nodule centre is segmented, on the scan's own (flipped) grid
+        i = np.rint(scan.geometry.world_to_voxel(nod.world_xyz)).astype(int)
+        assert mask[i[2], i[1], i[0]] == 1
+        found = pred.candidates[["coordX", "coordY", "coordZ"]].to_numpy()
+        assert np.min(np.linalg.norm(found - np.asarray(nod.world_xyz), axis=1)) < nod.diameter_mm / 2

@@ -1,0 +1,72 @@
+"""Config: YAML/TOML loading, --set overrides, unknown-key errors, round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from luna_train.config import ConfigError, TrainConfig, load_config, read_config_file, save_config
+from paths import REPO
+
+
+def test_yaml_and_toml_load_the_same(tmp_path):
+    (tmp_path / "a.yaml").write_text(
+        "model:\n  name: dynunet\n  channels: [8, 16, 32]\n  strides: [2, 2]\n"
+        "optim:\n  lr: 3e-4\nsampler:\n  scale_weights: {48: 1, 64: 2}\nsplit:\n  val_subsets: [7]\n")
+    (tmp_path / "a.toml").write_text(
+        '[model]\nname = "dynunet"\nchannels = [8, 16, 32]\nstrides = [2, 2]\n'
+        '[optim]\nlr = 3e-4\n[sampler.scale_weights]\n48 = 1\n64 = 2\n[split]\nval_subsets = [7]\n')
+    a, b = load_config(tmp_path / "a.yaml"), load_config(tmp_path / "a.toml")
+    assert a == b
+    assert a.model.channels == (8, 16, 32) and a.model.strides == (2, 2)
+    assert a.optim.lr == pytest.approx(3e-4) and isinstance(a.optim.lr, float)
+    assert a.sampler.scale_weights == {48: 1.0, 64: 2.0}
+    assert a.split.val_subsets == (7,)
+    assert a.train == TrainConfig().train  # untouched sections keep defaults
+
+
+def test_set_overrides_nested_and_lists():
+    cfg = load_config(None, ["model.channels=[4, 8]", "model.strides=[2]", "optim.betas=[0.8, 0.9]",
+                             "data.train_size=null", "train.epochs=3", "sampler.kind_weights={nodule: 2}",
+                             "loss.name=combo", "split.fold=2"])
+    assert cfg.model.channels == (4, 8) and cfg.optim.betas == (0.8, 0.9)
+    assert cfg.data.train_size is None and cfg.train.epochs == 3
+    assert cfg.sampler.kind_weights == {"nodule": 2.0}
+    assert cfg.loss.name == "combo" and cfg.split.fold == 2
+
+
+def test_set_applies_on_top_of_file(tmp_path):
+    (tmp_path / "c.yaml").write_text("train:\n  epochs: 7\n  patience: 3\n")
+    cfg = load_config(tmp_path / "c.yaml", ["train.epochs=9"])
+    assert cfg.train.epochs == 9 and cfg.train.patience == 3
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("model.chanels=[4]", "model.chanels"), ("modle.name=unet", "modle"), ("optim.lr.x=1", "optim.lr"),
+])
+def test_unknown_keys_are_named(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert needle in str(err.value)
+
+
+def test_unknown_key_in_file_lists_valid_keys(tmp_path):
+    (tmp_path / "bad.yaml").write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "bad.yaml")
+    msg = str(err.value)
+    assert "learning_rate" in msg and "lr" in msg and "weight_decay" in msg
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["model.channels=[4, 8]", "sampler.scale_weights={16: 1}"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    assert read_config_file(tmp_path / "config.yaml")["model"]["channels"] == [4, 8]
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "luna16.yaml"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    cfg = load_config(REPO / "configs" / name)
+    assert cfg.train.epochs > 0

@@ -1,0 +1,103 @@
+"""End-to-end training runs on the tiny store: CLI outputs, exact mid-epoch resume, DDP with gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from luna_train.training.checkpoint import load_checkpoint
+from luna_train.cli.main import main
+from luna_train.config import load_config
+from luna_train.training.loop import Interrupted
+from luna_train.training.run import run_training
+from paths import REPO
+
+TINY = [
+    "model.channels=[4, 8]", "model.strides=[2]", "model.num_res_units=1", "data.batch_size=4",
+    "data.num_workers=0", "data.train_size=16", "data.eval_scale=16", "sampler.scale_weights={16: 1, 24: 1}",
+    "sampler.samples_per_epoch=16", "train.epochs=2", "optim.warmup_epochs=0.5", "logging.progress=false",
+]
+SUMMARY_KEYS = {"val_dice", "test_dice", "generalization", "val_pooled_dice", "test_pooled_dice", "epochs_run",
+                "best_epoch", "seconds", "n_train", "n_val", "n_test", "device"}
+
+
+def _args(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.mark.slow
+def test_cli_run_writes_everything(tiny_store, tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", "--dataset", tiny_store, "--out", str(out), *_args(TINY),
+                                    "--train-subsets", "0-7", "--val-subsets", "8", "--test-subsets", "9"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv", "curves.png", "val_panel.png", "summary.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics.columns) == ["epoch", "step", "train_loss", "val_loss", "val_dice", "val_pooled_dice", "lr",
+                                     "seconds"]
+    assert metrics["epoch"].tolist() == [1, 2] and metrics["step"].tolist() == [4, 8]
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["n_train"] == 8 * 8 * 2 and summary["n_val"] == 8 and summary["n_test"] == 8
+    assert 0.0 <= summary["val_dice"] <= 1.0 and 0.0 <= summary["test_dice"] <= 1.0
+    assert '"test_dice"' in res.output  # the summary is printed
+    ckpt = torch.load(out / "last.pt", weights_only=True)  # plain contents only
+    assert ckpt["state"]["epoch"] == 2 and ckpt["config"]["model"]["channels"] == [4, 8]
+    # a finished run is not overwritten by accident
+    again = CliRunner().invoke(main, ["run", "--dataset", tiny_store, "--out", str(out), *_args(TINY)])
+    assert again.exit_code != 0 and "--resume" in again.output
+
+
+def test_unknown_set_key_is_a_usage_error(tiny_store, tmp_path):
+    res = CliRunner().invoke(main, ["run", "--dataset", tiny_store, "--out", str(tmp_path / "r"),
+                                    "--set", "optim.learning_rate=1"])
+    assert res.exit_code == 2 and "optim.learning_rate" in res.output and "weight_decay" in res.output
+
+
+def test_resume_mid_epoch_matches_uninterrupted_run(tiny_store, tmp_path):
+    # dropout draws from torch's RNG, hard mining changes the sampler: both must be restored exactly
+    common = TINY + [f"data.dataset={tiny_store}", "model.dropout=0.2", "sampler.hard_mining_every=1",
+                     "logging.plots=false", "logging.tensorboard=false"]
+    run_training(load_config(None, common), tmp_path / "full")
+    cfg = load_config(None, common + ["train.checkpoint_every_steps=1", "train.stop_after_steps=6"])
+    with pytest.raises(Interrupted):
+        run_training(cfg, tmp_path / "cut")
+    cut = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert cut["state"]["step"] == 6 and cut["state"]["step_in_epoch"] == 2  # killed mid-epoch 2
+    cfg.train.stop_after_steps = None
+    run_training(cfg, tmp_path / "cut", resume=True)
+    full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    a = pd.read_csv(tmp_path / "full" / "metrics.csv")
+    b = pd.read_csv(tmp_path / "cut" / "metrics.csv")
+    assert a[["epoch", "step", "train_loss", "val_dice"]].equals(b[["epoch", "step", "train_loss", "val_dice"]])
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(tiny_store, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+           "-m", "luna_train.cli.main", "run", "--dataset", tiny_store, "--out", str(out),
+           *_args(TINY + ["train.epochs=1", "logging.plots=false"])]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["samples_per_rank"] == [8, 8]  # 16 draws per epoch split over two ranks
+    draws = summary["rank_draws"]
+    assert draws["items_per_rank"] == [8, 8] and draws["disjoint_shares_match"] is True
+    assert summary["n_val"] == 8 and summary["n_test"] == 8  # sharded evaluation still counts every patch once
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
