@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,9 @@ _BYTES_PER_ELEMENT = {
     "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
     "MET_UINT": 4, "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG": 8, "MET_ULONG": 8,
 }
+
+
+MAX_VOXELS = 2**31  # 2048 x 2048 x 512; LUNA16's largest scan has 512 x 512 x 764 = 2e8
 
 
 class ScanReadError(RuntimeError):
@@ -31,33 +36,101 @@ def read_mhd_header(path: Path) -> dict[str, str]:
     return header
 
 
+def _numbers(path: Path, header: dict[str, str], key: str, count: int, default: str | None = None) -> list[float]:
+    """``count`` finite numbers from a header line, or a ScanReadError naming the key."""
+    raw = header.get(key, default)
+    if raw is None:
+        raise ScanReadError(f"{path}: bad header, no {key} line")
+    try:
+        values = [float(v) for v in raw.split()]
+    except ValueError:
+        values = []
+    if len(values) != count or not np.all(np.isfinite(values)):
+        raise ScanReadError(f"{path}: bad header, {key} = {raw!r} (expected {count} numbers)")
+    return values
+
+
+def _check_geometry(path: Path, header: dict[str, str]) -> list[int]:
+    """DimSize, spacing, origin and direction of a 3D header, checked before ITK sees them."""
+    if header["NDims"].strip() != "3":
+        raise ScanReadError(f"{path}: bad header, NDims = {header['NDims']!r}; a CT scan is 3D")
+    dims = _numbers(path, header, "DimSize", 3)
+    if any(d < 1 or d != int(d) for d in dims):
+        raise ScanReadError(f"{path}: bad header, DimSize = {header['DimSize']!r} (expected 3 positive integers)")
+    spacing = _numbers(path, header, "ElementSpacing", 3, header.get("ElementSize", "1 1 1"))
+    if min(spacing) <= 0:
+        raise ScanReadError(f"{path}: bad header, ElementSpacing = {header.get('ElementSpacing')!r}: "
+                            "zero or negative spacing")
+    for key in ("Offset", "Origin", "Position"):
+        if key in header:
+            _numbers(path, header, key, 3)
+    for key in ("TransformMatrix", "Orientation", "Rotation"):
+        if key in header:
+            matrix = np.reshape(_numbers(path, header, key, 9), (3, 3))
+            if abs(np.linalg.det(matrix)) < 1e-6:
+                raise ScanReadError(f"{path}: bad header, {key} = {header[key]!r}: bad direction, determinant is 0")
+    return [int(d) for d in dims]
+
+
+def _inflated_size(data: Path, stop_after: int) -> int:
+    """Bytes a zlib-compressed data file inflates to, counted in bounded memory (stops past ``stop_after``)."""
+    inflater, total = zlib.decompressobj(), 0
+    try:
+        with open(data, "rb") as f:
+            while chunk := f.read(1 << 20):
+                while chunk:
+                    total += len(inflater.decompress(chunk, 1 << 24))
+                    chunk = inflater.unconsumed_tail
+                    if total > stop_after:
+                        return total
+        return total + len(inflater.flush())
+    except zlib.error as exc:
+        raise ScanReadError(f"{data}: compressed data is corrupt ({exc})") from exc
+
+
 def check_mhd_files(path: Path) -> None:
-    """Check a .mhd's header and data file before SimpleITK sees them (its errors are vague)."""
+    """Check a .mhd's header and data file before SimpleITK sees them (its errors are vague).
+
+    The header's geometry must parse (3D, positive spacing, an invertible direction), its size
+    must be plausible (at most MAX_VOXELS) and the data file must hold exactly the bytes the header
+    promises: counted on disk for .raw, after inflating (in bounded memory) for .zraw, so a lying
+    header can neither make us read garbage nor allocate gigabytes.
+    """
     header = read_mhd_header(path)
     for key in ("NDims", "DimSize", "ElementType", "ElementDataFile"):
         if key not in header:
             raise ScanReadError(f"{path}: bad header, no {key} line")
-    try:
-        dims = [int(v) for v in header["DimSize"].split()]
-    except ValueError as exc:
-        raise ScanReadError(f"{path}: bad header, DimSize = {header['DimSize']!r}") from exc
-    if len(dims) != 3 or min(dims) < 1:
-        raise ScanReadError(f"{path}: bad header, expected a 3D image, DimSize = {header['DimSize']!r}")
-    data = path.parent / header["ElementDataFile"]
-    if not data.is_file():
-        raise ScanReadError(f"{path}: data file {data.name} is missing")
-    compressed = header.get("CompressedData", "False").lower() == "true"
+    dims = _check_geometry(path, header)
     element = _BYTES_PER_ELEMENT.get(header["ElementType"])
     if element is None:
         raise ScanReadError(f"{path}: unsupported ElementType {header['ElementType']}")
-    if not compressed:
-        expected = int(np.prod(dims)) * element * int(header.get("ElementNumberOfChannels", "1"))
-        actual = data.stat().st_size
-        if actual != expected:
-            raise ScanReadError(
-                f"{path}: data file {data.name} is {actual:,} bytes, header says {expected:,} "
-                f"({'x'.join(map(str, dims))} {header['ElementType']})"
-            )
+    voxels = int(np.prod(dims, dtype=np.int64))
+    shape = f"{'x'.join(map(str, dims))} {header['ElementType']}"
+    if voxels > MAX_VOXELS:
+        raise ScanReadError(f"{path}: bad header, DimSize {shape} is {voxels:,} voxels, "
+                            f"more than the {MAX_VOXELS:,} a CT scan plausibly has")
+    data = path.parent / header["ElementDataFile"]
+    if not data.is_file():
+        raise ScanReadError(f"{path}: data file {data.name} is missing")
+    expected = voxels * element * int(header.get("ElementNumberOfChannels", "1"))
+    if header.get("CompressedData", "False").lower() == "true":
+        actual, what = _inflated_size(data, expected), "inflates to"
+    else:
+        actual, what = data.stat().st_size, "is"
+    if actual != expected:
+        more = " at least" if what == "inflates to" and actual > expected else ""
+        raise ScanReadError(f"{path}: data file {data.name} {what}{more} {actual:,} bytes, header says {expected:,} bytes "
+                            f"({shape})")
+
+
+def _itk_cause(exc: RuntimeError) -> str:
+    """The cause in an ITK exception ("ITK ERROR: Bad direction, ..."), not its source-file line."""
+    text = str(exc).strip()
+    m = re.search(r"ITK ERROR:\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?(.*)", text, flags=re.S)
+    if m:
+        return "ITK ERROR: " + " ".join(m.group(1).split())[:200]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines[-1] if lines else "unknown error")[:200]
 
 
 def read_scan(path: str | Path) -> sitk.Image:
@@ -70,9 +143,7 @@ def read_scan(path: str | Path) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((ln for ln in first if "rror" in ln or "xception" in ln), first[0] if first else "")
-        raise ScanReadError(f"{path}: SimpleITK cannot read it ({detail.strip()[:200]})") from exc
+        raise ScanReadError(f"{path}: SimpleITK cannot read it ({_itk_cause(exc)})") from exc
     if image.GetDimension() != 3:
         raise ScanReadError(f"{path}: expected a 3D image, got {image.GetDimension()}D")
     if image.GetNumberOfComponentsPerPixel() != 1:

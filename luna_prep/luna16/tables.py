@@ -6,10 +6,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
+MAX_DIAMETER_MM = 100.0  # LUNA16's largest nodule is 32.3 mm; anything past this is a typo, not a nodule
+CANDIDATE_CLASSES = (0, 1)
 
 
 class TableError(ValueError):
@@ -57,16 +60,24 @@ def _read_table(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame
     df["seriesuid"] = df["seriesuid"].str.strip()
     for col in columns[1:]:
         df[col] = pd.to_numeric(df[col], errors="coerce")
-    bad = df[df[list(columns[1:])].isna().any(axis=1)]
-    if len(bad):
-        row = int(bad.index[0]) + 2  # 1-based, after the header line
-        raise TableError(f"{path}: {what} line {row} has a non-numeric or empty value")
+    _refuse(path, what, df[list(columns[1:])].isna().any(axis=1), "has a non-numeric or empty value")
+    _refuse(path, what, ~np.isfinite(df[list(columns[1:])]).all(axis=1), "has an infinite value")
     return df
+
+
+def _refuse(path: Path, what: str, bad: pd.Series, problem: str) -> None:
+    """Raise a TableError naming the first line (1-based, counting the header) where ``bad`` holds."""
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise TableError(f"{path}: {what} line {row + 2} {problem}")
 
 
 def read_annotations(path: str | Path) -> pd.DataFrame:
     """annotations.csv (``seriesuid,coordX,coordY,coordZ,diameter_mm``) with its row numbers kept."""
     df = _read_table(Path(path), ANNOTATION_COLUMNS, "annotations")
+    d = df["diameter_mm"]
+    _refuse(Path(path), "annotations", (d <= 0) | (d > MAX_DIAMETER_MM),
+            f"has diameter_mm outside (0, {MAX_DIAMETER_MM:g}] mm")
     df["annotation_index"] = range(len(df))
     return df
 
@@ -74,6 +85,8 @@ def read_annotations(path: str | Path) -> pd.DataFrame:
 def read_candidates(path: str | Path) -> pd.DataFrame:
     """candidates.csv / candidates_V2.csv (``seriesuid,coordX,coordY,coordZ,class``)."""
     df = _read_table(Path(path), CANDIDATE_COLUMNS, "candidates")
+    _refuse(Path(path), "candidates", ~df["class"].isin(CANDIDATE_CLASSES),
+            f"has class outside {CANDIDATE_CLASSES} (0: not a nodule, 1: nodule)")
     df["class"] = df["class"].astype(int)
     return df
 

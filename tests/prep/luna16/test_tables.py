@@ -1,0 +1,51 @@
+"""LUNA16 tables: the real ones read as they ship; wrong values are refused with the file and line named."""
+
+from __future__ import annotations
+
+import pytest
+
+from luna_prep.luna16.tables import TableError, read_annotations, read_candidates
+from paths import DATA
+
+UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.905371958588660410240398317235"
+
+
+def test_real_annotations_read_with_crlf():
+    df = read_annotations(DATA / "annotations.csv")
+    assert len(df) == 1186 and df["diameter_mm"].between(3.2, 32.3).all()
+    assert list(df["annotation_index"][:3]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("diameter,accepted", [("-5", False), ("0", False), ("500", False), ("3.25", True),
+                                               ("32.27", True)])
+def test_annotation_diameter_must_be_a_nodule_size(tmp_path, diameter, accepted):
+    path = tmp_path / "annotations.csv"
+    path.write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{UID},1,2,3,6\n{UID},1,2,3,{diameter}\n")
+    if accepted:
+        assert read_annotations(path)["diameter_mm"].iloc[1] == float(diameter)
+    else:
+        with pytest.raises(TableError, match=r"annotations\.csv: annotations line 3 has diameter_mm outside"):
+            read_annotations(path)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "", "abc"])
+def test_annotation_coordinates_must_be_finite_numbers(tmp_path, value):
+    path = tmp_path / "annotations.csv"
+    path.write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{UID},1,{value},3,6\n")
+    with pytest.raises(TableError, match=r"annotations line 2 has (a non-numeric or empty|an infinite) value"):
+        read_annotations(path)
+
+
+@pytest.mark.parametrize("cls", ["2", "-1", "9", "0.5"])
+def test_candidate_class_must_be_0_or_1(tmp_path, cls):
+    path = tmp_path / "candidates.csv"
+    path.write_text(f"seriesuid,coordX,coordY,coordZ,class\r\n{UID},1,2,3,0\r\n{UID},1,2,3,1\r\n{UID},1,2,3,{cls}\r\n")
+    with pytest.raises(TableError, match=r"candidates\.csv: candidates line 4 has class outside \(0, 1\)"):
+        read_candidates(path)
+
+
+def test_candidates_read(tmp_path):
+    path = tmp_path / "candidates.csv"
+    path.write_text(f"seriesuid,coordX,coordY,coordZ,class\n{UID},1,2,3,0\n{UID},1.5,2,3,1.0\n")
+    df = read_candidates(path)
+    assert list(df["class"]) == [0, 1] and df["class"].dtype.kind == "i"
