@@ -61,6 +61,7 @@ class RangeRequestHandler(SimpleHTTPRequestHandler):
     """SimpleHTTPRequestHandler plus single-range GET (206) and request logging."""
 
     log: RequestLog  # set by serve_directory through a subclass
+    honour_ranges = True  # False: answer every GET with the whole file (200), as some servers do
     protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
 
     def setup(self):
@@ -81,7 +82,7 @@ class RangeRequestHandler(SimpleHTTPRequestHandler):
     def do_GET(self):
         header = self.headers.get("Range")
         path = self.translate_path(self.path)
-        if not header or os.path.isdir(path) or not os.path.isfile(path):
+        if not header or not self.honour_ranges or os.path.isdir(path) or not os.path.isfile(path):
             return super().do_GET()
         self._send_range(path, header)
 
@@ -121,13 +122,14 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def serve_directory(path: str | Path):
+def serve_directory(path: str | Path, ranges: bool = True):
     """Serve ``path`` on 127.0.0.1 (a free port) in a background thread; yield ``(base_url, log)``.
+    ``ranges=False`` makes a server that ignores Range headers.
 
     ``base_url`` has no trailing slash: ``f"{base_url}/zarr.json"`` is the folder's zarr.json.
     """
     log = RequestLog()
-    handler_cls = type("Handler", (RangeRequestHandler,), {"log": log})
+    handler_cls = type("Handler", (RangeRequestHandler,), {"log": log, "honour_ranges": ranges})
     server = _Server(("127.0.0.1", 0), partial(handler_cls, directory=str(path)))
     thread = threading.Thread(target=server.serve_forever, name="test-http-server", daemon=True)
     thread.start()

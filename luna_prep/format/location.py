@@ -21,6 +21,10 @@ class UnsafePathError(ValueError):
     """A path that would leave the store (absolute, ``..``, backslashes, drive letters)."""
 
 
+class RangeRequestIgnored(OSError):
+    """A server that answers ranged reads with more bytes than asked (it ignores HTTP Range)."""
+
+
 def safe_relpath(rel: str, where: str = "store") -> str:
     """``rel`` normalized; raise :class:`UnsafePathError` when it escapes the store."""
     if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
@@ -45,17 +49,26 @@ class StoreLocation:
         self.root = root.rstrip("/")
         self.display = display
         self._local = isinstance(fs, fsspec.implementations.local.LocalFileSystem)
+        self._real_root = os.path.realpath(self.root) if self._local else ""
         self._fds: OrderedDict[str, int] = OrderedDict()  # open local files, for pread
 
     def __del__(self):
         for fd in getattr(self, "_fds", {}).values():
             os.close(fd)
 
+    def _inside(self, path: str) -> str:
+        """A local path, after checking that no symbolic link takes it out of the store."""
+        real = os.path.realpath(path)
+        if real != self._real_root and not real.startswith(self._real_root + os.sep):
+            rel = path[len(self.root):].lstrip("/")
+            raise UnsafePathError(f"{self.display}: {rel} is a link to {real}, outside the store; refusing to read it")
+        return path
+
     def _fd(self, path: str) -> int:
         """A cached read-only descriptor (at most 64 open): local ranged reads skip open() and fsspec."""
         fd = self._fds.get(path)
         if fd is None:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(self._inside(path), os.O_RDONLY)
             self._fds[path] = fd
             if len(self._fds) > 64:
                 os.close(self._fds.popitem(last=False)[1])
@@ -84,8 +97,9 @@ class StoreLocation:
         return f"{self.root}/{rel}" if self.root else rel
 
     def read(self, rel: str) -> bytes:
+        path = self._path(rel)
         try:
-            return self.fs.cat_file(self._path(rel))
+            return self.fs.cat_file(self._inside(path) if self._local else path)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{self.display}: {rel} not found") from exc
 
@@ -93,7 +107,7 @@ class StoreLocation:
         """Bytes [start, stop) of a file; negative ``start`` counts from the end."""
         path = self._path(rel)
         if not self._local:
-            return self.fs.cat_file(path, start=start, end=stop)
+            return self._checked_range(rel, start, stop, self.fs.cat_file(path, start=start, end=stop))
         fd = self._fd(path)
         if start < 0 or stop is None:
             size = os.fstat(fd).st_size
@@ -113,7 +127,20 @@ class StoreLocation:
                     out.append(exc)
             return out
         paths = [self._path(r) for r in rels]
-        return self.fs.cat_ranges(paths, list(starts), list(stops), on_error="return")
+        blobs = self.fs.cat_ranges(paths, list(starts), list(stops), on_error="return")
+        return [self._checked_range(*args) for args in zip(rels, starts, stops, blobs)]
+
+    def _checked_range(self, rel: str, start: int, stop: int | None, blob):
+        """``blob`` unless it is longer than the range asked for: a server that ignores Range sends
+        the whole file with status 200, which would otherwise be decoded as if it were the range."""
+        if isinstance(blob, Exception):
+            return blob
+        asked = (stop - start) if stop is not None and start >= 0 else (-start if start < 0 and stop is None else None)
+        if asked is not None and len(blob) > asked:
+            raise RangeRequestIgnored(
+                f"{self.display}: the server ignored an HTTP Range request for {rel} (sent {len(blob):,} bytes for "
+                f"{asked:,}); serve the store from a server that supports Range requests, or download it first")
+        return blob
 
     def exists(self, rel: str) -> bool:
         return self.fs.exists(self._path(rel))
@@ -125,6 +152,8 @@ class StoreLocation:
         """Every file under the store with its size (not possible over plain HTTP)."""
         out = {}
         for path, info in self.fs.find(self.root or "", detail=True, withdirs=False).items():
+            if self._local:
+                self._inside(path)
             rel = path[len(self.root):].lstrip("/") if self.root else path.lstrip("/")
             out[rel] = int(info.get("size") or 0)
         return out

@@ -105,7 +105,10 @@ def default_candidates(data_root: str | Path) -> Path | None:
 
 
 def find_scans(data_root: str | Path, subsets: list[int]) -> list[ScanFile]:
-    """Every ``subset<k>/<seriesuid>.mhd`` of the chosen subsets, sorted by (subset, seriesuid)."""
+    """Every ``subset<k>/<seriesuid>.mhd`` of the chosen subsets, sorted by (subset, seriesuid).
+
+    A seriesuid found twice is refused before anything is built: both copies would claim the same
+    rows and resume record, and LUNA16 holds each scan once."""
     root = Path(data_root)
     scans: list[ScanFile] = []
     for k in subsets:
@@ -114,4 +117,10 @@ def find_scans(data_root: str | Path, subsets: list[int]) -> list[ScanFile]:
             raise FileNotFoundError(f"{folder}: subset folder not found under data root {root}")
         for mhd in sorted(folder.glob("*.mhd")):
             scans.append(ScanFile(seriesuid=mhd.stem, subset=k, path=mhd))
+    seen: dict[str, Path] = {}
+    for scan in scans:
+        if scan.seriesuid in seen:
+            raise TableError(f"{scan.path}: seriesuid {scan.seriesuid} is also {seen[scan.seriesuid]}; "
+                             "each scan may be in one subset only (remove one copy)")
+        seen[scan.seriesuid] = scan.path
     return scans

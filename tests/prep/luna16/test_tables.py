@@ -49,3 +49,15 @@ def test_candidates_read(tmp_path):
     path.write_text(f"seriesuid,coordX,coordY,coordZ,class\n{UID},1,2,3,0\n{UID},1.5,2,3,1.0\n")
     df = read_candidates(path)
     assert list(df["class"]) == [0, 1] and df["class"].dtype.kind == "i"
+
+
+def test_the_same_scan_in_two_subsets_is_refused(tmp_path):
+    from luna_prep.luna16.tables import find_scans
+
+    for k in (0, 3):
+        (tmp_path / f"subset{k}").mkdir()
+        (tmp_path / f"subset{k}" / f"{UID}.mhd").write_text("")
+    (tmp_path / "subset0" / "1.2.3.mhd").write_text("")
+    assert [s.seriesuid for s in find_scans(tmp_path, [0])] == ["1.2.3", UID]
+    with pytest.raises(TableError, match=rf"subset3/{UID}\.mhd: seriesuid {UID} is also .*subset0/{UID}\.mhd"):
+        find_scans(tmp_path, [0, 3])

@@ -1,0 +1,58 @@
+"""Where a store lives: links out of a local store are refused; servers that ignore Range are named."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from conftest import write_tiny_store
+from http_server import serve_directory
+from luna_prep.format.location import RangeRequestIgnored, StoreLocation, UnsafePathError
+from luna_prep.format.reader import PatchStore
+
+
+def test_a_link_out_of_the_store_is_not_followed(tmp_path):
+    root = write_tiny_store(tmp_path / "s.zarr", n_scans=1)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    os.symlink(secret, f"{root}/manifest.parquet.link")
+    shard = f"{root}/patches/16/image/c/0/0/0/0"
+    os.replace(shard, tmp_path / "outside-shard")
+    os.symlink(tmp_path / "outside-shard", shard)
+    loc = StoreLocation.open(root)
+    with pytest.raises(UnsafePathError, match=r"manifest\.parquet\.link is a link to .*secret\.txt, outside the store"):
+        loc.read("manifest.parquet.link")
+    with pytest.raises(UnsafePathError, match="outside the store"):
+        loc.list_files()
+    with pytest.raises(UnsafePathError, match=r"patches/16/image/c/0/0/0/0 is a link"):
+        PatchStore(root).read_patch(16, 0)
+
+
+def test_a_link_inside_the_store_is_read(tmp_path):
+    root = write_tiny_store(tmp_path / "s.zarr", n_scans=1)
+    os.symlink(f"{root}/manifest.parquet", f"{root}/alias.parquet")
+    loc = StoreLocation.open(root)
+    assert loc.read("alias.parquet") == loc.read("manifest.parquet")
+
+
+def test_a_server_that_ignores_range_is_named(tmp_path):
+    write_tiny_store(tmp_path / "s.zarr", n_scans=1)
+    with serve_directory(tmp_path, ranges=False) as (base, _):
+        store = PatchStore(f"{base}/s.zarr")
+        assert len(store.manifest) == 16  # whole-file reads still work
+        with pytest.raises(RangeRequestIgnored, match=r"s\.zarr: the server ignored an HTTP Range request for "
+                                                      r"patches/16/image/c/0/0/0/0"):
+            store.read_patch(16, 0)
+        with pytest.raises(RangeRequestIgnored, match="ignored an HTTP Range request"):
+            store.read_stored_many(16, [0, 1])
+
+
+def test_the_same_store_over_a_server_with_ranges_reads_the_same(tmp_path):
+    root = write_tiny_store(tmp_path / "s.zarr", n_scans=1)
+    local = PatchStore(root)
+    with serve_directory(tmp_path) as (base, _):
+        remote = PatchStore(f"{base}/s.zarr")
+        for i in range(4):
+            assert all(np.array_equal(a, b) for a, b in zip(local.read_patch(24, i), remote.read_patch(24, i)))
