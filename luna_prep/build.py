@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from luna_prep import __version__
+from luna_prep.files import sha256_bytes, sha256_file
 from luna_prep.format.spec import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
                      conform, empty_manifest)
 from luna_prep.luna16.lidc import default_lidc_db
@@ -67,14 +67,6 @@ class BuildReport:
         return self.scans_failed == 0
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_masks(cfg: BuildConfig) -> BuildConfig:
     """``cfg`` with its LIDC database located (``--masks lidc`` without ``--lidc-db``), or an error."""
     if cfg.masks not in ("sphere", "lidc"):
@@ -106,12 +98,12 @@ def config_hash(cfg: BuildConfig, plans: list[ScanPlan], ann: Path, cand: Path |
     content = asdict(cfg)
     for key in ("data_root", "out", "annotations", "candidates", "lidc_db"):
         content.pop(key)
-    content["lidc_db_sha256"] = _sha256(Path(cfg.lidc_db)) if cfg.masks == "lidc" else None
-    content["annotations_sha256"] = _sha256(ann)
-    content["candidates_sha256"] = _sha256(cand) if cand else None
+    content["lidc_db_sha256"] = sha256_file(cfg.lidc_db)[0] if cfg.masks == "lidc" else None
+    content["annotations_sha256"] = sha256_file(ann)[0]
+    content["candidates_sha256"] = sha256_file(cand)[0] if cand else None
     content["scans"] = [(p.subset, p.seriesuid) for p in plans]
     content["format_version"] = FORMAT_VERSION
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()
+    return sha256_bytes(json.dumps(content, sort_keys=True, default=list).encode())
 
 
 def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool) -> set[str]:

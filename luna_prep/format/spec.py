@@ -45,6 +45,7 @@ VOLUME_CHUNKS = (64, 64, 64)
 
 KINDS = ("nodule", "random", "candidate")
 IMAGE_DTYPES = ("float16", "uint8")
+UINT8_FULL_SCALE = 255  # a uint8 image stores round(255 * intensity); float16 stores the intensity
 
 # Root attributes every v1 store carries.
 ROOT_ATTRIBUTES = (
@@ -115,13 +116,30 @@ def volume_path(seriesuid: str, name: str) -> str:
     return f"{VOLUMES_GROUP}/{seriesuid}/{name}"
 
 
+def _check_dtype(image_dtype: str) -> None:
+    if image_dtype not in IMAGE_DTYPES:
+        raise FormatError(f"unknown image_dtype {image_dtype!r}; expected one of {IMAGE_DTYPES}")
+
+
+def full_scale(image_dtype: str) -> float:
+    """The stored value of intensity 1.0: 255 for uint8, 1 for float16 (stored values lie in [0, this])."""
+    _check_dtype(image_dtype)
+    return float(UINT8_FULL_SCALE) if image_dtype == "uint8" else 1.0
+
+
+def encode_image(intensity: np.ndarray, image_dtype: str) -> np.ndarray:
+    """Intensities in [0, 1] as stored: uint8 round(255 * value) or float16 (values clipped to [0, 1])."""
+    top = full_scale(image_dtype)
+    scaled = np.clip(np.asarray(intensity, dtype=np.float32) * np.float32(top), 0.0, top)
+    return (np.rint(scaled) if image_dtype == "uint8" else scaled).astype(image_dtype)
+
+
 def decode_image(stored: np.ndarray, image_dtype: str) -> np.ndarray:
     """Stored image values back to float32 intensities in [0, 1]."""
     if image_dtype == "float16" or stored.dtype == np.float16:
         return stored.astype(np.float32)
-    if image_dtype == "uint8":
-        return stored.astype(np.float32) * np.float32(1.0 / 255.0)
-    raise FormatError(f"unknown image_dtype {image_dtype!r}; expected one of {IMAGE_DTYPES}")
+    _check_dtype(image_dtype)
+    return stored.astype(np.float32) * np.float32(1.0 / UINT8_FULL_SCALE)
 
 
 def empty_manifest() -> pd.DataFrame:

@@ -14,9 +14,7 @@ checks every file (:mod:`luna_prep.sharing.verify`).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from luna_prep import __version__
+from luna_prep.files import sha256_bytes, sha256_file, write_text_atomic
 from luna_prep.format.spec import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
                      StoreAttributes, conform)
 from luna_prep.format.location import StoreLocation, UnsafePathError, is_url, safe_relpath
@@ -63,20 +62,6 @@ def card_path(name: str, manifests_dir: str | Path = DEFAULT_MANIFESTS_DIR) -> P
     return Path(manifests_dir) / f"{name}.json"
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-            n += len(block)
-    return h.hexdigest(), n
-
-
 def store_files(root: str | Path) -> list[str]:
     """Relative paths of every file of a local store folder, ``_build/`` excluded, sorted."""
     root = Path(root)
@@ -93,7 +78,7 @@ def file_checksums(root: str | Path, threads: int = 4) -> list[dict]:
     root = Path(root)
     rels = store_files(root)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        digests = list(pool.map(lambda rel: _sha256_file(root / rel), rels))
+        digests = list(pool.map(lambda rel: sha256_file(root / rel), rels))
     return [{"path": rel, "size": size, "sha256": digest} for rel, (digest, size) in zip(rels, digests)]
 
 
@@ -152,10 +137,7 @@ def write_card(store_path: str | Path, name: str | None = None,
         "failed_scans": [str(u) for u in scans.loc[status != "ok", "seriesuid"]] if len(scans) else [],
         "files": files,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(_dump_card(card))
-    os.replace(tmp, out)
+    write_text_atomic(out, _dump_card(card))
     return out
 
 

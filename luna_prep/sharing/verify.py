@@ -17,13 +17,13 @@ arrays by :class:`luna_prep.format.shards.ShardedPatchArray`.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from luna_prep.files import sha256_bytes, sha256_stream
 from luna_prep.sharing.cards import CardError, card_store_location, is_card, load_card
 from luna_prep.format.spec import (BUILD_DIR, IMAGE_ARRAY, KINDS, MANIFEST_COLUMNS, MANIFEST_FILE, MASK_ARRAY,
                      SCANS_FILE, FormatError, StoreAttributes, array_path)
@@ -80,13 +80,8 @@ def _is_http(location: StoreLocation) -> bool:
 
 
 def _hash_file(location: StoreLocation, rel: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
     with location.fs.open(location._path(rel), "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-            n += len(block)
-    return h.hexdigest(), n
+        return sha256_stream(f, block=1 << 22)
 
 
 def check_against_card(location: StoreLocation, card: dict, report: VerifyReport) -> None:
@@ -95,7 +90,7 @@ def check_against_card(location: StoreLocation, card: dict, report: VerifyReport
         try:
             if _is_http(location):
                 data = location.read(rel)  # one GET; HTTP file objects would HEAD first
-                digest, size = hashlib.sha256(data).hexdigest(), len(data)
+                digest, size = sha256_bytes(data), len(data)
             else:
                 digest, size = _hash_file(location, rel)
         except FileNotFoundError:
