@@ -13,8 +13,8 @@ import pandas as pd
 
 from luna_prep import __version__
 from luna_prep.files import sha256_bytes, sha256_file
-from luna_prep.format.spec import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
-                     conform, empty_manifest)
+from luna_prep.format.spec import (BUILD_DIR, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
+                                   StoreAttributes, conform, empty_manifest, scans_table)
 from luna_prep.luna16.lidc import default_lidc_db
 from luna_prep.pipeline.plan import ScanPlan, plan_build
 from luna_prep.pipeline.sampling import SamplingConfig
@@ -124,14 +124,12 @@ def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool
         if not overwrite:
             raise BuildError(f"{out}: exists and is not a luna-patches store; pass --overwrite to replace it")
         shutil.rmtree(out)
-    attrs = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "spacing_mm": cfg.spacing_mm,
-        "hu_window": list(cfg.hu_window), "scales": list(cfg.sampling.scales),
-        "image_dtype": cfg.storage.image_dtype, "shard_patches": cfg.storage.shard_patches,
-        "capacity": capacity, "build_config": json.loads(json.dumps(asdict(cfg), default=list)),
-        "config_hash": digest, "software_version": __version__,
-    }
-    create_store(out, attrs, capacity, cfg.sampling.scales, cfg.storage)
+    attrs = StoreAttributes(
+        spacing_mm=cfg.spacing_mm, hu_window=tuple(cfg.hu_window), scales=tuple(cfg.sampling.scales),
+        image_dtype=cfg.storage.image_dtype, shard_patches=cfg.storage.shard_patches, capacity=capacity,
+        config_hash=digest, software_version=__version__, build_config=json.loads(json.dumps(asdict(cfg), default=list)),
+    )
+    create_store(out, attrs, cfg.storage)
     (out / BUILD_DIR / "done").mkdir(parents=True, exist_ok=True)
     return set()
 
@@ -198,7 +196,7 @@ def _finalize(cfg: BuildConfig, plans: list[ScanPlan], new_records: list[dict]) 
             scan_rows.append(by_uid[plan.seriesuid])
     manifest = pd.concat(parts, ignore_index=True) if parts else empty_manifest()
     manifest = conform(manifest, MANIFEST_COLUMNS, "manifest").sort_values(["sample_id", "scale"], ignore_index=True)
-    scans = pd.DataFrame(scan_rows)
+    scans = scans_table(scan_rows)
     write_table(manifest, out / MANIFEST_FILE)
     write_table(scans, out / SCANS_FILE)
     return manifest, scans
@@ -234,8 +232,8 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
     job = ScanJob(str(Path(cfg.out).resolve()), cfg.spacing_mm, tuple(cfg.hu_window), cfg.seed, cfg.sampling,
                   cfg.storage, volumes=cfg.volumes, masks=cfg.masks, lidc_db=cfg.lidc_db, lidc_level=cfg.lidc_level)
     records = _run_tasks(todo, job, workers, scheduler, progress, scheduler_file) if todo else []
-    manifest, scans_table = _finalize(cfg, plans, records)
-    failed = scans_table[scans_table["status"] != "ok"] if len(scans_table) else scans_table
+    manifest, scan_table = _finalize(cfg, plans, records)
+    failed = scan_table[scan_table["status"] != "ok"] if len(scan_table) else scan_table
     counts = manifest.groupby(["scale", "kind"]).size().unstack(fill_value=0) if len(manifest) else pd.DataFrame()
     card = None
     if manifests_dir is not None:
@@ -243,10 +241,10 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
 
         card = write_card(cfg.out, card_name, manifests_dir)
     return BuildReport(
-        store=cfg.out, scans_ok=int((scans_table["status"] == "ok").sum()) if len(scans_table) else 0,
+        store=cfg.out, scans_ok=int((scan_table["status"] == "ok").sum()) if len(scan_table) else 0,
         scans_failed=len(failed), failures=list(zip(failed.get("source_path", []), failed.get("error", []))),
         patches=counts, bytes_written=folder_bytes(Path(cfg.out)), seconds=time.perf_counter() - t0,
-        skipped=len(plans) - len(todo), card=card, masks=cfg.masks, nodule_masks=_mask_counts(scans_table),
+        skipped=len(plans) - len(todo), card=card, masks=cfg.masks, nodule_masks=_mask_counts(scan_table),
     )
 
 

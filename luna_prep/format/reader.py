@@ -13,8 +13,8 @@ import pandas as pd
 
 from luna_prep.format.location import StoreLocation
 from luna_prep.format.shards import ShardedPatchArray, read_many
-from luna_prep.format.spec import (IMAGE_ARRAY, MANIFEST_COLUMNS, MANIFEST_FILE, MASK_ARRAY, SCANS_FILE, VOLUME_IMAGE,
-                                   VOLUME_LUNGS, FormatError, StoreAttributes, array_path, conform, decode_image,
+from luna_prep.format.spec import (IMAGE_ARRAY, MANIFEST_COLUMNS, MANIFEST_FILE, MASK_ARRAY, SCANS_COLUMNS, SCANS_FILE,
+                                   VOLUME_IMAGE, VOLUME_LUNGS, FormatError, StoreAttributes, array_path, conform, decode_image,
                                    volume_path)
 
 
@@ -75,7 +75,7 @@ class PatchStore:
 
     @cached_property
     def scans(self) -> pd.DataFrame:
-        return self._read_table(SCANS_FILE)
+        return conform(self._read_table(SCANS_FILE), SCANS_COLUMNS, f"{self.root}/{SCANS_FILE}")
 
     def patches(self, scale: int, name: str):
         """The :class:`~luna_prep.format.shards.ShardedPatchArray` of ``image`` or ``mask`` at a scale."""

@@ -146,6 +146,17 @@ def empty_manifest() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in MANIFEST_COLUMNS.items()})
 
 
+# What a scan record holds when the scan never reported one (its worker died): no geometry, no samples.
+_SCAN_DEFAULTS = {c: 0 for c, t in SCANS_COLUMNS.items() if t == "int64"} | {"seconds": float("nan")}
+
+
+def scans_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The scans table of ``records`` (one dict per scan) in SCANS_COLUMNS order and dtypes."""
+    rows = [_SCAN_DEFAULTS | r for r in records]
+    df = pd.DataFrame(rows, columns=list(SCANS_COLUMNS)) if rows else pd.DataFrame(columns=list(SCANS_COLUMNS))
+    return conform(df, SCANS_COLUMNS, SCANS_FILE)
+
+
 def conform(df: pd.DataFrame, columns: dict[str, str], what: str) -> pd.DataFrame:
     """Return ``df`` with exactly ``columns`` in order and dtypes; raise if one is missing."""
     missing = [c for c in columns if c not in df.columns]
@@ -196,6 +207,16 @@ class StoreAttributes:
             software_version=str(attrs["software_version"]),
             build_config=dict(attrs["build_config"]),
         )
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The root attributes as a store holds them (JSON types, ROOT_ATTRIBUTES order); inverse of from_attrs."""
+        values = {
+            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "spacing_mm": self.spacing_mm,
+            "hu_window": list(self.hu_window), "scales": list(self.scales), "image_dtype": self.image_dtype,
+            "shard_patches": self.shard_patches, "capacity": self.capacity, "build_config": self.build_config,
+            "config_hash": self.config_hash, "software_version": self.software_version,
+        }
+        return {k: values[k] for k in ROOT_ATTRIBUTES}
 
 
 DEFAULT_STORE = "data/patches.zarr"  # where `luna-prep build` writes and `luna-train run` reads by default

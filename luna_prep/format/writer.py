@@ -16,7 +16,7 @@ from zarr.codecs import BloscCodec
 from luna_prep.files import atomic_path, write_bytes_atomic
 from luna_prep.format.shard_layout import ShardIndex, shard_key, shard_prefix
 from luna_prep.format.spec import (IMAGE_ARRAY, IMAGE_DTYPES, MASK_ARRAY, VOLUME_CHUNKS, VOLUME_IMAGE, VOLUME_LUNGS,
-                                   array_path, volume_path)
+                                   StoreAttributes, array_path, volume_path)
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,19 @@ def _compressor(cfg: StorageConfig, dtype: str) -> BloscCodec:
     return BloscCodec(cname=cfg.codec, clevel=cfg.clevel, shuffle=shuffle)
 
 
-def create_store(root: str | Path, attrs: dict, capacity: int, scales: tuple[int, ...], cfg: StorageConfig) -> zarr.Group:
-    """A new store at ``root`` with empty image and mask arrays of ``capacity`` rows per scale."""
-    group = zarr.open_group(str(root), mode="w", attributes=attrs)
-    for s in scales:
+def create_store(root: str | Path, attrs: StoreAttributes, cfg: StorageConfig) -> zarr.Group:
+    """A new store at ``root`` with root attributes ``attrs`` and empty image and mask arrays of
+    ``attrs.capacity`` rows at each of ``attrs.scales``, encoded as ``cfg`` says."""
+    if (attrs.image_dtype, attrs.shard_patches) != (cfg.image_dtype, cfg.shard_patches):
+        raise ValueError(f"attributes say {attrs.image_dtype} in shards of {attrs.shard_patches}, "
+                         f"storage says {cfg.image_dtype} in shards of {cfg.shard_patches}")
+    group = zarr.open_group(str(root), mode="w", attributes=attrs.to_attrs())
+    for s in attrs.scales:
         for name, dtype in ((IMAGE_ARRAY, cfg.image_dtype), (MASK_ARRAY, "uint8")):
             zarr.create_array(
                 group.store,
                 name=array_path(s, name),
-                shape=(capacity, s, s, s),
+                shape=(attrs.capacity, s, s, s),
                 chunks=(1, s, s, s),
                 shards=(cfg.shard_patches, s, s, s),
                 dtype=dtype,

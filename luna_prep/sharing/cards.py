@@ -25,8 +25,8 @@ import pandas as pd
 
 from luna_prep import __version__
 from luna_prep.files import sha256_bytes, sha256_file, write_text_atomic
-from luna_prep.format.spec import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
-                     StoreAttributes, conform)
+from luna_prep.format.reader import PatchStore
+from luna_prep.format.spec import BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, SCANS_FILE
 from luna_prep.format.location import StoreLocation, UnsafePathError, is_url, safe_relpath
 
 CARD_FORMAT = "luna-patches-card"
@@ -34,6 +34,8 @@ CARD_VERSION = 1
 DEFAULT_MANIFESTS_DIR = "manifests"
 # Files checked against the card each time a reader resolves a card (cheap: a few requests).
 SMALL_FILES = ("zarr.json", MANIFEST_FILE, SCANS_FILE)
+# Root attributes a card repeats (the build configuration and hash have their own entries).
+_CARD_ATTRIBUTES = ("spacing_mm", "hu_window", "scales", "image_dtype", "shard_patches", "capacity")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -100,11 +102,9 @@ def write_card(store_path: str | Path, name: str | None = None,
     root = Path(store_path)
     name = name or default_name(store_path)
     out = card_path(name, manifests_dir)
-    meta = json.loads((root / "zarr.json").read_bytes())
-    attrs = StoreAttributes.from_attrs(meta.get("attributes", {}), where=str(root))
-    manifest = conform(pd.read_parquet(root / MANIFEST_FILE), MANIFEST_COLUMNS, f"{root}/{MANIFEST_FILE}")
-    scans = pd.read_parquet(root / SCANS_FILE)
-    status = scans["status"] if "status" in scans.columns else pd.Series([], dtype=str)
+    store = PatchStore(root)
+    attrs, manifest, scans = store.attrs, store.manifest, store.scans
+    status = scans["status"]
     files = file_checksums(root)
     card: dict[str, Any] = {
         "card_format": CARD_FORMAT,
@@ -117,10 +117,7 @@ def write_card(store_path: str | Path, name: str | None = None,
         "card_written_by": __version__,
         "config_hash": attrs.config_hash,
         "build_config": attrs.build_config,
-        "attributes": {
-            "spacing_mm": attrs.spacing_mm, "hu_window": list(attrs.hu_window), "scales": list(attrs.scales),
-            "image_dtype": attrs.image_dtype, "shard_patches": attrs.shard_patches, "capacity": attrs.capacity,
-        },
+        "attributes": {k: v for k, v in attrs.to_attrs().items() if k in _CARD_ATTRIBUTES},
         "store": {
             "location": str(store_path),
             "absolute": None if is_url(str(store_path)) else str(root.resolve()),
