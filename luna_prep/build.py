@@ -14,7 +14,7 @@ import pandas as pd
 from luna_prep import __version__
 from luna_prep.files import sha256_bytes, sha256_file
 from luna_prep.format.spec import (BUILD_DIR, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
-                                   StoreAttributes, conform, empty_manifest, scans_table)
+                                   ROOT_METADATA, StoreAttributes, conform, empty_manifest, scans_table)
 from luna_prep.luna16.lidc import default_lidc_db
 from luna_prep.pipeline.plan import ScanPlan, plan_build
 from luna_prep.pipeline.sampling import SamplingConfig
@@ -111,7 +111,7 @@ def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool
     import zarr
 
     out = Path(cfg.out)
-    if (out / "zarr.json").exists() and not overwrite:
+    if (out / ROOT_METADATA).exists() and not overwrite:
         attrs = dict(zarr.open_group(str(out), mode="r").attrs)
         if attrs.get("config_hash") != digest:
             raise BuildError(

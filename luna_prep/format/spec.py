@@ -31,6 +31,7 @@ import pandas as pd
 FORMAT_NAME = "luna-patches"
 FORMAT_VERSION = 1
 
+ROOT_METADATA = "zarr.json"  # the root group's metadata: attributes and every array's consolidated metadata
 PATCHES_GROUP = "patches"
 IMAGE_ARRAY = "image"
 MASK_ARRAY = "mask"
@@ -217,6 +218,18 @@ class StoreAttributes:
             "config_hash": self.config_hash, "software_version": self.software_version,
         }
         return {k: values[k] for k in ROOT_ATTRIBUTES}
+
+
+def root_attributes(meta: dict[str, Any], where: str) -> StoreAttributes:
+    """The attributes of a store whose root ``zarr.json`` holds ``meta``; FormatError if it is not one."""
+    if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
+        raise FormatError(f"{where}: {ROOT_METADATA} is not a Zarr v3 group")
+    return StoreAttributes.from_attrs(meta.get("attributes", {}), where=where)
+
+
+def consolidated_arrays(meta: dict[str, Any]) -> dict[str, dict]:
+    """{path: metadata} of the nodes consolidated into a root ``zarr.json``."""
+    return (meta.get("consolidated_metadata") or {}).get("metadata") or {}
 
 
 DEFAULT_STORE = "data/patches.zarr"  # where `luna-prep build` writes and `luna-train run` reads by default

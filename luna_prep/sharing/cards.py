@@ -26,14 +26,14 @@ import pandas as pd
 from luna_prep import __version__
 from luna_prep.files import sha256_bytes, sha256_file, write_text_atomic
 from luna_prep.format.reader import PatchStore
-from luna_prep.format.spec import BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, SCANS_FILE
+from luna_prep.format.spec import BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, ROOT_METADATA, SCANS_FILE
 from luna_prep.format.location import StoreLocation, UnsafePathError, is_url, safe_relpath
 
 CARD_FORMAT = "luna-patches-card"
 CARD_VERSION = 1
 DEFAULT_MANIFESTS_DIR = "manifests"
 # Files checked against the card each time a reader resolves a card (cheap: a few requests).
-SMALL_FILES = ("zarr.json", MANIFEST_FILE, SCANS_FILE)
+SMALL_FILES = (ROOT_METADATA, MANIFEST_FILE, SCANS_FILE)
 # Root attributes a card repeats (the build configuration and hash have their own entries).
 _CARD_ATTRIBUTES = ("spacing_mm", "hu_window", "scales", "image_dtype", "shard_patches", "capacity")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

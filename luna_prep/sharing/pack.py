@@ -16,7 +16,7 @@ from pathlib import Path
 
 from luna_prep.files import atomic_path
 from luna_prep.sharing.cards import SMALL_FILES, store_files
-from luna_prep.format.spec import FormatError
+from luna_prep.format.spec import ROOT_METADATA, FormatError
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -31,7 +31,7 @@ class PackReport:
 def pack_store(store: str | Path, out_zip: str | Path) -> PackReport:
     """Write every file of the local store folder ``store`` (``_build/`` excluded) into ``out_zip``."""
     root = Path(store)
-    if not (root / "zarr.json").is_file():
+    if not (root / ROOT_METADATA).is_file():
         raise FormatError(f"{root}: no zarr.json, not a store folder")
     out = Path(out_zip)
     if out.suffix.lower() != ".zip":
