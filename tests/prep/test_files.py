@@ -11,10 +11,9 @@ def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
     target = tmp_path / "sub" / "f.bin"
     write_bytes_atomic(target, [b"ab", b"cd"])
     assert target.read_bytes() == b"abcd"
-    with pytest.raises(RuntimeError, match="killed"):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError, match="killed"), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
     assert target.read_bytes() == b"abcd"
     assert sorted(p.name for p in target.parent.iterdir()) == ["f.bin"]  # no temporary file left
     write_text_atomic(target, "new")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import luna_train.inference.detect as detect
 from luna_prep.build import BuildConfig, run_build
 from luna_prep.format.reader import PatchStore, ScanVolume
 from luna_prep.format.spec import full_scale
@@ -14,6 +13,7 @@ from luna_prep.pipeline.patches import extract_patch
 from luna_prep.pipeline.prepare import prepare_scan
 from luna_prep.pipeline.sampling import SamplingConfig
 from luna_prep.synthetic.scans import synthesize
+from luna_train.inference import detect
 from luna_train.inference.detect import DetectConfig
 from luna_train.inference.predict_scan import predict_scan
 
