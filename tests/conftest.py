@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from luna_prep.format.spec import MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE, StoreAttributes, conform, scans_table
+from luna_prep.format.spec import MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE, StoreAttributes, conform, encode_image, scans_table
 from luna_prep.format.writer import StorageConfig, create_store, write_rows, write_table
 
 
@@ -44,7 +44,7 @@ def write_tiny_store(root, scales=(16, 24), n_scans=10, samples_per_scan=8, seed
                 images.append(img)
                 masks.append(mask)
             enc = np.stack(images)
-            enc = np.rint(enc * 255).astype(np.uint8) if image_dtype == "uint8" else enc.astype(np.float16)
+            enc = encode_image(enc, image_dtype)
             write_rows(root, s, first, enc, np.stack(masks), cfg)
             for j, kind in enumerate(kinds):
                 rows.append({

@@ -131,7 +131,7 @@ def full_scale(image_dtype: str) -> float:
 def encode_image(intensity: np.ndarray, image_dtype: str) -> np.ndarray:
     """Intensities in [0, 1] as stored: uint8 round(255 * value) or float16 (values clipped to [0, 1])."""
     top = full_scale(image_dtype)
-    scaled = np.clip(np.asarray(intensity, dtype=np.float32) * np.float32(top), 0.0, top)
+    scaled = np.clip(np.asarray(intensity, dtype=np.float64) * top, 0.0, top)
     return (np.rint(scaled) if image_dtype == "uint8" else scaled).astype(image_dtype)
 
 
