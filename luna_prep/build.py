@@ -127,7 +127,8 @@ def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool
     attrs = StoreAttributes(
         spacing_mm=cfg.spacing_mm, hu_window=tuple(cfg.hu_window), scales=tuple(cfg.sampling.scales),
         image_dtype=cfg.storage.image_dtype, shard_patches=cfg.storage.shard_patches, capacity=capacity,
-        config_hash=digest, software_version=__version__, build_config=json.loads(json.dumps(asdict(cfg), default=list)),
+        config_hash=digest, software_version=__version__,
+        build_config=json.loads(json.dumps(asdict(cfg), default=list)),
     )
     create_store(out, attrs, cfg.storage)
     (out / BUILD_DIR / "done").mkdir(parents=True, exist_ok=True)

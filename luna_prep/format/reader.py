@@ -13,9 +13,9 @@ import pandas as pd
 
 from luna_prep.format.location import StoreLocation
 from luna_prep.format.shards import ShardedPatchArray, read_many
-from luna_prep.format.spec import (IMAGE_ARRAY, MANIFEST_COLUMNS, MANIFEST_FILE, MASK_ARRAY, SCANS_COLUMNS, SCANS_FILE,
-                                   ROOT_METADATA, VOLUME_IMAGE, VOLUME_LUNGS, FormatError, array_path, conform,
-                                   consolidated_arrays, decode_image, root_attributes, volume_path)
+from luna_prep.format.spec import (IMAGE_ARRAY, MANIFEST_COLUMNS, MANIFEST_FILE, MASK_ARRAY, ROOT_METADATA,
+                                   SCANS_COLUMNS, SCANS_FILE, VOLUME_IMAGE, VOLUME_LUNGS, FormatError, VolumeAttributes, array_path,
+                                   conform, consolidated_arrays, decode_image, root_attributes, volume_path)
 
 
 @dataclass(frozen=True)
@@ -111,10 +111,10 @@ class PatchStore:
         except (KeyError, FileNotFoundError) as exc:
             hint = "" if self.has_volumes() else " (the store was built without --volumes)"
             raise FormatError(f"{self.root}: no volume for {seriesuid}{hint}") from exc
-        attrs = dict(image.attrs)
+        attrs = VolumeAttributes.from_attrs(dict(image.attrs))
         return ScanVolume(
             seriesuid=seriesuid, image=decode_image(image[:], self.attrs.image_dtype), lungs=lungs[:] > 0,
-            origin_xyz=tuple(attrs["origin_xyz"]), spacing_mm=float(attrs["spacing_mm"]), original=attrs["original"],
+            origin_xyz=attrs.origin_xyz, spacing_mm=attrs.spacing_mm, original=attrs.original,
         )
 
     def zarr_group(self):

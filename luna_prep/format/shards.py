@@ -163,4 +163,5 @@ class ShardedPatchArray:
         except FileNotFoundError:
             return {}
         index = self.layout.decode(data, f"{self.location.display}/{self.shard_key(shard)}")
-        return {shard * self.shard_len + k: self.decode(data[start:stop]) for k, start, stop in self.layout.spans(index)}
+        first = shard * self.shard_len
+        return {first + k: self.decode(data[start:stop]) for k, start, stop in self.layout.spans(index)}

@@ -220,6 +220,25 @@ class StoreAttributes:
         return {k: values[k] for k in ROOT_ATTRIBUTES}
 
 
+@dataclass(frozen=True)
+class VolumeAttributes:
+    """Attributes of a whole-scan ``volumes/<seriesuid>/image`` array: world = origin + (x, y, z) * spacing."""
+
+    origin_xyz: tuple[float, float, float]
+    spacing_mm: float
+    subset: int
+    original: dict  # the source scan's geometry (origin, spacing, direction, size; ITK x, y, z)
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> VolumeAttributes:
+        return cls(origin_xyz=tuple(float(v) for v in attrs["origin_xyz"]), spacing_mm=float(attrs["spacing_mm"]),
+                   subset=int(attrs["subset"]), original=dict(attrs["original"]))
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {"origin_xyz": list(self.origin_xyz), "spacing_mm": self.spacing_mm, "subset": self.subset,
+                "original": self.original}
+
+
 def root_attributes(meta: dict[str, Any], where: str) -> StoreAttributes:
     """The attributes of a store whose root ``zarr.json`` holds ``meta``; FormatError if it is not one."""
     if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":

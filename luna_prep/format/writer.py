@@ -1,4 +1,4 @@
-"""Writing a luna-patches store: arrays, shards, codecs and tables (the contract is in :mod:`~luna_prep.format.spec`)."""
+"""Writing a luna-patches store: arrays, shards, codecs and tables (the contract: :mod:`luna_prep.format.spec`)."""
 
 from __future__ import annotations
 

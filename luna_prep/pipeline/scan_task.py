@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from luna_prep.files import write_text_atomic
-from luna_prep.format.spec import BUILD_DIR, MANIFEST_COLUMNS, conform
+from luna_prep.format.spec import BUILD_DIR, MANIFEST_COLUMNS, VolumeAttributes, conform
 from luna_prep.format.writer import StorageConfig, clear_rows, write_rows, write_table, write_volume
 from luna_prep.luna16.geometry import ScanGeometry
 from luna_prep.luna16.lidc import LidcDatabase
@@ -137,8 +137,7 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
         clear_rows(job.store, job.sampling.scales, plan.first_index, plan.n_samples, job.storage.shard_patches)
         rows = _write_patches(plan, job, vol, nodules, centres)
         if job.volumes:
-            attrs = {"origin_xyz": list(vol.geometry.origin), "spacing_mm": vol.spacing, "subset": plan.subset,
-                     "original": original.to_dict()}
+            attrs = VolumeAttributes(vol.geometry.origin, vol.spacing, plan.subset, original.to_dict()).to_attrs()
             write_volume(zarr.open_group(job.store, mode="r+"), plan.seriesuid, vol.array, prepared.lungs_full(), attrs,
                          job.storage)
     except (ScanReadError, AnnotationOutsideVolume) as exc:
