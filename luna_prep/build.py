@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -13,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from luna_prep import __version__
-from luna_prep.format.spec import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
-                     conform, empty_manifest)
+from luna_prep.files import sha256_bytes, sha256_file
+from luna_prep.format.spec import (BUILD_DIR, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
+                                   ROOT_METADATA, StoreAttributes, conform, empty_manifest, scans_table)
 from luna_prep.luna16.lidc import default_lidc_db
 from luna_prep.pipeline.plan import ScanPlan, plan_build
 from luna_prep.pipeline.sampling import SamplingConfig
@@ -67,14 +67,6 @@ class BuildReport:
         return self.scans_failed == 0
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_masks(cfg: BuildConfig) -> BuildConfig:
     """``cfg`` with its LIDC database located (``--masks lidc`` without ``--lidc-db``), or an error."""
     if cfg.masks not in ("sphere", "lidc"):
@@ -106,12 +98,12 @@ def config_hash(cfg: BuildConfig, plans: list[ScanPlan], ann: Path, cand: Path |
     content = asdict(cfg)
     for key in ("data_root", "out", "annotations", "candidates", "lidc_db"):
         content.pop(key)
-    content["lidc_db_sha256"] = _sha256(Path(cfg.lidc_db)) if cfg.masks == "lidc" else None
-    content["annotations_sha256"] = _sha256(ann)
-    content["candidates_sha256"] = _sha256(cand) if cand else None
+    content["lidc_db_sha256"] = sha256_file(cfg.lidc_db)[0] if cfg.masks == "lidc" else None
+    content["annotations_sha256"] = sha256_file(ann)[0]
+    content["candidates_sha256"] = sha256_file(cand)[0] if cand else None
     content["scans"] = [(p.subset, p.seriesuid) for p in plans]
     content["format_version"] = FORMAT_VERSION
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=list).encode()).hexdigest()
+    return sha256_bytes(json.dumps(content, sort_keys=True, default=list).encode())
 
 
 def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool) -> set[str]:
@@ -119,7 +111,7 @@ def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool
     import zarr
 
     out = Path(cfg.out)
-    if (out / "zarr.json").exists() and not overwrite:
+    if (out / ROOT_METADATA).exists() and not overwrite:
         attrs = dict(zarr.open_group(str(out), mode="r").attrs)
         if attrs.get("config_hash") != digest:
             raise BuildError(
@@ -132,14 +124,13 @@ def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool
         if not overwrite:
             raise BuildError(f"{out}: exists and is not a luna-patches store; pass --overwrite to replace it")
         shutil.rmtree(out)
-    attrs = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "spacing_mm": cfg.spacing_mm,
-        "hu_window": list(cfg.hu_window), "scales": list(cfg.sampling.scales),
-        "image_dtype": cfg.storage.image_dtype, "shard_patches": cfg.storage.shard_patches,
-        "capacity": capacity, "build_config": json.loads(json.dumps(asdict(cfg), default=list)),
-        "config_hash": digest, "software_version": __version__,
-    }
-    create_store(out, attrs, capacity, cfg.sampling.scales, cfg.storage)
+    attrs = StoreAttributes(
+        spacing_mm=cfg.spacing_mm, hu_window=tuple(cfg.hu_window), scales=tuple(cfg.sampling.scales),
+        image_dtype=cfg.storage.image_dtype, shard_patches=cfg.storage.shard_patches, capacity=capacity,
+        config_hash=digest, software_version=__version__,
+        build_config=json.loads(json.dumps(asdict(cfg), default=list)),
+    )
+    create_store(out, attrs, cfg.storage)
     (out / BUILD_DIR / "done").mkdir(parents=True, exist_ok=True)
     return set()
 
@@ -206,7 +197,7 @@ def _finalize(cfg: BuildConfig, plans: list[ScanPlan], new_records: list[dict]) 
             scan_rows.append(by_uid[plan.seriesuid])
     manifest = pd.concat(parts, ignore_index=True) if parts else empty_manifest()
     manifest = conform(manifest, MANIFEST_COLUMNS, "manifest").sort_values(["sample_id", "scale"], ignore_index=True)
-    scans = pd.DataFrame(scan_rows)
+    scans = scans_table(scan_rows)
     write_table(manifest, out / MANIFEST_FILE)
     write_table(scans, out / SCANS_FILE)
     return manifest, scans
@@ -242,8 +233,8 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
     job = ScanJob(str(Path(cfg.out).resolve()), cfg.spacing_mm, tuple(cfg.hu_window), cfg.seed, cfg.sampling,
                   cfg.storage, volumes=cfg.volumes, masks=cfg.masks, lidc_db=cfg.lidc_db, lidc_level=cfg.lidc_level)
     records = _run_tasks(todo, job, workers, scheduler, progress, scheduler_file) if todo else []
-    manifest, scans_table = _finalize(cfg, plans, records)
-    failed = scans_table[scans_table["status"] != "ok"] if len(scans_table) else scans_table
+    manifest, scan_table = _finalize(cfg, plans, records)
+    failed = scan_table[scan_table["status"] != "ok"] if len(scan_table) else scan_table
     counts = manifest.groupby(["scale", "kind"]).size().unstack(fill_value=0) if len(manifest) else pd.DataFrame()
     card = None
     if manifests_dir is not None:
@@ -251,10 +242,10 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
 
         card = write_card(cfg.out, card_name, manifests_dir)
     return BuildReport(
-        store=cfg.out, scans_ok=int((scans_table["status"] == "ok").sum()) if len(scans_table) else 0,
+        store=cfg.out, scans_ok=int((scan_table["status"] == "ok").sum()) if len(scan_table) else 0,
         scans_failed=len(failed), failures=list(zip(failed.get("source_path", []), failed.get("error", []))),
         patches=counts, bytes_written=folder_bytes(Path(cfg.out)), seconds=time.perf_counter() - t0,
-        skipped=len(plans) - len(todo), card=card, masks=cfg.masks, nodule_masks=_mask_counts(scans_table),
+        skipped=len(plans) - len(todo), card=card, masks=cfg.masks, nodule_masks=_mask_counts(scan_table),
     )
 
 

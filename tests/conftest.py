@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from luna_prep.format.spec import FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE, conform
+from luna_prep.format.spec import MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE, StoreAttributes, conform, encode_image, scans_table
 from luna_prep.format.writer import StorageConfig, create_store, write_rows, write_table
 
 
@@ -20,12 +20,10 @@ def write_tiny_store(root, scales=(16, 24), n_scans=10, samples_per_scan=8, seed
     cfg = StorageConfig(image_dtype=image_dtype, shard_patches=8)
     per_scan = int(np.ceil(samples_per_scan / cfg.shard_patches)) * cfg.shard_patches
     capacity = n_scans * per_scan
-    attrs = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "spacing_mm": 1.0, "hu_window": [-1000.0, 400.0],
-        "scales": list(scales), "image_dtype": image_dtype, "shard_patches": cfg.shard_patches,
-        "capacity": capacity, "build_config": {"tiny": True}, "config_hash": "0" * 64, "software_version": "test",
-    }
-    create_store(root, attrs, capacity, tuple(scales), cfg)
+    attrs = StoreAttributes(spacing_mm=1.0, hu_window=(-1000.0, 400.0), scales=tuple(scales), image_dtype=image_dtype,
+                            shard_patches=cfg.shard_patches, capacity=capacity, config_hash="0" * 64,
+                            software_version="test", build_config={"tiny": True})
+    create_store(root, attrs, cfg)
     rows, scan_rows = [], []
     for k in range(n_scans):
         uid = f"1.2.3.{k}"
@@ -46,7 +44,7 @@ def write_tiny_store(root, scales=(16, 24), n_scans=10, samples_per_scan=8, seed
                 images.append(img)
                 masks.append(mask)
             enc = np.stack(images)
-            enc = np.rint(enc * 255).astype(np.uint8) if image_dtype == "uint8" else enc.astype(np.float16)
+            enc = encode_image(enc, image_dtype)
             write_rows(root, s, first, enc, np.stack(masks), cfg)
             for j, kind in enumerate(kinds):
                 rows.append({
@@ -58,7 +56,7 @@ def write_tiny_store(root, scales=(16, 24), n_scans=10, samples_per_scan=8, seed
                 })
         scan_rows.append({"seriesuid": uid, "subset": k % 10, "status": "ok", "error": "", "first_index": first})
     write_table(conform(pd.DataFrame(rows), MANIFEST_COLUMNS, "tiny"), f"{root}/{MANIFEST_FILE}")
-    write_table(pd.DataFrame(scan_rows), f"{root}/{SCANS_FILE}")
+    write_table(scans_table(scan_rows), f"{root}/{SCANS_FILE}")
     return str(root)
 
 

@@ -13,9 +13,9 @@ import pandas as pd
 
 from luna_prep.format.location import StoreLocation
 from luna_prep.format.shards import ShardedPatchArray, read_many
-from luna_prep.format.spec import (IMAGE_ARRAY, MANIFEST_COLUMNS, MANIFEST_FILE, MASK_ARRAY, SCANS_FILE, VOLUME_IMAGE,
-                                   VOLUME_LUNGS, FormatError, StoreAttributes, array_path, conform, decode_image,
-                                   volume_path)
+from luna_prep.format.spec import (IMAGE_ARRAY, MANIFEST_COLUMNS, MANIFEST_FILE, MASK_ARRAY, ROOT_METADATA,
+                                   SCANS_COLUMNS, SCANS_FILE, VOLUME_IMAGE, VOLUME_LUNGS, FormatError, VolumeAttributes, array_path,
+                                   conform, consolidated_arrays, decode_image, root_attributes, volume_path)
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,11 @@ class PatchStore:
         self.root = str(root)
         self.location = StoreLocation.open(self.root)
         try:
-            meta = json.loads(self.location.read("zarr.json"))
+            meta = json.loads(self.location.read(ROOT_METADATA))
         except FileNotFoundError as exc:
-            raise FormatError(f"{self.root}: no zarr.json, not a Zarr v3 store") from exc
-        if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
-            raise FormatError(f"{self.root}: zarr.json is not a Zarr v3 group")
-        self.attrs = StoreAttributes.from_attrs(meta.get("attributes", {}), where=self.root)
-        self._array_meta = (meta.get("consolidated_metadata") or {}).get("metadata") or {}
+            raise FormatError(f"{self.root}: no {ROOT_METADATA}, not a Zarr v3 store") from exc
+        self.attrs = root_attributes(meta, self.root)
+        self._array_meta = consolidated_arrays(meta)
         self._arrays: dict[str, object] = {}
 
     def __getstate__(self):
@@ -75,7 +73,7 @@ class PatchStore:
 
     @cached_property
     def scans(self) -> pd.DataFrame:
-        return self._read_table(SCANS_FILE)
+        return conform(self._read_table(SCANS_FILE), SCANS_COLUMNS, f"{self.root}/{SCANS_FILE}")
 
     def patches(self, scale: int, name: str):
         """The :class:`~luna_prep.format.shards.ShardedPatchArray` of ``image`` or ``mask`` at a scale."""
@@ -113,10 +111,10 @@ class PatchStore:
         except (KeyError, FileNotFoundError) as exc:
             hint = "" if self.has_volumes() else " (the store was built without --volumes)"
             raise FormatError(f"{self.root}: no volume for {seriesuid}{hint}") from exc
-        attrs = dict(image.attrs)
+        attrs = VolumeAttributes.from_attrs(dict(image.attrs))
         return ScanVolume(
             seriesuid=seriesuid, image=decode_image(image[:], self.attrs.image_dtype), lungs=lungs[:] > 0,
-            origin_xyz=tuple(attrs["origin_xyz"]), spacing_mm=float(attrs["spacing_mm"]), original=attrs["original"],
+            origin_xyz=attrs.origin_xyz, spacing_mm=attrs.spacing_mm, original=attrs.original,
         )
 
     def zarr_group(self):

@@ -1,8 +1,7 @@
 """Fast patch reads from the store's sharded arrays, bypassing zarr-python's per-chunk machinery.
 
-A luna-patches array is a Zarr v3 ``sharding_indexed`` array with one patch per inner chunk. A
-shard file is the compressed chunks back to back, then an index of (offset, nbytes) uint64 pairs
-and a crc32c checksum. Reading a patch costs one ranged read once the shard's index is cached
+A luna-patches array is a Zarr v3 ``sharding_indexed`` array with one patch per inner chunk, laid
+out as :mod:`luna_prep.format.shard_layout` says. Reading a patch costs one ranged read once the shard's index is cached
 (one small read per shard), and decoding is a single Blosc call: zarr-python spends about 1 ms
 per chunk on top of that. Only the codecs the format allows are accepted, so a store from
 someone else cannot make us unpickle anything.
@@ -15,12 +14,12 @@ import json
 import numcodecs
 import numpy as np
 
-from luna_prep.format.spec import FormatError
 from luna_prep.format.location import StoreLocation
+from luna_prep.format.shard_layout import INDEX_CODECS, ShardIndex, shard_key
+from luna_prep.format.spec import FormatError
 
 ALLOWED_DTYPES = ("uint8", "float16")
 ALLOWED_INNER_CODECS = ("bytes", "blosc", "zstd", "gzip")
-_EMPTY = np.uint64(2**64 - 1)
 
 
 def _inner_decoder(codecs: list[dict], where: str):
@@ -84,28 +83,26 @@ class ShardedPatchArray:
         if inner != (1,) + self.shape[1:]:
             raise FormatError(f"{where}: inner chunks {inner}, expected one patch {(1,) + self.shape[1:]}")
         index_codecs = [c.get("name") for c in conf.get("index_codecs", [])]
-        if index_codecs != ["bytes", "crc32c"] or conf.get("index_location", "end") != "end":
+        if index_codecs != INDEX_CODECS or conf.get("index_location", "end") != "end":
             raise FormatError(f"{where}: unsupported shard index {index_codecs} at {conf.get('index_location')}")
         self.decoder, endian = _inner_decoder(conf["codecs"], where)
         self.dtype = np.dtype(dtype).newbyteorder("<" if endian == "little" else ">")
         self.fill_value = meta.get("fill_value", 0)
-        self._index_bytes = self.shard_len * 16 + 4
+        self.layout = ShardIndex(self.shard_len)
         self._key_sep = (meta.get("chunk_key_encoding", {}).get("configuration") or {}).get("separator", "/")
-        self._crc = numcodecs.CRC32C()
         self._indexes: dict[int, np.ndarray | None] = {}  # shard -> (offset, nbytes) per chunk; None: no file
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def shard_key(self, shard: int) -> str:
-        sep = self._key_sep
-        return f"{self.path}/c{sep}{shard}{sep}0{sep}0{sep}0"
+        return shard_key(self.path, shard, self._key_sep)
 
     def _index(self, shard: int) -> np.ndarray | None:
         """The shard's chunk index, read once (a few hundred bytes at the file's end) and cached."""
         if shard not in self._indexes:
             try:
-                raw = self.location.read_range(self.shard_key(shard), -self._index_bytes, None)
+                raw = self.location.read_range(self.shard_key(shard), -self.layout.nbytes, None)
             except FileNotFoundError:
                 self._indexes[shard] = None
             else:
@@ -113,18 +110,14 @@ class ShardedPatchArray:
         return self._indexes[shard]
 
     def _parse_index(self, shard: int, raw: bytes) -> np.ndarray:
-        try:
-            body = self._crc.decode(raw)
-        except RuntimeError as exc:
-            raise FormatError(f"{self.location.display}/{self.shard_key(shard)}: shard index checksum mismatch") from exc
-        return np.frombuffer(body, dtype="<u8").reshape(self.shard_len, 2)
+        return self.layout.decode(raw, f"{self.location.display}/{self.shard_key(shard)}")
 
     def prefetch_indexes(self, rows) -> None:
         """Fetch the indexes of the shards holding ``rows`` that are not cached yet, in one batch."""
         missing = sorted({int(r) // self.shard_len for r in rows} - set(self._indexes))
         if not missing:
             return
-        blobs = self.location.read_ranges([self.shard_key(k) for k in missing], [-self._index_bytes] * len(missing),
+        blobs = self.location.read_ranges([self.shard_key(k) for k in missing], [-self.layout.nbytes] * len(missing),
                                           [None] * len(missing))
         for k, blob in zip(missing, blobs):
             self._indexes[k] = None if isinstance(blob, FileNotFoundError) else self._parse_index(k, _ok(blob))
@@ -136,11 +129,8 @@ class ShardedPatchArray:
         for i in rows:
             shard, within = divmod(int(i), self.shard_len)
             index = self._index(shard)
-            if index is None or index[within, 0] == _EMPTY:
-                out.append(None)
-            else:
-                offset, nbytes = (int(v) for v in index[within])
-                out.append((self.shard_key(shard), offset, offset + nbytes))
+            span = None if index is None else self.layout.span(index, within)
+            out.append(None if span is None else (self.shard_key(shard), *span))
         return out
 
     def empty(self) -> np.ndarray:
@@ -161,10 +151,10 @@ class ShardedPatchArray:
             raise IndexError(f"{self.path}: row {i} outside 0..{self.shape[0] - 1}")
         shard, within = divmod(int(i), self.shard_len)
         index = self._index(shard)
-        if index is None or index[within, 0] == _EMPTY:
+        span = None if index is None else self.layout.span(index, within)
+        if span is None:
             return self.empty()
-        offset, nbytes = (int(v) for v in index[within])
-        return self.decode(self.location.read_range(self.shard_key(shard), offset, offset + nbytes))
+        return self.decode(self.location.read_range(self.shard_key(shard), *span))
 
     def read_shard(self, shard: int) -> dict[int, np.ndarray]:
         """Every written patch of one shard, from one whole-file read: {row: patch}."""
@@ -172,9 +162,6 @@ class ShardedPatchArray:
             data = self.location.read(self.shard_key(shard))
         except FileNotFoundError:
             return {}
-        index = np.frombuffer(self._crc.decode(data[-self._index_bytes:]), dtype="<u8").reshape(self.shard_len, 2)
-        out = {}
-        for within, (offset, nbytes) in enumerate(index):
-            if offset != _EMPTY:
-                out[shard * self.shard_len + within] = self.decode(data[int(offset):int(offset + nbytes)])
-        return out
+        index = self.layout.decode(data, f"{self.location.display}/{self.shard_key(shard)}")
+        first = shard * self.shard_len
+        return {first + k: self.decode(data[start:stop]) for k, start, stop in self.layout.spans(index)}

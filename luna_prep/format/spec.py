@@ -31,6 +31,7 @@ import pandas as pd
 FORMAT_NAME = "luna-patches"
 FORMAT_VERSION = 1
 
+ROOT_METADATA = "zarr.json"  # the root group's metadata: attributes and every array's consolidated metadata
 PATCHES_GROUP = "patches"
 IMAGE_ARRAY = "image"
 MASK_ARRAY = "mask"
@@ -45,6 +46,7 @@ VOLUME_CHUNKS = (64, 64, 64)
 
 KINDS = ("nodule", "random", "candidate")
 IMAGE_DTYPES = ("float16", "uint8")
+UINT8_FULL_SCALE = 255  # a uint8 image stores round(255 * intensity); float16 stores the intensity
 
 # Root attributes every v1 store carries.
 ROOT_ATTRIBUTES = (
@@ -115,17 +117,45 @@ def volume_path(seriesuid: str, name: str) -> str:
     return f"{VOLUMES_GROUP}/{seriesuid}/{name}"
 
 
+def _check_dtype(image_dtype: str) -> None:
+    if image_dtype not in IMAGE_DTYPES:
+        raise FormatError(f"unknown image_dtype {image_dtype!r}; expected one of {IMAGE_DTYPES}")
+
+
+def full_scale(image_dtype: str) -> float:
+    """The stored value of intensity 1.0: 255 for uint8, 1 for float16 (stored values lie in [0, this])."""
+    _check_dtype(image_dtype)
+    return float(UINT8_FULL_SCALE) if image_dtype == "uint8" else 1.0
+
+
+def encode_image(intensity: np.ndarray, image_dtype: str) -> np.ndarray:
+    """Intensities in [0, 1] as stored: uint8 round(255 * value) or float16 (values clipped to [0, 1])."""
+    top = full_scale(image_dtype)
+    scaled = np.clip(np.asarray(intensity, dtype=np.float64) * top, 0.0, top)
+    return (np.rint(scaled) if image_dtype == "uint8" else scaled).astype(image_dtype)
+
+
 def decode_image(stored: np.ndarray, image_dtype: str) -> np.ndarray:
     """Stored image values back to float32 intensities in [0, 1]."""
     if image_dtype == "float16" or stored.dtype == np.float16:
         return stored.astype(np.float32)
-    if image_dtype == "uint8":
-        return stored.astype(np.float32) * np.float32(1.0 / 255.0)
-    raise FormatError(f"unknown image_dtype {image_dtype!r}; expected one of {IMAGE_DTYPES}")
+    _check_dtype(image_dtype)
+    return stored.astype(np.float32) * np.float32(1.0 / UINT8_FULL_SCALE)
 
 
 def empty_manifest() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in MANIFEST_COLUMNS.items()})
+
+
+# What a scan record holds when the scan never reported one (its worker died): no geometry, no samples.
+_SCAN_DEFAULTS = {c: 0 for c, t in SCANS_COLUMNS.items() if t == "int64"} | {"seconds": float("nan")}
+
+
+def scans_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The scans table of ``records`` (one dict per scan) in SCANS_COLUMNS order and dtypes."""
+    rows = [_SCAN_DEFAULTS | r for r in records]
+    df = pd.DataFrame(rows, columns=list(SCANS_COLUMNS)) if rows else pd.DataFrame(columns=list(SCANS_COLUMNS))
+    return conform(df, SCANS_COLUMNS, SCANS_FILE)
 
 
 def conform(df: pd.DataFrame, columns: dict[str, str], what: str) -> pd.DataFrame:
@@ -178,6 +208,47 @@ class StoreAttributes:
             software_version=str(attrs["software_version"]),
             build_config=dict(attrs["build_config"]),
         )
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The root attributes as a store holds them (JSON types, ROOT_ATTRIBUTES order); inverse of from_attrs."""
+        values = {
+            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "spacing_mm": self.spacing_mm,
+            "hu_window": list(self.hu_window), "scales": list(self.scales), "image_dtype": self.image_dtype,
+            "shard_patches": self.shard_patches, "capacity": self.capacity, "build_config": self.build_config,
+            "config_hash": self.config_hash, "software_version": self.software_version,
+        }
+        return {k: values[k] for k in ROOT_ATTRIBUTES}
+
+
+@dataclass(frozen=True)
+class VolumeAttributes:
+    """Attributes of a whole-scan ``volumes/<seriesuid>/image`` array: world = origin + (x, y, z) * spacing."""
+
+    origin_xyz: tuple[float, float, float]
+    spacing_mm: float
+    subset: int
+    original: dict  # the source scan's geometry (origin, spacing, direction, size; ITK x, y, z)
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> VolumeAttributes:
+        return cls(origin_xyz=tuple(float(v) for v in attrs["origin_xyz"]), spacing_mm=float(attrs["spacing_mm"]),
+                   subset=int(attrs["subset"]), original=dict(attrs["original"]))
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {"origin_xyz": list(self.origin_xyz), "spacing_mm": self.spacing_mm, "subset": self.subset,
+                "original": self.original}
+
+
+def root_attributes(meta: dict[str, Any], where: str) -> StoreAttributes:
+    """The attributes of a store whose root ``zarr.json`` holds ``meta``; FormatError if it is not one."""
+    if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
+        raise FormatError(f"{where}: {ROOT_METADATA} is not a Zarr v3 group")
+    return StoreAttributes.from_attrs(meta.get("attributes", {}), where=where)
+
+
+def consolidated_arrays(meta: dict[str, Any]) -> dict[str, dict]:
+    """{path: metadata} of the nodes consolidated into a root ``zarr.json``."""
+    return (meta.get("consolidated_metadata") or {}).get("metadata") or {}
 
 
 DEFAULT_STORE = "data/patches.zarr"  # where `luna-prep build` writes and `luna-train run` reads by default

@@ -1,8 +1,7 @@
-"""Writing a luna-patches store: arrays, shards, codecs and tables (the format is in format.py)."""
+"""Writing a luna-patches store: arrays, shards, codecs and tables (the contract: :mod:`luna_prep.format.spec`)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -14,8 +13,10 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec
 
-from luna_prep.format.spec import (IMAGE_ARRAY, IMAGE_DTYPES, MASK_ARRAY, VOLUME_CHUNKS, VOLUME_IMAGE, VOLUME_LUNGS, array_path,
-                     volume_path)
+from luna_prep.files import atomic_path, write_bytes_atomic
+from luna_prep.format.shard_layout import ShardIndex, shard_key, shard_prefix
+from luna_prep.format.spec import (IMAGE_ARRAY, IMAGE_DTYPES, MASK_ARRAY, VOLUME_CHUNKS, VOLUME_IMAGE, VOLUME_LUNGS,
+                                   StoreAttributes, array_path, volume_path)
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,19 @@ def _compressor(cfg: StorageConfig, dtype: str) -> BloscCodec:
     return BloscCodec(cname=cfg.codec, clevel=cfg.clevel, shuffle=shuffle)
 
 
-def create_store(root: str | Path, attrs: dict, capacity: int, scales: tuple[int, ...], cfg: StorageConfig) -> zarr.Group:
-    """A new store at ``root`` with empty image and mask arrays of ``capacity`` rows per scale."""
-    group = zarr.open_group(str(root), mode="w", attributes=attrs)
-    for s in scales:
+def create_store(root: str | Path, attrs: StoreAttributes, cfg: StorageConfig) -> zarr.Group:
+    """A new store at ``root`` with root attributes ``attrs`` and empty image and mask arrays of
+    ``attrs.capacity`` rows at each of ``attrs.scales``, encoded as ``cfg`` says."""
+    if (attrs.image_dtype, attrs.shard_patches) != (cfg.image_dtype, cfg.shard_patches):
+        raise ValueError(f"attributes say {attrs.image_dtype} in shards of {attrs.shard_patches}, "
+                         f"storage says {cfg.image_dtype} in shards of {cfg.shard_patches}")
+    group = zarr.open_group(str(root), mode="w", attributes=attrs.to_attrs())
+    for s in attrs.scales:
         for name, dtype in ((IMAGE_ARRAY, cfg.image_dtype), (MASK_ARRAY, "uint8")):
             zarr.create_array(
                 group.store,
                 name=array_path(s, name),
-                shape=(capacity, s, s, s),
+                shape=(attrs.capacity, s, s, s),
                 chunks=(1, s, s, s),
                 shards=(cfg.shard_patches, s, s, s),
                 dtype=dtype,
@@ -70,38 +75,26 @@ def write_rows(root: str | Path, scale: int, start: int, images: np.ndarray, mas
 
 
 def write_shard(root: str | Path, path: str, start: int, patches: np.ndarray, cfg: StorageConfig) -> None:
-    """Encode one shard file of a luna-patches array directly, as zarr's sharding codec lays it out.
+    """Encode one shard file of a luna-patches array directly, in :mod:`~luna_prep.format.shard_layout`.
 
-    Chunks (one patch each) are Blosc-compressed back to back, then the index of (offset, nbytes)
-    uint64 pairs and its crc32c; all-zero chunks are not stored (index entry 2^64-1), and an
-    all-empty shard is no file at all, as zarr does by default. Going through zarr-python cost
-    ~1 ms per chunk on top of the compression (0.8 s of a full-size scan's 6 s). The file is
-    written to a temporary name and renamed, so a killed build never leaves a truncated shard.
+    Chunks (one patch each) are Blosc-compressed; all-zero chunks are not stored, and an all-empty
+    shard is no file at all, as zarr does by default. Going through zarr-python cost ~1 ms per
+    chunk on top of the compression (0.8 s of a full-size scan's 6 s). The file is written to a
+    temporary name and renamed, so a killed build never leaves a truncated shard.
     """
-    n_slots = cfg.shard_patches
-    if start % n_slots or len(patches) > n_slots:
-        raise ValueError(f"{path}: rows {start}..{start + len(patches)} are not within one shard of {n_slots}")
+    layout = ShardIndex(cfg.shard_patches)
+    if start % layout.n_chunks or len(patches) > layout.n_chunks:
+        raise ValueError(f"{path}: rows {start}..{start + len(patches)} are not within one shard of {layout.n_chunks}")
     codec = numcodecs.Blosc(cname=cfg.codec, clevel=cfg.clevel, blocksize=0,
                             shuffle=numcodecs.Blosc.BITSHUFFLE if patches.dtype.itemsize == 1 else numcodecs.Blosc.SHUFFLE)
-    index = np.full((n_slots, 2), np.iinfo(np.uint64).max, dtype="<u8")
-    parts, offset = [], 0
-    for k, patch in enumerate(patches):
-        if not patch.any():
-            continue
-        blob = codec.encode(np.ascontiguousarray(patch, dtype=patch.dtype.newbyteorder("<")))
-        index[k] = (offset, len(blob))
-        parts.append(blob)
-        offset += len(blob)
-    target = Path(root) / path / "c" / str(start // n_slots) / "0" / "0" / "0"
+    chunks = [codec.encode(np.ascontiguousarray(p, dtype=p.dtype.newbyteorder("<"))) if p.any() else None
+              for p in patches]
+    parts = layout.pack(chunks)
+    target = Path(root) / shard_key(path, start // layout.n_chunks)
     if not parts:
         target.unlink(missing_ok=True)
         return
-    parts.append(bytes(numcodecs.CRC32C().encode(index.tobytes())))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.writelines(parts)
-    os.replace(tmp, target)
+    write_bytes_atomic(target, parts)
 
 
 def write_volume(group: zarr.Group, seriesuid: str, image: np.ndarray, lungs: np.ndarray, attrs: dict,
@@ -128,17 +121,13 @@ def clear_rows(root: str | Path, scales: tuple[int, ...], first: int, count: int
     shards = range(first // shard_patches, (first + count - 1) // shard_patches + 1)
     for s in scales:
         for name in (IMAGE_ARRAY, MASK_ARRAY):
-            base = Path(root) / array_path(s, name) / "c"
             for k in shards:
-                shard = base / str(k)
-                if shard.exists():
-                    shutil.rmtree(shard)
+                folder = Path(root) / shard_prefix(array_path(s, name), k)  # the shard and any temporary file
+                if folder.exists():
+                    shutil.rmtree(folder)
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> None:
     """Write a parquet table atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from luna_prep.format.spec import full_scale
 from luna_prep.luna16.geometry import ScanGeometry
 
 AIR_HU = -1000.0
@@ -65,13 +66,13 @@ def resample_isotropic(image: sitk.Image, spacing: float, fill_hu: float = AIR_H
 def encode_hu(hu: np.ndarray, window: tuple[float, float], image_dtype: str, slab: int = 16) -> np.ndarray:
     """HU clipped to ``window``, scaled to [0, 1] and encoded as the store's ``image_dtype``.
 
-    uint8 is round(255 * intensity). Works slab by slab so temporaries stay in cache: about 9x
+    Stored values are those of :func:`luna_prep.format.spec.encode_image`. Works slab by slab so temporaries stay in cache: about 9x
     faster than whole-volume numpy passes on a 512x512x300 scan.
     """
     lo, hi = float(window[0]), float(window[1])
     if hi <= lo:
         raise ValueError(f"bad HU window {window}: high must exceed low")
-    top = 255.0 if image_dtype == "uint8" else 1.0
+    top = full_scale(image_dtype)
     scale, offset = np.float32(top / (hi - lo)), np.float32(-lo * top / (hi - lo))
     out = np.empty(hu.shape, dtype=np.dtype(image_dtype))
     tmp = np.empty((slab,) + hu.shape[1:], np.float32)

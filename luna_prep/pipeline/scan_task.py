@@ -7,7 +7,6 @@ problems come back as a ``failed`` record naming the file and the problem.
 from __future__ import annotations
 
 import json
-import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -16,17 +15,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from luna_prep.format.spec import BUILD_DIR, MANIFEST_COLUMNS, conform
+from luna_prep.files import write_text_atomic
+from luna_prep.format.spec import BUILD_DIR, MANIFEST_COLUMNS, VolumeAttributes, conform
+from luna_prep.format.writer import StorageConfig, clear_rows, write_rows, write_table, write_volume
 from luna_prep.luna16.geometry import ScanGeometry
-from luna_prep.pipeline.lungmask import lung_mask
 from luna_prep.luna16.lidc import LidcDatabase
+from luna_prep.luna16.reading import ScanReadError
 from luna_prep.pipeline.nodule_masks import AnnotationOutsideVolume, sphere_nodules, with_lidc_masks
 from luna_prep.pipeline.patches import extract_patch, nodule_mask
 from luna_prep.pipeline.plan import ScanPlan, seed_for
-from luna_prep.luna16.reading import ScanReadError, read_scan
-from luna_prep.pipeline.resampling import ResampledVolume, encode_hu, resample_isotropic
+from luna_prep.pipeline.prepare import prepare_scan
+from luna_prep.pipeline.resampling import ResampledVolume
 from luna_prep.pipeline.sampling import Nodule, SampleCentre, SamplingConfig, candidate_centres, nodule_centres, random_centres
-from luna_prep.format.writer import StorageConfig, clear_rows, write_rows, write_table, write_volume
 
 
 @dataclass(frozen=True)
@@ -128,22 +128,18 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
     t0 = time.perf_counter()
     original = vol = None
     try:
-        image = read_scan(plan.path)
-        original = ScanGeometry.from_image(image)
-        vol = resample_isotropic(image, job.spacing_mm)
-        del image
+        # encoded once for the whole volume: patches are then plain copies of stored values
+        prepared = prepare_scan(plan.path, job.spacing_mm, job.hu_window, job.storage.image_dtype)
+        original, vol, lungs = prepared.original, prepared.volume, prepared.lungs
         nodules, mask_counts = _nodules(plan, job, original, vol)
-        # encode once for the whole volume: patches are then plain copies of stored values
-        vol = ResampledVolume(encode_hu(vol.array, job.hu_window, job.storage.image_dtype), vol.geometry)
-        lungs = lung_mask(vol.array, vol.spacing, job.hu_window, full_scale=255.0 if vol.array.dtype == np.uint8 else 1.0)
         rng = np.random.default_rng(seed_for(job.seed, plan.seriesuid))
         centres = _centres(plan, job, vol, nodules, lungs, rng)
         clear_rows(job.store, job.sampling.scales, plan.first_index, plan.n_samples, job.storage.shard_patches)
         rows = _write_patches(plan, job, vol, nodules, centres)
         if job.volumes:
-            attrs = {"origin_xyz": list(vol.geometry.origin), "spacing_mm": vol.spacing, "subset": plan.subset,
-                     "original": original.to_dict()}
-            write_volume(zarr.open_group(job.store, mode="r+"), plan.seriesuid, vol.array, lungs.upsample(vol.array.shape), attrs, job.storage)
+            attrs = VolumeAttributes(vol.geometry.origin, vol.spacing, plan.subset, original.to_dict()).to_attrs()
+            write_volume(zarr.open_group(job.store, mode="r+"), plan.seriesuid, vol.array, prepared.lungs_full(), attrs,
+                         job.storage)
     except (ScanReadError, AnnotationOutsideVolume) as exc:
         return _record(plan, "failed", str(exc), time.perf_counter() - t0, original, vol)
     except Exception as exc:  # a bug or an odd input: keep the build going, name the scan
@@ -153,9 +149,7 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
     record = _record(plan, "ok", "", time.perf_counter() - t0, original, vol, counts, mask_counts)
     json_path, rows_path = done_paths(job.store, plan.seriesuid)
     write_table(conform(pd.DataFrame(rows), MANIFEST_COLUMNS, plan.seriesuid), rows_path)
-    tmp = json_path.with_name(f".{json_path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, json_path)  # the scan is finished once this file exists
+    write_text_atomic(json_path, json.dumps(record))  # the scan is finished once this file exists
     return record
 
 

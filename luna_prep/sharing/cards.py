@@ -14,9 +14,7 @@ checks every file (:mod:`luna_prep.sharing.verify`).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,15 +24,18 @@ from typing import Any
 import pandas as pd
 
 from luna_prep import __version__
-from luna_prep.format.spec import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
-                     StoreAttributes, conform)
+from luna_prep.files import sha256_bytes, sha256_file, write_text_atomic
+from luna_prep.format.reader import PatchStore
+from luna_prep.format.spec import BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, ROOT_METADATA, SCANS_FILE
 from luna_prep.format.location import StoreLocation, UnsafePathError, is_url, safe_relpath
 
 CARD_FORMAT = "luna-patches-card"
 CARD_VERSION = 1
 DEFAULT_MANIFESTS_DIR = "manifests"
 # Files checked against the card each time a reader resolves a card (cheap: a few requests).
-SMALL_FILES = ("zarr.json", MANIFEST_FILE, SCANS_FILE)
+SMALL_FILES = (ROOT_METADATA, MANIFEST_FILE, SCANS_FILE)
+# Root attributes a card repeats (the build configuration and hash have their own entries).
+_CARD_ATTRIBUTES = ("spacing_mm", "hu_window", "scales", "image_dtype", "shard_patches", "capacity")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -63,20 +64,6 @@ def card_path(name: str, manifests_dir: str | Path = DEFAULT_MANIFESTS_DIR) -> P
     return Path(manifests_dir) / f"{name}.json"
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-            n += len(block)
-    return h.hexdigest(), n
-
-
 def store_files(root: str | Path) -> list[str]:
     """Relative paths of every file of a local store folder, ``_build/`` excluded, sorted."""
     root = Path(root)
@@ -93,7 +80,7 @@ def file_checksums(root: str | Path, threads: int = 4) -> list[dict]:
     root = Path(root)
     rels = store_files(root)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        digests = list(pool.map(lambda rel: _sha256_file(root / rel), rels))
+        digests = list(pool.map(lambda rel: sha256_file(root / rel), rels))
     return [{"path": rel, "size": size, "sha256": digest} for rel, (digest, size) in zip(rels, digests)]
 
 
@@ -115,11 +102,9 @@ def write_card(store_path: str | Path, name: str | None = None,
     root = Path(store_path)
     name = name or default_name(store_path)
     out = card_path(name, manifests_dir)
-    meta = json.loads((root / "zarr.json").read_bytes())
-    attrs = StoreAttributes.from_attrs(meta.get("attributes", {}), where=str(root))
-    manifest = conform(pd.read_parquet(root / MANIFEST_FILE), MANIFEST_COLUMNS, f"{root}/{MANIFEST_FILE}")
-    scans = pd.read_parquet(root / SCANS_FILE)
-    status = scans["status"] if "status" in scans.columns else pd.Series([], dtype=str)
+    store = PatchStore(root)
+    attrs, manifest, scans = store.attrs, store.manifest, store.scans
+    status = scans["status"]
     files = file_checksums(root)
     card: dict[str, Any] = {
         "card_format": CARD_FORMAT,
@@ -132,10 +117,7 @@ def write_card(store_path: str | Path, name: str | None = None,
         "card_written_by": __version__,
         "config_hash": attrs.config_hash,
         "build_config": attrs.build_config,
-        "attributes": {
-            "spacing_mm": attrs.spacing_mm, "hu_window": list(attrs.hu_window), "scales": list(attrs.scales),
-            "image_dtype": attrs.image_dtype, "shard_patches": attrs.shard_patches, "capacity": attrs.capacity,
-        },
+        "attributes": {k: v for k, v in attrs.to_attrs().items() if k in _CARD_ATTRIBUTES},
         "store": {
             "location": str(store_path),
             "absolute": None if is_url(str(store_path)) else str(root.resolve()),
@@ -152,10 +134,7 @@ def write_card(store_path: str | Path, name: str | None = None,
         "failed_scans": [str(u) for u in scans.loc[status != "ok", "seriesuid"]] if len(scans) else [],
         "files": files,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(_dump_card(card))
-    os.replace(tmp, out)
+    write_text_atomic(out, _dump_card(card))
     return out
 
 

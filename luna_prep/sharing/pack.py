@@ -9,14 +9,14 @@ x.zip`` and zarr's ``ZipStore`` read the result directly, locally or over HTTP.
 
 from __future__ import annotations
 
-import os
 import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from luna_prep.files import atomic_path
 from luna_prep.sharing.cards import SMALL_FILES, store_files
-from luna_prep.format.spec import FormatError
+from luna_prep.format.spec import ROOT_METADATA, FormatError
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -31,7 +31,7 @@ class PackReport:
 def pack_store(store: str | Path, out_zip: str | Path) -> PackReport:
     """Write every file of the local store folder ``store`` (``_build/`` excluded) into ``out_zip``."""
     root = Path(store)
-    if not (root / "zarr.json").is_file():
+    if not (root / ROOT_METADATA).is_file():
         raise FormatError(f"{root}: no zarr.json, not a store folder")
     out = Path(out_zip)
     if out.suffix.lower() != ".zip":
@@ -40,10 +40,8 @@ def pack_store(store: str | Path, out_zip: str | Path) -> PackReport:
         raise ValueError(f"{out}: cannot write the zip inside the store it packs")
     rels = store_files(root)
     rels = [r for r in SMALL_FILES if r in rels] + [r for r in rels if r not in SMALL_FILES]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     total = 0
-    try:
+    with atomic_path(out) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for rel in rels:
                 src = root / rel
@@ -55,8 +53,4 @@ def pack_store(store: str | Path, out_zip: str | Path) -> PackReport:
                 with open(src, "rb") as fin, zf.open(info, "w", force_zip64=size >= 2**31) as fout:
                     shutil.copyfileobj(fin, fout, 1 << 22)
                 total += size
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return PackReport(zip_path=out, files=len(rels), bytes=total)

@@ -17,17 +17,18 @@ arrays by :class:`luna_prep.format.shards.ShardedPatchArray`.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from luna_prep.sharing.cards import CardError, card_store_location, is_card, load_card
-from luna_prep.format.spec import (BUILD_DIR, IMAGE_ARRAY, KINDS, MANIFEST_COLUMNS, MANIFEST_FILE, MASK_ARRAY,
-                     SCANS_FILE, FormatError, StoreAttributes, array_path)
+from luna_prep.files import sha256_bytes, sha256_stream
 from luna_prep.format.location import StoreLocation
+from luna_prep.format.spec import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, IMAGE_ARRAY, KINDS, MANIFEST_COLUMNS,
+                                   MANIFEST_FILE, MASK_ARRAY, ROOT_METADATA, SCANS_FILE, FormatError, StoreAttributes,
+                                   array_path, consolidated_arrays, root_attributes)
+from luna_prep.sharing.cards import CardError, card_store_location, is_card, load_card
 
 # Parquet (arrow) types accepted for each manifest dtype.
 _ARROW_TYPES = {
@@ -68,7 +69,7 @@ class VerifyReport:
         lines += [f"ALTERED {p}" for p in self.altered]
         lines += [f"UNEXPECTED {p}" for p in self.unexpected]
         lines += [f"PROBLEM {p}" for p in self.problems]
-        lines.append("OK: the store is intact and follows luna-patches v1" if self.ok
+        lines.append(f"OK: the store is intact and follows {FORMAT_NAME} v{FORMAT_VERSION}" if self.ok
                      else f"FAILED: {len(self.missing) + len(self.altered) + len(self.unexpected) + len(self.problems)} "
                           "problem(s)")
         return "\n".join(lines)
@@ -80,13 +81,8 @@ def _is_http(location: StoreLocation) -> bool:
 
 
 def _hash_file(location: StoreLocation, rel: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
     with location.fs.open(location._path(rel), "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-            n += len(block)
-    return h.hexdigest(), n
+        return sha256_stream(f, block=1 << 22)
 
 
 def check_against_card(location: StoreLocation, card: dict, report: VerifyReport) -> None:
@@ -95,7 +91,7 @@ def check_against_card(location: StoreLocation, card: dict, report: VerifyReport
         try:
             if _is_http(location):
                 data = location.read(rel)  # one GET; HTTP file objects would HEAD first
-                digest, size = hashlib.sha256(data).hexdigest(), len(data)
+                digest, size = sha256_bytes(data), len(data)
             else:
                 digest, size = _hash_file(location, rel)
         except FileNotFoundError:
@@ -124,7 +120,7 @@ def check_against_card(location: StoreLocation, card: dict, report: VerifyReport
 
 
 def _array_metadata(location: StoreLocation, meta: dict, path: str, report: VerifyReport) -> dict | None:
-    consolidated = (meta.get("consolidated_metadata") or {}).get("metadata") or {}
+    consolidated = consolidated_arrays(meta)
     own = None
     try:
         own = json.loads(location.read(f"{path}/zarr.json"))
@@ -145,7 +141,7 @@ def check_arrays(location: StoreLocation, meta: dict, attrs: StoreAttributes, re
     from luna_prep.format.shards import ShardedPatchArray
 
     arrays = {}
-    consolidated = (meta.get("consolidated_metadata") or {}).get("metadata") or {}
+    consolidated = consolidated_arrays(meta)
     expected_paths = {array_path(s, n) for s in attrs.scales for n in (IMAGE_ARRAY, MASK_ARRAY)}
     for path, node in consolidated.items():  # any other array must still be safe for zarr users
         if isinstance(node, dict) and node.get("node_type") == "array" and path not in expected_paths:
@@ -310,20 +306,17 @@ def verify(target: str, store_url: str | None = None, deep: bool = False) -> Ver
     if card is not None:
         check_against_card(location, card, report)
     try:
-        meta = json.loads(location.read("zarr.json"))
+        meta = json.loads(location.read(ROOT_METADATA))
     except FileNotFoundError:
-        report.problems.append("zarr.json is missing: not a Zarr v3 store")
+        report.problems.append(f"{ROOT_METADATA} is missing: not a Zarr v3 store")
         return report
     except ValueError as exc:
-        report.problems.append(f"zarr.json is not valid JSON ({exc})")
-        return report
-    if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
-        report.problems.append("zarr.json is not a Zarr v3 group")
+        report.problems.append(f"{ROOT_METADATA} is not valid JSON ({exc})")
         return report
     try:
-        attrs = StoreAttributes.from_attrs(meta.get("attributes", {}), where="zarr.json")
+        attrs = root_attributes(meta, where=ROOT_METADATA)
     except (FormatError, KeyError, TypeError, ValueError, IndexError) as exc:
-        report.problems.append(str(exc) if isinstance(exc, FormatError) else f"zarr.json: bad attributes ({exc})")
+        report.problems.append(str(exc) if isinstance(exc, FormatError) else f"{ROOT_METADATA}: bad attributes ({exc})")
         return report
     if card is not None and card.get("config_hash") != attrs.config_hash:
         report.problems.append(f"zarr.json: config hash {attrs.config_hash[:12]} != card {str(card.get('config_hash'))[:12]}")

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from luna_prep.format.reader import PatchStore
+from luna_prep.format.spec import UINT8_FULL_SCALE
 
 
 def _axis_coords(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -178,7 +179,7 @@ def decode_batch(batch: dict, device: torch.device | str) -> tuple[torch.Tensor,
     image = batch["image"].to(device, non_blocking=True)
     label = batch["label"].to(device, non_blocking=True)
     if image.dtype == torch.uint8:
-        image = image.float().mul_(1.0 / 255.0)
+        image = image.float().mul_(1.0 / UINT8_FULL_SCALE)
     elif image.dtype != torch.float32:
         image = image.float()
     return image, label.float() if label.dtype != torch.float32 else label

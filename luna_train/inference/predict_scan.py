@@ -9,12 +9,10 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from luna_prep.format.spec import decode_image
 from luna_prep.format.reader import ScanVolume
+from luna_prep.format.spec import decode_image
 from luna_prep.luna16.geometry import ScanGeometry
-from luna_prep.pipeline.lungmask import lung_mask
-from luna_prep.luna16.reading import read_scan
-from luna_prep.pipeline.resampling import encode_hu, resample_isotropic
+from luna_prep.pipeline.prepare import prepare_scan
 from luna_train.inference.detect import DetectConfig, detect_volume
 
 
@@ -25,27 +23,26 @@ class ScanPrediction:
     mask: sitk.Image  # uint8 0/1 on the scan's own grid (probabilities >= threshold)
 
 
-def prepare_volume(path: str | Path, spacing_mm: float, hu_window: tuple[float, float], image_dtype: str) -> tuple[ScanVolume, sitk.Image]:
-    """The scan as luna-prep stores it (resampled, windowed, quantized like the training patches)."""
-    image = read_scan(path)
-    vol = resample_isotropic(image, spacing_mm)
-    encoded = encode_hu(vol.array, hu_window, image_dtype)
-    full = 255.0 if encoded.dtype == np.uint8 else 1.0
-    lungs = lung_mask(encoded, spacing_mm, hu_window, full_scale=full).upsample(encoded.shape)
+def prepare_volume(path: str | Path, spacing_mm: float, hu_window: tuple[float, float],
+                   image_dtype: str) -> tuple[ScanVolume, ScanGeometry]:
+    """The scan as the build prepares it (:func:`~luna_prep.pipeline.prepare.prepare_scan`), decoded
+    to [0, 1] as the training patches are; and the scan's own geometry."""
+    prepared = prepare_scan(path, spacing_mm, hu_window, image_dtype)
+    vol = prepared.volume
     volume = ScanVolume(
-        seriesuid=Path(path).stem, image=decode_image(encoded, image_dtype), lungs=lungs,
-        origin_xyz=tuple(vol.geometry.origin), spacing_mm=spacing_mm,
-        original=ScanGeometry.from_image(image).to_dict(),
+        seriesuid=Path(path).stem, image=decode_image(vol.array, image_dtype), lungs=prepared.lungs_full(),
+        origin_xyz=tuple(vol.geometry.origin), spacing_mm=vol.spacing, original=prepared.original.to_dict(),
     )
-    return volume, image
+    return volume, prepared.original
 
 
-def to_scan_grid(values: np.ndarray, volume: ScanVolume, reference: sitk.Image) -> sitk.Image:
-    """A (z, y, x) map on the resampled grid, resampled linearly onto the scan's own grid."""
+def to_scan_grid(values: np.ndarray, volume: ScanVolume, grid: ScanGeometry) -> sitk.Image:
+    """A (z, y, x) map on the resampled grid, resampled linearly onto the scan's own ``grid``."""
     img = sitk.GetImageFromArray(values.astype(np.float32))
     img.SetOrigin(tuple(float(v) for v in volume.origin_xyz))
     img.SetSpacing((float(volume.spacing_mm),) * 3)
-    return sitk.Resample(img, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.Resample(img, [int(v) for v in grid.size], sitk.Transform(), sitk.sitkLinear, grid.origin,
+                         grid.spacing, grid.direction, 0.0, sitk.sitkFloat32)
 
 
 def predict_scan(model, path: str | Path, spacing_mm: float, hu_window: tuple[float, float], image_dtype: str,

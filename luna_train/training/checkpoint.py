@@ -8,13 +8,14 @@ NumPy and torch (per rank), and the resolved config as a plain dict. NumPy array
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from luna_prep.files import atomic_path
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -83,11 +84,8 @@ def seed_everything(seed: int) -> None:
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(to_plain(payload), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(to_plain(payload), tmp)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

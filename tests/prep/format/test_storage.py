@@ -4,17 +4,16 @@ import numpy as np
 import pytest
 import zarr
 
-from luna_prep.format.spec import IMAGE_ARRAY, MASK_ARRAY, array_path
+from luna_prep.format.spec import IMAGE_ARRAY, MASK_ARRAY, StoreAttributes, array_path
 from luna_prep.format.reader import PatchStore
 from luna_prep.format.writer import StorageConfig, create_store, write_rows, write_shard
 
 
 def _store(tmp_path, image_dtype="uint8"):
     cfg = StorageConfig(image_dtype=image_dtype, shard_patches=4)
-    attrs = {"format": "luna-patches", "format_version": 1, "spacing_mm": 1.0, "hu_window": [-1000, 400],
-             "scales": [8], "image_dtype": image_dtype, "shard_patches": 4, "capacity": 12, "build_config": {},
-             "config_hash": "x", "software_version": "t"}
-    create_store(tmp_path / "s.zarr", attrs, 12, (8,), cfg)
+    attrs = StoreAttributes(spacing_mm=1.0, hu_window=(-1000.0, 400.0), scales=(8,), image_dtype=image_dtype,
+                            shard_patches=4, capacity=12, config_hash="x", software_version="t", build_config={})
+    create_store(tmp_path / "s.zarr", attrs, cfg)
     return tmp_path / "s.zarr", cfg
 
 

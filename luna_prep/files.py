@@ -1,0 +1,57 @@
+"""Files written whole or not at all, and their sha256: one definition for the build, sharing and training."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+HASH_BLOCK = 1 << 20
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name in ``path``'s folder to write to; renamed onto ``path`` when the block ends
+    without an error, removed when it raises. Readers never see a half-written ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | Path, parts: bytes | list[bytes]) -> None:
+    """Write ``parts`` (one bytes object or several, back to back) to ``path`` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.writelines([parts] if isinstance(parts, bytes) else parts)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def sha256_stream(f: BinaryIO, block: int = HASH_BLOCK) -> tuple[str, int]:
+    """(hex sha256, byte count) of what is left to read of a binary file object, block by block."""
+    h = hashlib.sha256()
+    n = 0
+    for chunk in iter(lambda: f.read(block), b""):
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
+
+
+def sha256_file(path: str | Path) -> tuple[str, int]:
+    """(hex sha256, size) of a local file, read in 1 MiB blocks."""
+    with open(path, "rb") as f:
+        return sha256_stream(f)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

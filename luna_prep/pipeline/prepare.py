@@ -1,0 +1,49 @@
+"""A raw scan as every model sees it: read -> resample -> encode -> lung mask.
+
+The build (:mod:`~luna_prep.pipeline.scan_task`) cuts its training patches out of
+:func:`prepare_scan`'s volume, and ``luna-train predict`` runs the model on the same function's
+output, so a model never sees at inference anything but what it was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from luna_prep.format.spec import full_scale
+from luna_prep.luna16.geometry import ScanGeometry
+from luna_prep.luna16.reading import read_scan
+from luna_prep.pipeline.lungmask import CoarseMask, lung_mask
+from luna_prep.pipeline.resampling import ResampledVolume, encode_hu, resample_isotropic
+
+
+@dataclass(frozen=True)
+class PreparedScan:
+    """One scan resampled to the store's grid, its intensities encoded as the store holds them."""
+
+    original: ScanGeometry  # the source scan's own grid (direction, anisotropic spacing)
+    volume: ResampledVolume  # (z, y, x) in image_dtype on an isotropic identity-direction grid
+    lungs: CoarseMask  # on every ``lungs.stride``-th voxel of ``volume``
+    image_dtype: str
+
+    def lungs_full(self) -> np.ndarray:
+        """The lung mask at the volume's full resolution, (z, y, x) bool."""
+        return self.lungs.upsample(self.volume.array.shape)
+
+
+def prepare_scan(path: str | Path, spacing_mm: float, hu_window: tuple[float, float],
+                 image_dtype: str) -> PreparedScan:
+    """Read the scan at ``path``, resample it to ``spacing_mm``, window and encode it, find its lungs.
+
+    Raises :class:`~luna_prep.luna16.reading.ScanReadError` for a scan that cannot be read.
+    """
+    image = read_scan(path)
+    original = ScanGeometry.from_image(image)
+    hu = resample_isotropic(image, spacing_mm)
+    del image  # the raw scan is the largest thing held; free it before encoding
+    vol = ResampledVolume(encode_hu(hu.array, hu_window, image_dtype), hu.geometry)
+    del hu
+    lungs = lung_mask(vol.array, vol.spacing, hu_window, full_scale=full_scale(image_dtype))
+    return PreparedScan(original, vol, lungs, image_dtype)
