@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -61,6 +62,8 @@ class BuildReport:
     card: Path | None = None  # the dataset card written after the build (manifests/<name>.json)
     masks: str = "sphere"
     nodule_masks: dict[str, int] = field(default_factory=dict)  # {"lidc": n, "sphere": n} over ok scans
+    warnings: list[str] = field(default_factory=list)  # scans built, but whose values look wrong
+    unmatched_annotations: list[str] = field(default_factory=list)  # seriesuids with no scan in the data root
 
     @property
     def ok(self) -> bool:
@@ -183,8 +186,9 @@ def _run_tasks(plans: list[ScanPlan], job: ScanJob, workers: int, scheduler: str
     return records
 
 
-def _finalize(cfg: BuildConfig, plans: list[ScanPlan], new_records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Merge finished scans' rows into manifest.parquet and scans.parquet."""
+def _finalize(cfg: BuildConfig, plans: list[ScanPlan],
+              new_records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+    """Merge finished scans' rows into manifest.parquet and scans.parquet; also return the records."""
     out = Path(cfg.out)
     by_uid = {r["seriesuid"]: r for r in new_records}
     scan_rows, parts = [], []
@@ -200,7 +204,38 @@ def _finalize(cfg: BuildConfig, plans: list[ScanPlan], new_records: list[dict]) 
     scans = scans_table(scan_rows)
     write_table(manifest, out / MANIFEST_FILE)
     write_table(scans, out / SCANS_FILE)
-    return manifest, scans
+    return manifest, scans, scan_rows
+
+
+def unmatched_annotations(data_root: str | Path, annotations: pd.DataFrame) -> list[str]:
+    """Seriesuids of annotations with no ``subset*/<seriesuid>.mhd`` anywhere under the data root."""
+    present = {p.stem for p in Path(data_root).glob("subset*/*.mhd")}
+    return sorted(set(annotations["seriesuid"]) - present)
+
+
+@contextmanager
+def build_lock(out: str | Path):
+    """Hold an exclusive lock on ``<out>.lock`` for the build; a second build of the same store is
+    refused at once instead of racing the first (the lock dies with its process, kill -9 included)."""
+    import fcntl
+
+    lock = Path(f"{Path(out).resolve()}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise BuildError(f"{out}: another luna-prep build is writing this store (pid {f.read().strip() or '?'}); "
+                             "wait for it to finish, or build into another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, overwrite: bool = False,
@@ -212,6 +247,20 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
     build has finished (failed scans included; see :mod:`luna_prep.sharing.cards`).
     """
     t0 = time.perf_counter()
+    with build_lock(cfg.out):
+        try:
+            return _build(cfg, workers, scheduler, overwrite, progress, scheduler_file, card_name, manifests_dir, t0)
+        except FileNotFoundError:
+            raise  # a missing input, named by whoever looked for it
+        except OSError as exc:  # disk full, read-only file system, permissions: nothing finished is lost
+            what = f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else "")
+            raise BuildError(f"{cfg.out}: the build stopped ({what}). Finished scans are kept: fix the cause "
+                             "(disk space, permissions) and run the same command again to resume") from exc
+
+
+def _build(cfg: BuildConfig, workers: int, scheduler: str | None, overwrite: bool, progress: bool,
+           scheduler_file: str | None, card_name: str | None, manifests_dir: str | Path | None,
+           t0: float) -> BuildReport:
     if manifests_dir is not None:  # a bad card name fails now, not after the build
         from luna_prep.sharing.cards import CardError, card_path, default_name
 
@@ -233,7 +282,7 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
     job = ScanJob(str(Path(cfg.out).resolve()), cfg.spacing_mm, tuple(cfg.hu_window), cfg.seed, cfg.sampling,
                   cfg.storage, volumes=cfg.volumes, masks=cfg.masks, lidc_db=cfg.lidc_db, lidc_level=cfg.lidc_level)
     records = _run_tasks(todo, job, workers, scheduler, progress, scheduler_file) if todo else []
-    manifest, scan_table = _finalize(cfg, plans, records)
+    manifest, scan_table, scan_records = _finalize(cfg, plans, records)
     failed = scan_table[scan_table["status"] != "ok"] if len(scan_table) else scan_table
     counts = manifest.groupby(["scale", "kind"]).size().unstack(fill_value=0) if len(manifest) else pd.DataFrame()
     card = None
@@ -246,6 +295,8 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
         scans_failed=len(failed), failures=list(zip(failed.get("source_path", []), failed.get("error", []))),
         patches=counts, bytes_written=folder_bytes(Path(cfg.out)), seconds=time.perf_counter() - t0,
         skipped=len(plans) - len(todo), card=card, masks=cfg.masks, nodule_masks=_mask_counts(scan_table),
+        warnings=[w for r in scan_records for w in r.get("warnings", [])],
+        unmatched_annotations=unmatched_annotations(cfg.data_root, annotations),
     )
 
 

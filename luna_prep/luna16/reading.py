@@ -149,3 +149,26 @@ def read_scan(path: str | Path) -> sitk.Image:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ScanReadError(f"{path}: expected one channel, got {image.GetNumberOfComponentsPerPixel()}")
     return image
+
+
+AIR_HU = -900.0  # every CT holds air (around the body, in the lungs) below this
+MIN_AIR_SHARE = 0.01
+MAX_CLIPPED_SHARE = 0.3  # bone above a 400 HU window top is a few per cent of a chest CT
+
+
+def intensity_warnings(image: sitk.Image, path: str | Path, hu_window: tuple[float, float]) -> list[str]:
+    """Warnings for a scan whose values do not look like HU (e.g. a header whose ElementType is
+    unsigned on signed data): no air at all, or most voxels clipped at the window's top. Looks at
+    every 2nd slice and every 4th row and column (cheap, and plenty for shares)."""
+    view = sitk.GetArrayViewFromImage(image)[::2, ::4, ::4]
+    n = max(view.size, 1)
+    air = np.count_nonzero(view <= AIR_HU) / n
+    top = np.count_nonzero(view >= hu_window[1]) / n
+    out = []
+    if air < MIN_AIR_SHARE:
+        out.append(f"{path}: only {air:.1%} of voxels are air (<= {AIR_HU:g} HU); are the values HU? "
+                   f"(check ElementType and any rescale in the header)")
+    if top > MAX_CLIPPED_SHARE:
+        out.append(f"{path}: {top:.0%} of voxels are at or above {hu_window[1]:g} HU and will be clipped; "
+                   f"is ElementType right (unsigned data read as signed, or the reverse)?")
+    return out

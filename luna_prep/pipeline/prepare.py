@@ -14,7 +14,7 @@ import numpy as np
 
 from luna_prep.format.spec import full_scale
 from luna_prep.luna16.geometry import ScanGeometry
-from luna_prep.luna16.reading import read_scan
+from luna_prep.luna16.reading import intensity_warnings, read_scan
 from luna_prep.pipeline.lungmask import CoarseMask, lung_mask
 from luna_prep.pipeline.resampling import ResampledVolume, encode_hu, resample_isotropic
 
@@ -27,6 +27,7 @@ class PreparedScan:
     volume: ResampledVolume  # (z, y, x) in image_dtype on an isotropic identity-direction grid
     lungs: CoarseMask  # on every ``lungs.stride``-th voxel of ``volume``
     image_dtype: str
+    warnings: tuple[str, ...] = ()  # values that do not look like HU (see reading.intensity_warnings)
 
     def lungs_full(self) -> np.ndarray:
         """The lung mask at the volume's full resolution, (z, y, x) bool."""
@@ -41,9 +42,10 @@ def prepare_scan(path: str | Path, spacing_mm: float, hu_window: tuple[float, fl
     """
     image = read_scan(path)
     original = ScanGeometry.from_image(image)
+    warnings = tuple(intensity_warnings(image, path, hu_window))
     hu = resample_isotropic(image, spacing_mm)
     del image  # the raw scan is the largest thing held; free it before encoding
     vol = ResampledVolume(encode_hu(hu.array, hu_window, image_dtype), hu.geometry)
     del hu
     lungs = lung_mask(vol.array, vol.spacing, hu_window, full_scale=full_scale(image_dtype))
-    return PreparedScan(original, vol, lungs, image_dtype)
+    return PreparedScan(original, vol, lungs, image_dtype, warnings)

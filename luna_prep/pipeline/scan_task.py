@@ -147,6 +147,7 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
         return _record(plan, "failed", f"{plan.path}: {detail}", time.perf_counter() - t0, original, vol)
     counts = pd.Series([c.kind for c in centres]).value_counts().to_dict()
     record = _record(plan, "ok", "", time.perf_counter() - t0, original, vol, counts, mask_counts)
+    record["warnings"] = list(prepared.warnings)  # in the build's record and summary, not in scans.parquet
     json_path, rows_path = done_paths(job.store, plan.seriesuid)
     write_table(conform(pd.DataFrame(rows), MANIFEST_COLUMNS, plan.seriesuid), rows_path)
     write_text_atomic(json_path, json.dumps(record))  # the scan is finished once this file exists

@@ -42,6 +42,12 @@ def build_summary(report) -> str:
         lines.append(f"nodule masks: {n.get('lidc', 0)} from LIDC readers' contours, "
                      f"{n.get('sphere', 0)} spheres (no contours found)")
     lines.append(f"bytes written: {human_bytes(report.bytes_written)}; time: {report.seconds:.1f} s")
+    if report.unmatched_annotations:
+        uids = report.unmatched_annotations
+        lines.append(f"annotations of {len(uids)} seriesuids with no scan under the data root, not built "
+                     f"(first: {uids[0]})")
+    for warning in report.warnings:
+        lines.append(f"WARNING {warning}")
     for path, error in report.failures:
         lines.append(f"FAILED {error}")
     return "\n".join(lines)
