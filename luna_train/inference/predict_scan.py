@@ -15,7 +15,9 @@ from luna_prep.luna16.geometry import ScanGeometry
 from luna_prep.pipeline.lungmask import lung_mask
 from luna_prep.luna16.reading import read_scan
 from luna_prep.pipeline.resampling import encode_hu, resample_isotropic
+from luna_train.evaluation.metrics import binarize
 from luna_train.inference.detect import DetectConfig, detect_volume
+from luna_train.inference.trained_model import ProbabilityModel
 
 
 @dataclass
@@ -48,10 +50,12 @@ def to_scan_grid(values: np.ndarray, volume: ScanVolume, reference: sitk.Image) 
     return sitk.Resample(img, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
-def predict_scan(model, path: str | Path, spacing_mm: float, hu_window: tuple[float, float], image_dtype: str,
+def predict_scan(model: ProbabilityModel, path: str | Path, spacing_mm: float, hu_window: tuple[float, float], image_dtype: str,
                  cfg: DetectConfig) -> ScanPrediction:
     volume, original = prepare_volume(path, spacing_mm, hu_window, image_dtype)
     candidates, prob = detect_volume(model, volume, cfg)
     prob_img = to_scan_grid(prob, volume, original)
-    mask = sitk.Cast(sitk.BinaryThreshold(prob_img, cfg.postprocess.threshold, 1e9, 1, 0), sitk.sitkUInt8)
+    mask = sitk.GetImageFromArray(binarize(sitk.GetArrayViewFromImage(prob_img), cfg.postprocess.threshold)
+                                  .astype(np.uint8))
+    mask.CopyInformation(prob_img)
     return ScanPrediction(candidates, prob_img, mask)
