@@ -223,7 +223,8 @@ def format_report(res: dict[str, Any]) -> str:
         pp = res["postprocess"]
         head.append(f"post-processing tuned on val subsets {pp['val_subsets']} ({pp['n_val_patches']} patches): "
                     f"threshold {pp['threshold']}, min_size {pp['min_size']}, closing_radius {pp['closing_radius']}, "
-                    f"hysteresis_high {pp['hysteresis_high']} (val tuning score: mean of nodule-patch and pooled Dice {pp['val_tuning_score']:.4f})")
+                    f"hysteresis_high {pp['hysteresis_high']} (val tuning score: mean of nodule-patch and pooled Dice "
+                    f"{pp['val_tuning_score']:.4f})")
     width = max(len(r[0]) for r in rows)
     lines = ["", f"{'':{width}}  " + "  ".join(f"{c:>12}" for c in cols)]
     for name, m in rows:

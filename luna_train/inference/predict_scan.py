@@ -50,8 +50,8 @@ def to_scan_grid(values: np.ndarray, volume: ScanVolume, reference: sitk.Image) 
     return sitk.Resample(img, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
-def predict_scan(model: ProbabilityModel, path: str | Path, spacing_mm: float, hu_window: tuple[float, float], image_dtype: str,
-                 cfg: DetectConfig) -> ScanPrediction:
+def predict_scan(model: ProbabilityModel, path: str | Path, spacing_mm: float, hu_window: tuple[float, float],
+                 image_dtype: str, cfg: DetectConfig) -> ScanPrediction:
     volume, original = prepare_volume(path, spacing_mm, hu_window, image_dtype)
     candidates, prob = detect_volume(model, volume, cfg)
     prob_img = to_scan_grid(prob, volume, original)

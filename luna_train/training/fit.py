@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from luna_train.config import TrainConfig, to_dict
+from luna_train.data.sampler import WeightedPatchSampler
 from luna_train.training import distributed as D
 from luna_train.training.assemble import RunParts
 from luna_train.training.checkpoint import BEST, LAST, rng_state, save_checkpoint, set_rng_state
@@ -65,7 +66,7 @@ def restore(parts: RunParts, ckpt: dict, rank: int) -> Start:
     return Start(state=state, hard=mine["hard"], rng=mine["rng"])
 
 
-def check_partition(sampler, seen: list[int], info: D.DistInfo) -> dict:
+def check_partition(sampler: WeightedPatchSampler, seen: list[int], info: D.DistInfo) -> dict:
     """Evidence that each rank trained on its own share of one epoch's draw list (draw k goes to rank k % R)."""
     all_seen = D.all_gather_object(seen)
     positions, _ = sampler.epoch_draws()

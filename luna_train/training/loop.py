@@ -131,7 +131,8 @@ def train_epoch(parts: TrainParts, state: LoopState, *, restore_rng: Callable[[]
         state.samples_seen += int(image.shape[0])
         state.epoch_seconds = time.perf_counter() - start
         bar.update(1)
-        bar.set_postfix(loss=f"{state.loss_sum / state.step_in_epoch:.4f}", lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
+        bar.set_postfix(loss=f"{state.loss_sum / state.step_in_epoch:.4f}",
+                        lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
         if on_step is not None:
             on_step(state)
     bar.close()

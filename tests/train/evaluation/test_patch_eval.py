@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -105,7 +104,8 @@ def test_postprocess_tuned_on_val_and_frozen(tiny_run):
     assert pp["threshold"] in grid["threshold"] and pp["min_size"] in grid["min_size"]
     assert pp["closing_radius"] == 0 and pp["hysteresis_high"] is None
     # frozen config applied to the test patches: the same as scoring them with it directly
-    from luna_train.evaluation.patch_eval import eval_dataset, load_model_like, predict_patches
+    from luna_train.evaluation.patch_eval import eval_dataset, predict_patches
+    from luna_train.inference.trained_model import load_model_like
 
     model = load_model_like(run_dir)
     probs, labels = predict_patches(model, eval_dataset(model.config, [9]))
