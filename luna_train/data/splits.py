@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import pandas as pd
+
+from luna_prep.format.reader import PatchStore
 
 SETS = ("train", "val", "test")
 
@@ -61,3 +64,37 @@ def split_manifest(manifest: pd.DataFrame, cfg: SplitConfig) -> dict[str, pd.Dat
                 raise ValueError(f"seriesuid {uid} would be in both {owner[uid]!r} and {name!r} (listed under two subsets)")
             owner[uid] = name
     return out
+
+
+@dataclass
+class RunData:
+    """Rows of each set as PatchDataset inputs (index reset: position = row number)."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+
+
+def select_rows(dataset: str, split: SplitConfig, scale_weights: Mapping, eval_scale: int,
+                train_size: int | None) -> RunData:
+    """Split the store's manifest; train keeps every scale with sampler weight > 0, val/test only ``eval_scale``.
+
+    ``scale_weights`` is ``sampler.scale_weights`` (a scale it omits weighs 1), ``train_size`` is
+    ``data.train_size`` (None trains at native size, so only one scale may train).
+    """
+    store = PatchStore(dataset)
+    sets = split_manifest(store.manifest, split)
+    scales = set(store.attrs.scales)
+    weights = {int(k): float(v) for k, v in scale_weights.items()}
+    train_scales = sorted(s for s in scales if weights.get(s, 1.0) > 0)
+    if not train_scales:
+        raise ValueError(f"sampler.scale_weights {weights} leave no scale of the store {sorted(scales)}")
+    if train_size is None and len(train_scales) > 1:
+        raise ValueError(f"data.train_size null trains at native size and needs one scale; scales {train_scales} "
+                         f"have weight > 0 (set sampler.scale_weights to weight 0 all but one)")
+    if eval_scale not in scales:
+        raise ValueError(f"data.eval_scale {eval_scale} is not a scale of the store {sorted(scales)}")
+    train = sets["train"][sets["train"]["scale"].isin(train_scales)]
+    val = sets["val"][sets["val"]["scale"] == eval_scale]
+    test = sets["test"][sets["test"]["scale"] == eval_scale]
+    return RunData(*(df.sort_values(["scale", "index"]).reset_index(drop=True) for df in (train, val, test)))

@@ -1,8 +1,13 @@
-"""Plot of a LUNA16 FROC result: curve on a log2 FP axis, bootstrap band, operating points, CPM."""
+"""Plot of a LUNA16 FROC result: curve on a log2 FP axis, bootstrap band, operating points, CPM.
+
+The plot reads only the result's fields (arrays and numbers), so it imports nothing of
+:mod:`luna_train.evaluation.froc` at run time: froc's ``run_froc`` calls it, not the other way round.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -10,7 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from luna_train.evaluation.froc import FrocResult  # noqa: E402
+if TYPE_CHECKING:
+    from luna_train.evaluation.froc import FrocResult
 
 
 def plot_froc(result: FrocResult, out_png: str | Path, title: str | None = None) -> Path:

@@ -1,18 +1,17 @@
 """Patch-level evaluation of trained runs: Dice, pooled Dice, precision and recall, with optional TTA,
 ensembles and post-processing tuned on validation (``luna-train evaluate``).
 
-The patches are those a run evaluates at the end of training (:func:`luna_train.training.run.select_rows`):
+The patches are those a run evaluates at the end of training (:func:`luna_train.data.splits.select_rows`):
 the rows of the asked subsets at ``data.eval_scale`` (one per sample), sorted by (scale, index),
 read by :class:`~luna_train.data.dataset.PatchDataset` and resized to ``data.train_size``.
 Without TTA, ensemble or post-processing the numbers equal the run's ``summary.json``
-(``test_dice``, ``test_pooled_dice``) for its test subsets: the raw mask is ``prob > threshold``
-as in :func:`luna_train.training.loop.evaluate` (post-processing thresholds with ``>=``, as documented in
-:mod:`luna_train.inference.postprocess`).
+(``test_dice``, ``test_pooled_dice``) for its test subsets: the raw mask is
+:func:`~luna_train.evaluation.metrics.binarize` (``prob >= threshold``), as in training's
+:func:`luna_train.training.loop.validate` and in :mod:`luna_train.inference.postprocess`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,14 +23,13 @@ import torch
 
 from luna_train.data.dataset import PatchDataset
 from luna_train.data.loader import make_loader
-from luna_train.data.splits import SplitConfig
-from luna_train.evaluation.metrics import Counts, confusion
+from luna_train.data.splits import SplitConfig, select_rows
+from luna_train.evaluation.metrics import Counts, binarize, confusion
 from luna_train.inference.postprocess import PostprocessConfig, postprocess, tune_postprocess
-from luna_train.inference.trained_model import Ensemble, TrainedModel, load_ensemble, load_trained_model
+from luna_train.inference.trained_model import ProbabilityModel, load_model_like
 from luna_train.inference.tta import tta_predict, tta_transforms
 
 METRIC_KEYS = ("n_patches", "n_foreground", "dice", "pooled_dice", "precision", "recall", "tp", "fp", "fn")
-ModelLike = TrainedModel | Ensemble
 
 
 # ----------------------------------------------------------------------------------------------
@@ -40,13 +38,9 @@ ModelLike = TrainedModel | Ensemble
 
 def eval_rows(cfg, subsets: Sequence[int], dataset: str | None = None) -> pd.DataFrame:
     """Manifest rows of ``subsets`` at ``cfg.data.eval_scale``, as a run's val/test rows (select_rows)."""
-    from luna_train.training.run import select_rows
-
-    cfg = copy.deepcopy(cfg)
-    if dataset is not None:
-        cfg.data.dataset = str(dataset)
-    cfg.split = SplitConfig(train_subsets=(), val_subsets=(), test_subsets=tuple(int(s) for s in subsets))
-    return select_rows(cfg).test
+    split = SplitConfig(train_subsets=(), val_subsets=(), test_subsets=tuple(int(s) for s in subsets))
+    store = cfg.data.dataset if dataset is None else str(dataset)
+    return select_rows(store, split, cfg.sampler.scale_weights, cfg.data.eval_scale, cfg.data.train_size).test
 
 
 def eval_dataset(cfg, subsets: Sequence[int], dataset: str | None = None) -> PatchDataset:
@@ -55,14 +49,14 @@ def eval_dataset(cfg, subsets: Sequence[int], dataset: str | None = None) -> Pat
     return PatchDataset(cfg.data.dataset if dataset is None else str(dataset), rows, train_size=cfg.data.train_size)
 
 
-def predict_fn(model_like: ModelLike, tta: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def predict_fn(model_like: ProbabilityModel, tta: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """(B, 1, D, H, W) images -> sigmoid probabilities; with ``tta`` averaged over flips and rotations."""
     if not tta:
         return model_like.probabilities
     return lambda x: tta_predict(model_like.probabilities, x, flips=True, rotations=True)
 
 
-def iter_predictions(model_like: ModelLike, dataset: PatchDataset, tta: bool = False, batch_size: int = 16,
+def iter_predictions(model_like: ProbabilityModel, dataset: PatchDataset, tta: bool = False, batch_size: int = 16,
                      num_workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(probability float32 (D, H, W), label bool (D, H, W)) of each patch of ``dataset``, in row order."""
     loader = make_loader(dataset, sampler=list(range(len(dataset))), batch_size=batch_size,
@@ -76,7 +70,7 @@ def iter_predictions(model_like: ModelLike, dataset: PatchDataset, tta: bool = F
                 yield p[0], t[0]
 
 
-def predict_patches(model_like: ModelLike, dataset: PatchDataset, tta: bool = False, batch_size: int = 16,
+def predict_patches(model_like: ProbabilityModel, dataset: PatchDataset, tta: bool = False, batch_size: int = 16,
                     num_workers: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Lists of probabilities and labels of every patch of ``dataset`` (see :func:`iter_predictions`)."""
     probs, labels = [], []
@@ -90,11 +84,11 @@ def predict_patches(model_like: ModelLike, dataset: PatchDataset, tta: bool = Fa
 # metrics
 
 
-def binarize(prob: np.ndarray, how: float | PostprocessConfig) -> np.ndarray:
-    """The mask of one probability map: ``prob > threshold`` (as training's evaluation) or :func:`postprocess`."""
+def to_mask(prob: np.ndarray, how: float | PostprocessConfig) -> np.ndarray:
+    """The mask of one probability map: :func:`binarize` at a threshold (as training) or :func:`postprocess`."""
     if isinstance(how, PostprocessConfig):
         return postprocess(prob, how)
-    return np.asarray(prob) > float(how)
+    return binarize(np.asarray(prob), float(how))
 
 
 @dataclass
@@ -133,21 +127,12 @@ def patch_metrics(probs: Iterable[np.ndarray], labels: Iterable[np.ndarray],
     """
     acc = MetricAccumulator()
     for p, t in zip(probs, labels, strict=True):
-        acc.add(binarize(p, how), t)
+        acc.add(to_mask(p, how), t)
     return acc.result()
 
 
 # ----------------------------------------------------------------------------------------------
 # a whole run
-
-
-def load_model_like(run_dir: str | Path, ensemble: Sequence[str | Path] = (), checkpoint: str = "best",
-                    device: torch.device | None = None) -> ModelLike:
-    """The run's model, or the ensemble of it and the ``ensemble`` runs (mean probability)."""
-    name = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
-    if ensemble:
-        return load_ensemble([run_dir, *ensemble], name, device)
-    return load_trained_model(run_dir, name, device)
 
 
 def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Sequence[int] | None = None,
@@ -159,7 +144,7 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Se
 
     ``postprocess_tune``: tune a :class:`PostprocessConfig` with :func:`tune_postprocess` on the run's
     validation subsets (same model, same TTA), freeze it, and report the evaluated subsets both raw
-    (``prob > threshold``) and post-processed (under ``"postprocessed"``).
+    (``prob >= threshold``) and post-processed (under ``"postprocessed"``).
     """
     say = log or (lambda msg: None)
     model = load_model_like(run_dir, ensemble, checkpoint, device)
@@ -172,7 +157,7 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Se
     thr = float(cfg.train.threshold if threshold is None else threshold)
     bs = int(batch_size or cfg.data.val_batch_size or cfg.data.batch_size)
     workers = cfg.data.num_workers
-    members = [str(m.run_dir) for m in model.members] if isinstance(model, Ensemble) else [str(model.run_dir)]
+    members = [str(r) for r in model.run_dirs]
     out: dict[str, Any] = {
         "run_dir": str(run_dir), "checkpoint": checkpoint, "dataset": store, "subsets": list(subsets),
         "eval_scale": cfg.data.eval_scale, "train_size": cfg.data.train_size, "threshold": thr,
@@ -203,7 +188,7 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Se
         f"{cfg.data.train_size}){' with TTA' if tta else ''}")
     raw, post = MetricAccumulator(), MetricAccumulator()
     for p, t in iter_predictions(model, ds, tta, bs, workers):
-        raw.add(p > thr, t)
+        raw.add(binarize(p, thr), t)
         if pp_cfg is not None:
             post.add(postprocess(p, pp_cfg), t)
     out.update(raw.result())
@@ -225,7 +210,7 @@ def _fmt(v: Any) -> str:
 def format_report(res: dict[str, Any]) -> str:
     """A readable table of an :func:`evaluate_run` result."""
     cols = ["n_patches", "n_foreground", "dice", "pooled_dice", "precision", "recall", "tp", "fp", "fn"]
-    rows = [("raw (p > %g)" % res["threshold"], res)]
+    rows = [("raw (p >= %g)" % res["threshold"], res)]
     if "postprocessed" in res:
         rows.append(("post-processed", res["postprocessed"]))
     head = [f"run {res['run_dir']} ({res['checkpoint']}), dataset {res['dataset']}",
@@ -238,7 +223,8 @@ def format_report(res: dict[str, Any]) -> str:
         pp = res["postprocess"]
         head.append(f"post-processing tuned on val subsets {pp['val_subsets']} ({pp['n_val_patches']} patches): "
                     f"threshold {pp['threshold']}, min_size {pp['min_size']}, closing_radius {pp['closing_radius']}, "
-                    f"hysteresis_high {pp['hysteresis_high']} (val tuning score: mean of nodule-patch and pooled Dice {pp['val_tuning_score']:.4f})")
+                    f"hysteresis_high {pp['hysteresis_high']} (val tuning score: mean of nodule-patch and pooled Dice "
+                    f"{pp['val_tuning_score']:.4f})")
     width = max(len(r[0]) for r in rows)
     lines = ["", f"{'':{width}}  " + "  ".join(f"{c:>12}" for c in cols)]
     for name, m in rows:

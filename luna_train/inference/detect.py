@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from luna_prep.format.reader import ScanVolume
 from luna_train.inference.postprocess import PostprocessConfig, postprocess
+from luna_train.inference.trained_model import ProbabilityModel
 from luna_train.inference.tta import tta_predict
 
 SUBMISSION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
@@ -41,7 +42,7 @@ def _zoom(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def volume_probabilities(model, image: np.ndarray, cfg: DetectConfig) -> np.ndarray:
+def volume_probabilities(model: ProbabilityModel, image: np.ndarray, cfg: DetectConfig) -> np.ndarray:
     """Probabilities (z, y, x) float32 of a normalized [0, 1] volume at the store's spacing."""
     from monai.inferers import sliding_window_inference
 
@@ -92,7 +93,7 @@ def candidates_from_probabilities(prob: np.ndarray, volume: ScanVolume, cfg: Det
     return df.sort_values("probability", ascending=False, kind="stable").head(cfg.max_candidates).reset_index(drop=True)
 
 
-def detect_volume(model, volume: ScanVolume, cfg: DetectConfig) -> tuple[pd.DataFrame, np.ndarray]:
+def detect_volume(model: ProbabilityModel, volume: ScanVolume, cfg: DetectConfig) -> tuple[pd.DataFrame, np.ndarray]:
     """Candidates of one scan (LUNA16 submission rows) and its probability map."""
     prob = volume_probabilities(model, volume.image, cfg)
     return candidates_from_probabilities(prob, volume, cfg), prob

@@ -2,7 +2,7 @@
 
 Steps of :func:`postprocess`, in order:
 
-1. threshold: ``prob >= threshold`` (as MONAI's ``AsDiscrete(threshold=...)``), then ``& within``;
+1. threshold: :func:`~luna_train.evaluation.metrics.binarize` (``prob >= threshold``), then ``& within``;
 2. hysteresis (optional): keep only the connected regions of step 1 that contain a voxel with
    ``prob >= hysteresis_high``;
 3. morphological closing with a ball of ``closing_radius`` voxels (the array is padded first, so
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from luna_train.evaluation.metrics import dice
+from luna_train.evaluation.metrics import binarize, dice, pooled_dice
 
 DEFAULT_GRID: dict[str, list[Any]] = {
     "threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
@@ -56,7 +56,7 @@ def hysteresis(mask: np.ndarray, prob: np.ndarray, high: float) -> np.ndarray:
     """Connected regions of ``mask`` that hold at least one voxel with ``prob >= high``."""
     labels, n = ndimage.label(mask, structure=_structure(mask.ndim))
     seeded = np.zeros(n + 1, dtype=bool)
-    seeded[labels[mask & (prob >= high)]] = True
+    seeded[labels[mask & binarize(prob, high)]] = True
     seeded[0] = False
     return seeded[labels]
 
@@ -92,7 +92,7 @@ def _check(prob: np.ndarray, within: np.ndarray | None) -> tuple[np.ndarray, np.
 def _seeded(prob: np.ndarray, within: np.ndarray | None, threshold: float,
             high: float | None) -> np.ndarray:
     """Steps 1-2."""
-    mask = prob >= threshold
+    mask = binarize(prob, threshold)
     if within is not None:
         mask &= within
     return mask if high is None else hysteresis(mask, prob, high)
@@ -114,10 +114,7 @@ def postprocess(prob: np.ndarray, cfg: PostprocessConfig = PostprocessConfig(),
 
 def _balanced_dice(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> float:
     fg = [dice(p, t) for p, t in zip(preds, targets) if np.any(t)]
-    tp = sum(int(np.count_nonzero(p & t)) for p, t in zip(preds, targets))
-    total = sum(int(np.count_nonzero(p)) + int(np.count_nonzero(t)) for p, t in zip(preds, targets))
-    pooled = 2 * tp / total if total else 1.0
-    return float(0.5 * ((np.mean(fg) if fg else 1.0) + pooled))
+    return float(0.5 * ((np.mean(fg) if fg else 1.0) + pooled_dice(preds, targets)))
 
 
 def tune_postprocess(probs: Sequence[np.ndarray], targets: Sequence[np.ndarray],

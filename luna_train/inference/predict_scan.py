@@ -13,7 +13,9 @@ from luna_prep.format.reader import ScanVolume
 from luna_prep.format.spec import decode_image
 from luna_prep.luna16.geometry import ScanGeometry
 from luna_prep.pipeline.prepare import prepare_scan
+from luna_train.evaluation.metrics import binarize
 from luna_train.inference.detect import DetectConfig, detect_volume
+from luna_train.inference.trained_model import ProbabilityModel
 
 
 @dataclass
@@ -45,10 +47,12 @@ def to_scan_grid(values: np.ndarray, volume: ScanVolume, grid: ScanGeometry) -> 
                          grid.spacing, grid.direction, 0.0, sitk.sitkFloat32)
 
 
-def predict_scan(model, path: str | Path, spacing_mm: float, hu_window: tuple[float, float], image_dtype: str,
-                 cfg: DetectConfig) -> ScanPrediction:
+def predict_scan(model: ProbabilityModel, path: str | Path, spacing_mm: float, hu_window: tuple[float, float],
+                 image_dtype: str, cfg: DetectConfig) -> ScanPrediction:
     volume, original = prepare_volume(path, spacing_mm, hu_window, image_dtype)
     candidates, prob = detect_volume(model, volume, cfg)
     prob_img = to_scan_grid(prob, volume, original)
-    mask = sitk.Cast(sitk.BinaryThreshold(prob_img, cfg.postprocess.threshold, 1e9, 1, 0), sitk.sitkUInt8)
+    mask = sitk.GetImageFromArray(binarize(sitk.GetArrayViewFromImage(prob_img), cfg.postprocess.threshold)
+                                  .astype(np.uint8))
+    mask.CopyInformation(prob_img)
     return ScanPrediction(candidates, prob_img, mask)

@@ -1,18 +1,42 @@
-"""A trained model from a run directory, ready for inference (one or several runs: an ensemble)."""
+"""A trained model from a run directory, ready for inference (one or several runs: an ensemble).
+
+Everything downstream (patch evaluation, TTA, detection, predict) takes a :class:`ProbabilityModel`
+and gets one from :func:`load_model_like`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, Sequence
 
 import torch
 from torch import nn
 
-from luna_train.training.checkpoint import load_checkpoint
 from luna_train.config import TrainConfig, from_dict
 from luna_train.nets.models import build_model, main_output
+from luna_train.training.checkpoint import BEST, checkpoint_file, load_checkpoint
 
-BEST, LAST = "best.pt", "last.pt"
+
+class ProbabilityModel(Protocol):
+    """What inference needs of a trained model: sigmoid probabilities and the geometry of its inputs."""
+
+    @property
+    def config(self) -> TrainConfig: ...  # the (first) run's training config
+
+    @property
+    def input_size(self) -> int | None: ...  # patch edge the model was trained on (None: native size)
+
+    @property
+    def voxel_mm(self) -> float: ...  # store voxels per model voxel
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def run_dirs(self) -> list[Path]: ...  # the run directories the model comes from
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor: ...  # (B, 1, D, H, W) -> same shape in [0, 1]
 
 
 @dataclass
@@ -34,6 +58,10 @@ class TrainedModel:
         """Voxel size (in store voxels) of the model's inputs: eval_scale patches resized to train_size."""
         size = self.config.data.train_size
         return 1.0 if size is None else self.config.data.eval_scale / size
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        return [self.run_dir]
 
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +117,10 @@ class Ensemble:
     def device(self) -> torch.device:
         return self.members[0].device
 
+    @property
+    def run_dirs(self) -> list[Path]:
+        return [m.run_dir for m in self.members]
+
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m.probabilities(x) for m in self.members]).mean(0)
@@ -97,3 +129,12 @@ class Ensemble:
 def load_ensemble(run_dirs: list[str | Path], checkpoint: str = BEST, device: torch.device | None = None) -> Ensemble:
     device = device or default_device()
     return Ensemble([load_trained_model(r, checkpoint, device) for r in run_dirs])
+
+
+def load_model_like(run_dir: str | Path, ensemble: Sequence[str | Path] = (), checkpoint: str = "best",
+                    device: torch.device | None = None) -> ProbabilityModel:
+    """The run's model (``checkpoint``: best, last, or a file name), or the ensemble of it and the ``ensemble`` runs."""
+    name = checkpoint_file(checkpoint)
+    if ensemble:
+        return load_ensemble([run_dir, *ensemble], name, device)
+    return load_trained_model(run_dir, name, device)

@@ -4,11 +4,19 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts only: model
 scheduler / scaler / sampler states, loop counters, early-stopping state, RNG states of Python,
 NumPy and torch (per rank), and the resolved config as a plain dict. NumPy arrays are stored as
 ``{"__ndarray__": tensor}`` and come back as arrays from :func:`load_checkpoint`.
+
+Schema: :func:`save_checkpoint` stamps ``kind`` (:data:`CHECKPOINT_KIND`) and ``version``
+(:data:`CHECKPOINT_VERSION`) and requires the keys of :data:`CHECKPOINT_KEYS`;
+:func:`load_checkpoint` checks all three and turns any file it cannot use (empty, truncated,
+random bytes, another tool's file, a newer schema) into a :class:`CheckpointError` naming it.
 """
 
 from __future__ import annotations
 
+import pickle
 import random
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +25,16 @@ import torch
 
 from luna_prep.files import atomic_path
 
-LAST = "last.pt"
-BEST = "best.pt"
+LAST = "last.pt"  # written every epoch (and every train.checkpoint_every_steps): what --resume reads
+BEST = "best.pt"  # the epoch with the best validation Dice: what evaluation and inference read
+CHECKPOINT_KIND = "luna-train-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "sampler", "state", "per_rank", "config",
+                   "world_size")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (unreadable, not ours, or a newer schema); the message names it."""
 
 
 def to_plain(obj: Any) -> Any:
@@ -82,13 +98,73 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def checkpoint_file(name: str) -> str:
+    """The file name of a checkpoint asked for as ``best``/``last`` (or already ``best.pt``/``last.pt``)."""
+    return name if name.endswith(".pt") else f"{name}.pt"
+
+
 def save_checkpoint(path: str | Path, payload: dict) -> None:
-    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then os.replace)."""
+    """Write ``payload`` (the :data:`CHECKPOINT_KEYS`), stamped with kind and version, to ``path`` atomically
+    (temporary file in the same folder, then os.replace)."""
+    missing = [k for k in CHECKPOINT_KEYS if k not in payload]
+    if missing:
+        raise ValueError(f"checkpoint payload for {path} lacks {missing}")
+    payload = {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, **payload}
     with atomic_path(path) as tmp:
         torch.save(to_plain(payload), tmp)
 
 
+def _advice(path: Path) -> str:
+    if path.name == LAST:
+        return f"; evaluate {BEST} instead (--checkpoint best) or start the run afresh in a new run directory"
+    if path.name == BEST:
+        return f"; use {LAST} instead (--checkpoint last) or train the run again"
+    return ""
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why torch could not load ``path``, in our words (torch's own advice to drop weights_only is not ours)."""
+    if path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    if not zipfile.is_zipfile(path):
+        return "not a torch checkpoint: no complete zip archive (a truncated copy, random bytes or another format)"
+    if isinstance(exc, pickle.UnpicklingError):
+        return "holds Python objects other than tensors and plain values, so luna-train did not write it"
+    return f"unreadable torch file ({type(exc).__name__}; truncated or corrupt)"
+
+
+def _check_schema(data: Any) -> str | None:
+    """What is wrong with a loaded checkpoint's kind, version and keys (None: nothing)."""
+    if not isinstance(data, dict) or "kind" not in data:
+        return f"not a luna-train checkpoint (no {CHECKPOINT_KIND!r} kind; a bare state_dict or another tool's file?)"
+    if data["kind"] != CHECKPOINT_KIND:
+        return f"not a luna-train checkpoint (kind {data['kind']!r}, expected {CHECKPOINT_KIND!r})"
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return f"invalid checkpoint schema version {version!r}"
+    if version > CHECKPOINT_VERSION:
+        return (f"written by a newer luna-train (checkpoint schema version {version}, this version reads up to "
+                f"{CHECKPOINT_VERSION}); upgrade luna-train")
+    missing = [k for k in CHECKPOINT_KEYS if k not in data]
+    return f"incomplete checkpoint: lacks {missing}" if missing else None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """A checkpoint written by :func:`save_checkpoint`, loaded with ``weights_only=True``."""
-    data = torch.load(Path(path), map_location=map_location, weights_only=True)
+    """A checkpoint written by :func:`save_checkpoint`, loaded with ``weights_only=True`` and its schema checked.
+
+    Raises :class:`CheckpointError` (naming ``path``) for a file it cannot use; OSError (e.g. a
+    missing file) passes through.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            data = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError, KeyError... for bad files
+        raise CheckpointError(f"{path}: {_unreadable(path, exc)}{_advice(path)}") from None
+    problem = _check_schema(data)
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}{_advice(path)}")
     return from_plain(data)

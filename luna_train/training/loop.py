@@ -1,4 +1,4 @@
-"""Train and validation loops: one training epoch (resumable mid-epoch), and evaluation with Dice metrics."""
+"""Train and validation loops: one training epoch (resumable mid-epoch), and validation with Dice metrics."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from luna_train.data.dataset import decode_batch
-from luna_train.training import distributed as D
+from luna_train.evaluation.metrics import batch_counts, binarize, dice_from_counts
 from luna_train.nets.losses import per_sample_soft_dice_loss
 from luna_train.nets.models import main_output
+from luna_train.training import distributed as D
 
 
 class Interrupted(RuntimeError):
@@ -130,7 +131,8 @@ def train_epoch(parts: TrainParts, state: LoopState, *, restore_rng: Callable[[]
         state.samples_seen += int(image.shape[0])
         state.epoch_seconds = time.perf_counter() - start
         bar.update(1)
-        bar.set_postfix(loss=f"{state.loss_sum / state.step_in_epoch:.4f}", lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
+        bar.set_postfix(loss=f"{state.loss_sum / state.step_in_epoch:.4f}",
+                        lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
         if on_step is not None:
             on_step(state)
     bar.close()
@@ -138,7 +140,7 @@ def train_epoch(parts: TrainParts, state: LoopState, *, restore_rng: Callable[[]
 
 
 @dataclass
-class EvalResult:
+class ValidationResult:
     loss: float
     dice: float  # mean per-patch Dice over patches with a nodule
     pooled_dice: float  # voxel-pooled Dice over all patches
@@ -148,12 +150,13 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, loss_fn: nn.Module, device: torch.device, amp: str = "none",
-             threshold: float = 0.5, panel_patches: int = 0) -> EvalResult:
+def validate(model: nn.Module, loader, loss_fn: nn.Module, device: torch.device, amp: str = "none",
+             threshold: float = 0.5, panel_patches: int = 0) -> ValidationResult:
     """Loss, per-patch Dice (foreground patches) and pooled Dice of ``model`` on ``loader``, summed over ranks.
 
-    Each rank evaluates its own share of the patches (its loader); the sums are all-reduced, so
-    every rank gets the same numbers. Pass the bare module (not DDP) as ``model``.
+    Masks are :func:`~luna_train.evaluation.metrics.binarize` (``prob >= threshold``). Each rank
+    evaluates its own share of the patches (its loader); the sums are all-reduced, so every rank
+    gets the same numbers. Pass the bare module (not DDP) as ``model``.
     """
     model.eval()
     sums = torch.zeros(7, dtype=torch.float64)  # loss*n, n, dice_fg_sum, n_fg, tp, fp, fn
@@ -166,14 +169,10 @@ def evaluate(model: nn.Module, loader, loss_fn: nn.Module, device: torch.device,
         n = image.shape[0]
         sums[0] += float(loss_fn(logits, label)) * n
         sums[1] += n
-        pred = (torch.sigmoid(logits) > threshold).flatten(1)
-        tgt = (label > 0.5).flatten(1)
-        tp = (pred & tgt).sum(1).double()
-        fp = pred.sum(1).double() - tp
-        fn = tgt.sum(1).double() - tp
-        den = 2 * tp + fp + fn
-        dice = torch.where(den > 0, 2 * tp / den.clamp(min=1), torch.ones_like(den))
-        fg = tgt.any(1)
+        pred = binarize(torch.sigmoid(logits), threshold)
+        tp, fp, fn = (c.double() for c in batch_counts(pred, label > 0.5))
+        dice = dice_from_counts(tp, fp, fn)
+        fg = (tp + fn) > 0
         sums[2] += float(dice[fg].sum())
         sums[3] += int(fg.sum())
         sums[4:7] += torch.stack([tp.sum(), fp.sum(), fn.sum()]).cpu()
@@ -181,15 +180,14 @@ def evaluate(model: nn.Module, loader, loss_fn: nn.Module, device: torch.device,
             if len(panel) >= panel_patches:
                 break
             if bool(fg[b]):
-                panel.append(_panel_item(image[b, 0], label[b, 0], torch.sigmoid(logits[b, 0]) > threshold,
-                                         float(dice[b]), int(batch["position"][b])))
+                panel.append(_panel_item(image[b, 0], label[b, 0], pred[b, 0], float(dice[b]),
+                                         int(batch["position"][b])))
     total = D.all_reduce_sum(sums).tolist()
     n_all, n_fg = int(total[1]), int(total[3])
-    den = 2 * total[4] + total[5] + total[6]
-    return EvalResult(
+    return ValidationResult(
         loss=total[0] / n_all if n_all else float("nan"),
         dice=total[2] / n_fg if n_fg else float("nan"),
-        pooled_dice=(2 * total[4] / den if den > 0 else 1.0) if n_all else float("nan"),
+        pooled_dice=dice_from_counts(*total[4:7]) if n_all else float("nan"),
         n_patches=n_all, n_foreground=n_fg, panel=panel,
     )
 

@@ -1,4 +1,5 @@
-"""Per-step learning-rate schedule: linear warm-up, then cosine annealing to ``min_lr``, optionally with warm restarts (SGDR)."""
+"""Per-step learning-rate schedule: linear warm-up, then cosine annealing to ``min_lr``, optionally with warm
+restarts (SGDR)."""
 
 from __future__ import annotations
 

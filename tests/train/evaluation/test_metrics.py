@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from luna_train.evaluation.metrics import (
-    Counts, batch_dice, confusion, dice, mean_dice, pooled_counts, pooled_dice)
+    Counts, batch_counts, batch_dice, binarize, confusion, dice, dice_from_counts, mean_dice, pooled_counts,
+    pooled_dice)
 
 
 def mask(*idx: int, n: int = 6) -> np.ndarray:
@@ -54,3 +55,30 @@ def test_batch_dice_and_torch_inputs():
     assert dice(pred[0], target[0]) == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
         dice(np.zeros(3), np.zeros(4))
+
+
+def test_binarize_keeps_a_value_at_the_threshold():
+    prob = np.array([0.2, 0.5, 0.50001, 0.9])
+    assert binarize(prob, 0.5).tolist() == [False, True, True, True]
+    t = binarize(torch.tensor([0.49, 0.5, 0.7]), 0.5)
+    assert t.dtype == torch.bool and t.tolist() == [False, True, True]
+
+
+def test_dice_from_counts_agrees_across_numbers_arrays_and_tensors():
+    tp, fp, fn = [2, 0, 0, 3], [2, 0, 0, 1], [0, 1, 0, 2]  # 2/3, 0, 1 (both empty), 6/9
+    want = [2 / 3, 0.0, 1.0, 6 / 9]
+    assert [dice_from_counts(*c) for c in zip(tp, fp, fn)] == want
+    np.testing.assert_array_equal(dice_from_counts(np.array(tp), np.array(fp), np.array(fn)), want)
+    t = dice_from_counts(torch.tensor(tp), torch.tensor(fp), torch.tensor(fn))
+    assert t.dtype == torch.float64 and t.tolist() == want
+
+
+def test_batch_counts_of_tensors_stay_tensors():
+    pred = torch.zeros(2, 1, 2, 2, 2, dtype=torch.bool)
+    target = torch.zeros(2, 1, 2, 2, 2, dtype=torch.bool)
+    pred[0, 0, 0, 0, :] = True
+    target[0, 0, 0, 0, 0] = True
+    target[1, 0, 1, 1, 1] = True
+    tp, fp, fn = batch_counts(pred, target)
+    assert isinstance(tp, torch.Tensor) and (tp.tolist(), fp.tolist(), fn.tolist()) == ([1, 0], [1, 0], [0, 1])
+    np.testing.assert_array_equal(np.stack(batch_counts(pred.numpy(), target.numpy())), [[1, 0], [1, 0], [0, 1]])

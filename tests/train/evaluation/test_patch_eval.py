@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -44,12 +43,15 @@ def test_patch_metrics_by_hand():
     p[0, 0, 0] = 0.9  # TP
     p[3, 3, 3] = 0.6  # FP
     empty_t, empty_p = np.zeros_like(t), np.zeros_like(p)
-    empty_p[1, 1, 1] = 0.5  # not above 0.5: the raw mask is prob > threshold, as training's evaluation
+    empty_p[1, 1, 1] = 0.5  # at 0.5: foreground, the raw mask is prob >= threshold (binarize), as in training
     m = patch_metrics([p, empty_p], [t, empty_t], 0.5)
     assert m["n_patches"] == 2 and m["n_foreground"] == 1
     assert m["dice"] == pytest.approx(2 * 1 / (2 + 2))  # foreground patches only
-    assert (m["tp"], m["fp"], m["fn"]) == (1, 1, 1)
-    assert m["pooled_dice"] == pytest.approx(0.5) and m["precision"] == 0.5 and m["recall"] == 0.5
+    assert (m["tp"], m["fp"], m["fn"]) == (1, 2, 1)
+    assert m["pooled_dice"] == pytest.approx(2 / 5) and m["precision"] == pytest.approx(1 / 3) and m["recall"] == 0.5
+    below = empty_p.copy()
+    below[1, 1, 1] = np.nextafter(np.float32(0.5), np.float32(0))  # just below the threshold: background
+    assert patch_metrics([p, below], [t, empty_t], 0.5)["fp"] == 1
     # a PostprocessConfig thresholds with >= and drops small components
     pp = patch_metrics([p, empty_p], [t, empty_t], PostprocessConfig(threshold=0.5, min_size=2))
     assert (pp["tp"], pp["fp"], pp["fn"]) == (0, 0, 2) and pp["dice"] == 0.0 and pp["precision"] == 1.0
@@ -102,7 +104,8 @@ def test_postprocess_tuned_on_val_and_frozen(tiny_run):
     assert pp["threshold"] in grid["threshold"] and pp["min_size"] in grid["min_size"]
     assert pp["closing_radius"] == 0 and pp["hysteresis_high"] is None
     # frozen config applied to the test patches: the same as scoring them with it directly
-    from luna_train.evaluation.patch_eval import eval_dataset, load_model_like, predict_patches
+    from luna_train.evaluation.patch_eval import eval_dataset, predict_patches
+    from luna_train.inference.trained_model import load_model_like
 
     model = load_model_like(run_dir)
     probs, labels = predict_patches(model, eval_dataset(model.config, [9]))

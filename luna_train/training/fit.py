@@ -1,0 +1,195 @@
+"""The epoch loop of a run: train, validate, keep the best, checkpoint, stop early; resumable from last.pt.
+
+A run's state lives in :class:`Start` (loop counters, hard-mining scores, RNG to restore) and in
+the parts' own state dicts; :func:`checkpoint_payload` and :func:`restore` are the two directions
+of the checkpoint contents (schema: :mod:`luna_train.training.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from luna_train.config import TrainConfig, to_dict
+from luna_train.data.sampler import WeightedPatchSampler
+from luna_train.training import distributed as D
+from luna_train.training.assemble import RunParts
+from luna_train.training.checkpoint import BEST, LAST, rng_state, save_checkpoint, set_rng_state
+from luna_train.training.loop import (Interrupted, LoopState, TrainParts, ValidationResult, gather_hardness,
+                                      train_epoch, validate)
+from luna_train.training.plots import CURVES_FILE, PANEL_FILE, plot_curves, plot_panel
+from luna_train.training.run_log import RunLogger
+
+
+def _no_hardness() -> dict:
+    return {"positions": [], "scores": []}
+
+
+@dataclass
+class Start:
+    """Where the loop starts: fresh, or what last.pt holds for this rank."""
+
+    state: LoopState = field(default_factory=LoopState)
+    hard: dict = field(default_factory=_no_hardness)  # hard-mining (positions, scores) of the current epoch
+    rng: dict | None = None  # RNG states to restore once the first loader iterator exists
+
+
+@dataclass
+class FitOutcome:
+    stopped_early: bool
+    rank_draws: dict | None  # evidence that ranks trained on disjoint shares (first full epoch)
+
+
+def checkpoint_payload(parts: RunParts, state: LoopState, cfg: TrainConfig, per_rank: list, world_size: int) -> dict:
+    """The contents of last.pt / best.pt (kind and version are stamped by save_checkpoint)."""
+    return {"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(),
+            "sampler": parts.sampler.state_dict(consumed=state.step_in_epoch * cfg.data.batch_size),
+            "state": state.to_dict(), "per_rank": per_rank, "config": to_dict(cfg), "world_size": world_size}
+
+
+def restore(parts: RunParts, ckpt: dict, rank: int) -> Start:
+    """Load a checkpoint's states into ``parts``; this rank's counters, hard-mining scores and RNG come back."""
+    parts.model.load_state_dict(ckpt["model"])
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    parts.scaler.load_state_dict(ckpt["scaler"])
+    state = LoopState.from_dict(ckpt["state"])
+    parts.sampler.load_state_dict(ckpt["sampler"])
+    mine = ckpt["per_rank"][min(rank, len(ckpt["per_rank"]) - 1)]
+    state.samples_seen = mine["samples_seen"]
+    return Start(state=state, hard=mine["hard"], rng=mine["rng"])
+
+
+def check_partition(sampler: WeightedPatchSampler, seen: list[int], info: D.DistInfo) -> dict:
+    """Evidence that each rank trained on its own share of one epoch's draw list (draw k goes to rank k % R)."""
+    all_seen = D.all_gather_object(seen)
+    positions, _ = sampler.epoch_draws()
+    return {"epoch": sampler.epoch + 1, "items_per_rank": [len(s) for s in all_seen],
+            "disjoint_shares_match": all(list(map(int, positions[r::info.world_size][:len(s)])) == list(s)
+                                         for r, s in enumerate(all_seen))}
+
+
+class Fit:
+    """Runs the epochs of ``cfg.train`` from ``start``; ``net`` is what trains (DDP / compiled ``parts.model``)."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, info: D.DistInfo, parts: RunParts, net: nn.Module,
+                 logger: RunLogger, start: Start, on_step: Callable[[LoopState], None] | None = None):
+        self.cfg, self.run_dir, self.info, self.parts, self.logger = cfg, run_dir, info, parts, logger
+        self.state, self.hard, self.pending_rng = start.state, start.hard, start.rng
+        self.on_step = on_step
+        tc = cfg.train
+        self.train_parts = TrainParts(
+            model=net, loss_fn=parts.loss_fn, optimizer=parts.optimizer, scheduler=parts.scheduler,
+            scaler=parts.scaler, sampler=parts.sampler, loader=parts.loader, device=info.device, amp=tc.amp,
+            grad_clip=cfg.optim.grad_clip, batch_size=cfg.data.batch_size, augment_on_device=parts.augment_on_device,
+            hard_mining=cfg.sampler.hard_mining_every > 0)
+
+    # hooks of train_epoch -------------------------------------------------------------------------
+
+    def restore_rng(self) -> None:
+        """Put back the RNG states of the checkpoint (once the loader's iterator exists)."""
+        if self.pending_rng is not None:
+            set_rng_state(self.pending_rng)
+
+    def after_step(self, st: LoopState) -> None:
+        """Checkpoint every ``train.checkpoint_every_steps``; raise Interrupted after ``train.stop_after_steps``."""
+        every, stop = self.cfg.train.checkpoint_every_steps, self.cfg.train.stop_after_steps
+        stopping = stop is not None and st.step >= stop
+        if (every and st.step % every == 0) or stopping:
+            self.save([LAST])
+        if self.on_step is not None:
+            self.on_step(st)
+        if stopping:
+            raise Interrupted(f"stopped after {st.step} steps (train.stop_after_steps); resume with --resume")
+
+    # checkpoints ----------------------------------------------------------------------------------
+
+    def save(self, names: list[str]) -> None:
+        """Write the run's state to each of ``names`` in the run directory (rank 0; every rank sends its share)."""
+        per_rank = D.all_gather_object({"rng": rng_state(), "hard": {k: list(v) for k, v in self.hard.items()},
+                                        "samples_seen": self.state.samples_seen})
+        if not self.info.is_main:
+            return
+        payload = checkpoint_payload(self.parts, self.state, self.cfg, per_rank, self.info.world_size)
+        for name in names:
+            save_checkpoint(self.run_dir / name, payload)
+
+    # the loop -------------------------------------------------------------------------------------
+
+    def run(self) -> FitOutcome:
+        """Epochs until ``train.epochs`` or ``train.patience`` epochs without a better validation Dice."""
+        tc, ddp_check = self.cfg.train, None
+        while self.state.epoch < tc.epochs:
+            e = self.state.epoch
+            check = ddp_check is None and self.state.step_in_epoch == 0
+            train_loss, seen = self._train(collect_seen=check)
+            if check:
+                ddp_check = check_partition(self.parts.sampler, seen, self.info)
+            train_loss = float(D.all_reduce_sum(torch.tensor([train_loss], dtype=torch.float64))[0])
+            train_loss /= self.info.world_size
+            self._mine_hardness(e)
+            res = self._validate_if_due(e)
+            improved = self._update_best(res, e)
+            self._log_epoch(e, train_loss, res)
+            self.save([LAST, BEST] if improved or self.state.best_epoch < 0 else [LAST])
+            self._plot(e, improved, res)
+            if tc.patience > 0 and self.state.bad_epochs >= tc.patience:
+                return FitOutcome(stopped_early=True, rank_draws=ddp_check)
+        return FitOutcome(stopped_early=False, rank_draws=ddp_check)
+
+    def _train(self, collect_seen: bool) -> tuple[float, list[int]]:
+        """One epoch (or its rest after a resume): this rank's mean loss and the positions trained on."""
+        seen: list[int] | None = [] if collect_seen else None
+        loss = train_epoch(self.train_parts, self.state,
+                           restore_rng=self.restore_rng if self.pending_rng is not None else None,
+                           on_step=self.after_step, progress=self.cfg.logging.progress and self.info.is_main,
+                           hard=self.hard, seen=seen)
+        self.pending_rng = None
+        return loss, seen or []
+
+    def _mine_hardness(self, epoch: int) -> None:
+        if self.parts.sampler.hard_mining_due(epoch):
+            self.parts.sampler.update_hardness(*gather_hardness(self.hard))
+        self.hard = _no_hardness()
+
+    def _validate_if_due(self, epoch: int) -> ValidationResult | None:
+        tc = self.cfg.train
+        if (epoch + 1) % max(tc.val_every, 1) != 0 and epoch + 1 != tc.epochs:
+            return None
+        return validate(self.parts.model, self.parts.val_loader, self.parts.loss_fn, self.info.device, tc.amp,
+                        tc.threshold, self.cfg.logging.panel_patches)
+
+    def _update_best(self, res: ValidationResult | None, epoch: int) -> bool:
+        """Record a better validation Dice (per-patch, else pooled); count the epochs since the best."""
+        state, improved = self.state, False
+        if res is not None:
+            metric = res.dice if not math.isnan(res.dice) else res.pooled_dice
+            if not math.isnan(metric) and metric > state.best_metric:
+                state.best_metric, state.best_epoch, improved = float(metric), epoch, True
+        state.bad_epochs = epoch - state.best_epoch if state.best_epoch >= 0 else epoch + 1
+        return improved
+
+    def _log_epoch(self, epoch: int, train_loss: float, res: ValidationResult | None) -> None:
+        """Append the epoch's metrics row and move the counters to the next epoch."""
+        state, nan = self.state, float("nan")
+        row = {"epoch": epoch + 1, "step": state.step, "train_loss": train_loss,
+               "val_loss": res.loss if res else nan, "val_dice": res.dice if res else nan,
+               "val_pooled_dice": res.pooled_dice if res else nan,
+               "lr": self.parts.scheduler.get_last_lr()[0], "seconds": state.epoch_seconds}
+        state.history.append(row)
+        self.logger.log_epoch(row)
+        state.epoch, state.step_in_epoch, state.loss_sum, state.epoch_seconds = epoch + 1, 0, 0.0, 0.0
+
+    def _plot(self, epoch: int, improved: bool, res: ValidationResult | None) -> None:
+        if not (self.info.is_main and self.cfg.logging.plots):
+            return
+        plot_curves(self.state.history, self.run_dir / CURVES_FILE, self.state.best_epoch)
+        if improved and res is not None:
+            plot_panel(res.panel, self.run_dir / PANEL_FILE, f"validation, epoch {epoch + 1}: ground truth (green), "
+                       f"prediction (red); Dice {res.dice:.3f}")
