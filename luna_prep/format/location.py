@@ -16,8 +16,10 @@ from urllib.parse import urlparse
 import fsspec
 import fsspec.implementations.local
 
+from luna_prep.errors import LunaError
 
-class UnsafePathError(ValueError):
+
+class UnsafePathError(LunaError, ValueError):
     """A path that would leave the store (absolute, ``..``, backslashes, drive letters)."""
 
 

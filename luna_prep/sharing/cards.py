@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from luna_prep import __version__
+from luna_prep.errors import LunaError
 from luna_prep.format.spec import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
                      StoreAttributes, conform)
 from luna_prep.format.location import StoreLocation, UnsafePathError, is_url, safe_relpath
@@ -39,7 +40,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class CardError(ValueError):
+class CardError(LunaError, ValueError):
     """A card that is not valid, or a store that does not match its card."""
 
 
