@@ -9,7 +9,7 @@ import pandas as pd
 SETS = ("train", "val", "test")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SplitConfig:
     """Which LUNA16 subsets go where.
 

@@ -12,9 +12,8 @@ as in :func:`luna_train.training.loop.evaluate` (post-processing thresholds with
 
 from __future__ import annotations
 
-import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -42,10 +41,9 @@ def eval_rows(cfg, subsets: Sequence[int], dataset: str | None = None) -> pd.Dat
     """Manifest rows of ``subsets`` at ``cfg.data.eval_scale``, as a run's val/test rows (select_rows)."""
     from luna_train.training.run import select_rows
 
-    cfg = copy.deepcopy(cfg)
-    if dataset is not None:
-        cfg.data.dataset = str(dataset)
-    cfg.split = SplitConfig(train_subsets=(), val_subsets=(), test_subsets=tuple(int(s) for s in subsets))
+    data = replace(cfg.data, dataset=str(dataset)) if dataset is not None else cfg.data
+    cfg = replace(cfg, data=data, split=SplitConfig(train_subsets=(), val_subsets=(),
+                                                                test_subsets=tuple(int(s) for s in subsets)))
     return select_rows(cfg).test
 
 

@@ -58,7 +58,7 @@ def test_unknown_key_in_file_lists_valid_keys(tmp_path):
 
 
 def test_saved_config_round_trips(tmp_path):
-    cfg = load_config(None, ["model.channels=[4, 8]", "sampler.scale_weights={16: 1}"])
+    cfg = load_config(None, ["model.channels=[4, 8]", "model.strides=[2]", "sampler.scale_weights={16: 1}"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
     assert read_config_file(tmp_path / "config.yaml")["model"]["channels"] == [4, 8]
