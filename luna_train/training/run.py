@@ -12,6 +12,7 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
+from luna_prep.errors import InputError
 from luna_prep.format.reader import PatchStore
 from luna_train.training import distributed as D
 from luna_train.training.checkpoint import BEST, LAST, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
@@ -49,12 +50,12 @@ def select_rows(cfg: TrainConfig) -> RunData:
     weights = {int(k): float(v) for k, v in cfg.sampler.scale_weights.items()}
     train_scales = sorted(s for s in scales if weights.get(s, 1.0) > 0)
     if not train_scales:
-        raise ValueError(f"sampler.scale_weights {weights} leave no scale of the store {sorted(scales)}")
+        raise InputError(f"sampler.scale_weights {weights} leave no scale of the store {sorted(scales)}")
     if cfg.data.train_size is None and len(train_scales) > 1:
-        raise ValueError(f"data.train_size null trains at native size and needs one scale; scales {train_scales} have "
+        raise InputError(f"data.train_size null trains at native size and needs one scale; scales {train_scales} have "
                          f"weight > 0 (set sampler.scale_weights to weight 0 all but one)")
     if cfg.data.eval_scale not in scales:
-        raise ValueError(f"data.eval_scale {cfg.data.eval_scale} is not a scale of the store {sorted(scales)}")
+        raise InputError(f"data.eval_scale {cfg.data.eval_scale} is not a scale of the store {sorted(scales)}")
     train = sets["train"][sets["train"]["scale"].isin(train_scales)]
     val = sets["val"][sets["val"]["scale"] == cfg.data.eval_scale]
     test = sets["test"][sets["test"]["scale"] == cfg.data.eval_scale]
