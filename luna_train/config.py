@@ -230,8 +230,11 @@ def _scalar(value: Any, typ: Any, where: str) -> Any:
 def _convert(value: Any, hint: Any, where: str) -> Any:
     """``value`` checked against (and converted to) the type ``hint``; ConfigError naming ``where`` otherwise."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Annotated:
-        out = _convert(value, args[0], where)
+    if origin is Annotated and value is not None:  # a bounded scalar: the message names its bounds too
+        try:
+            out = _convert(value, args[0], where)
+        except ConfigError:
+            raise _fail(where, value, hint) from None
         for bound in (m for m in args[1:] if isinstance(m, Range)):
             if not bound.admits(out):
                 raise _fail(where, value, hint)

@@ -37,8 +37,8 @@ def _config(config_file, overrides, dataset, store_url, verify, split_options: d
 
     cfg = load_config(config_file, list(overrides))
     split = replace(cfg.split, **{k: v for k, v in split_options.items() if v is not None})
-    data = replace(cfg.data, dataset=resolve_store(str(dataset or cfg.data.dataset), store_url, verify))
-    return check_config(replace(cfg, data=data, split=split))
+    cfg = check_config(replace(cfg, split=split))
+    return replace(cfg, data=replace(cfg.data, dataset=resolve_store(str(dataset or cfg.data.dataset), store_url, verify)))
 
 
 @click.command("run")
