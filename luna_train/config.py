@@ -263,7 +263,8 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {_convert(k, args[0], f"{where} key {k!r}"): _convert(v, args[1], f"{where}.{k}") for k, v in value.items()}
+        return {_convert(k, args[0], f"{where} key {k!r}"): _convert(v, args[1], f"{where}.{k}")
+                for k, v in value.items()}
     return _scalar(value, hint, where)
 
 

@@ -38,7 +38,8 @@ def _config(config_file, overrides, dataset, store_url, verify, split_options: d
     cfg = load_config(config_file, list(overrides))
     split = replace(cfg.split, **{k: v for k, v in split_options.items() if v is not None})
     cfg = check_config(replace(cfg, split=split))
-    return replace(cfg, data=replace(cfg.data, dataset=resolve_store(str(dataset or cfg.data.dataset), store_url, verify)))
+    store = resolve_store(str(dataset or cfg.data.dataset), store_url, verify)
+    return replace(cfg, data=replace(cfg.data, dataset=store))
 
 
 @click.command("run")
