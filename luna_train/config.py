@@ -1,115 +1,150 @@
-"""Typed training configuration: dataclass sections, YAML/TOML loading and ``--set a.b=c`` overrides.
+"""Typed training configuration: frozen dataclass sections, YAML/TOML loading and ``--set a.b=c`` overrides.
 
 A :class:`TrainConfig` nests one dataclass per section (``data``, ``split``, ``sampler``,
 ``augment``, ``model``, ``loss``, ``optim``, ``train``, ``logging``); the data-side sections are
-the ones of :mod:`luna_train.data`. Files and overrides are checked against the dataclasses: an
-unknown key is an error that names it and lists the valid keys.
+the ones of :mod:`luna_train.data`. A config is checked once, when it is loaded (:func:`from_dict`):
+unknown keys, types, ``Literal`` choices and ``Annotated`` ranges; every error is a
+:class:`ConfigError` that names the key and what it allows. Sections are frozen: derive a changed
+config with :func:`dataclasses.replace`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
+from luna_prep.errors import UsageError
 from luna_prep.format.spec import DEFAULT_STORE
+from luna_prep.luna16.tables import LUNA16_SUBSETS
 from luna_train.data.augment import AugmentConfig
 from luna_train.data.sampler import SamplerConfig
 from luna_train.data.splits import SplitConfig
 
 
-class ConfigError(ValueError):
-    """A configuration file or override that does not match :class:`TrainConfig`."""
+class ConfigError(UsageError):
+    """A configuration file or override that does not match :class:`TrainConfig` (a usage error, exit 2)."""
 
 
-@dataclass
+@dataclass(frozen=True)
+class Range:
+    """``Annotated`` bounds of a number field, checked at load."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def admits(self, v: float) -> bool:
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+    def __str__(self) -> str:
+        parts = [f"{op} {b:g}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if b is not None]
+        return " and ".join(parts)
+
+
+PositiveInt = Annotated[int, Range(ge=1)]
+NonNegativeInt = Annotated[int, Range(ge=0)]
+PositiveFloat = Annotated[float, Range(gt=0)]
+NonNegativeFloat = Annotated[float, Range(ge=0)]
+Probability = Annotated[float, Range(ge=0, le=1)]
+ModelName = Literal["unet", "attention_unet", "dynunet"]
+LossName = Literal["dicefocal", "dicece", "dice", "tversky", "combo"]
+Precision = Literal["bf16", "fp16", "none"]
+Schedule = Literal["cosine", "constant"]
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the patches come from and how they are batched."""
 
     dataset: str = DEFAULT_STORE  # luna-patches store
-    train_size: int | None = 64  # edge every patch is resized to; None = native size (one scale only)
-    eval_scale: int = 64  # the single scale val/test patches are read at
-    batch_size: int = 8
-    val_batch_size: int | None = None  # None = batch_size
-    num_workers: int = 2
+    train_size: PositiveInt | None = 64  # edge every patch is resized to; None = native size (one scale only)
+    eval_scale: PositiveInt = 64  # the single scale val/test patches are read at
+    batch_size: PositiveInt = 8
+    val_batch_size: PositiveInt | None = None  # None = batch_size
+    num_workers: NonNegativeInt = 2
     # batch-level flips/rotations/intensity on the training device instead of MONAI transforms per item in
     # the workers: None = on CUDA only; true also on CPU (much cheaper than per-item transforms there)
     device_augment: bool | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """A MONAI 3D segmentation network with one output channel (logits)."""
 
-    name: str = "unet"  # unet | attention_unet | dynunet
-    channels: tuple[int, ...] = (16, 32, 64, 128)  # DynUNet: filters per level
-    strides: tuple[int, ...] = (2, 2, 2)  # DynUNet: the first level's stride 1 is added
-    num_res_units: int = 2  # UNet only
-    dropout: float = 0.0
-    kernel_size: int = 3
+    name: ModelName = "unet"
+    channels: tuple[PositiveInt, ...] = (16, 32, 64, 128)  # DynUNet: filters per level
+    strides: tuple[PositiveInt, ...] = (2, 2, 2)  # DynUNet: the first level's stride 1 is added
+    num_res_units: NonNegativeInt = 2  # UNet only
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0
+    kernel_size: PositiveInt = 3
     deep_supervision: bool = True  # DynUNet only
-    deep_supr_num: int = 2  # DynUNet: auxiliary outputs at decoder levels
+    deep_supr_num: PositiveInt = 2  # DynUNet: auxiliary outputs at decoder levels
     res_block: bool = True  # DynUNet residual blocks
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossConfig:
     """Loss function; weights of the combo terms; deep-supervision weight decay."""
 
-    name: str = "dicefocal"  # dicefocal | dicece | dice | tversky | combo
-    lambda_dice: float = 1.0
-    lambda_focal: float = 1.0
-    lambda_ce: float = 1.0
+    name: LossName = "dicefocal"
+    lambda_dice: NonNegativeFloat = 1.0
+    lambda_focal: NonNegativeFloat = 1.0
+    lambda_ce: NonNegativeFloat = 1.0
     # dicece: positive-class weight of the binary cross-entropy; nodule voxels are ~1% of a patch, and an
     # unweighted CE term drives small models to predict nothing (seen on the synthetic demo data)
-    ce_pos_weight: float | None = None
-    gamma: float = 2.0  # focal
-    focal_alpha: float | None = None  # foreground weight of the focal term (0..1)
+    ce_pos_weight: PositiveFloat | None = None
+    gamma: NonNegativeFloat = 2.0  # focal
+    focal_alpha: Probability | None = None  # foreground weight of the focal term (0..1)
     dice_batch: bool = True  # Dice/Tversky over the whole batch (stable with empty patches) vs per item
-    tversky_alpha: float = 0.3  # false-positive weight
-    tversky_beta: float = 0.7  # false-negative weight
-    combo_dice: float = 1.0
-    combo_focal: float = 1.0
-    combo_tversky: float = 0.0
-    combo_boundary: float = 0.1
-    deep_supervision_decay: float = 0.5  # weight of output level i is decay**i, normalized
+    tversky_alpha: NonNegativeFloat = 0.3  # false-positive weight
+    tversky_beta: NonNegativeFloat = 0.7  # false-negative weight
+    combo_dice: NonNegativeFloat = 1.0
+    combo_focal: NonNegativeFloat = 1.0
+    combo_tversky: NonNegativeFloat = 0.0
+    combo_boundary: NonNegativeFloat = 0.1
+    deep_supervision_decay: PositiveFloat = 0.5  # weight of output level i is decay**i, normalized
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW with per-step linear warm-up then cosine annealing (optionally with warm restarts)."""
 
-    lr: float = 1e-3
-    min_lr: float = 1e-6
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_epochs: float = 5.0
-    schedule: str = "cosine"  # cosine | constant
-    restart_epochs: float = 0.0  # > 0: SGDR, first cosine period in epochs
-    restart_mult: float = 1.0  # period growth factor after each restart
-    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    lr: PositiveFloat = 1e-3
+    min_lr: NonNegativeFloat = 1e-6
+    weight_decay: NonNegativeFloat = 1e-4
+    betas: tuple[Annotated[float, Range(ge=0, lt=1)], Annotated[float, Range(ge=0, lt=1)]] = (0.9, 0.999)
+    warmup_epochs: NonNegativeFloat = 5.0
+    schedule: Schedule = "cosine"
+    restart_epochs: NonNegativeFloat = 0.0  # > 0: SGDR, first cosine period in epochs
+    restart_mult: PositiveFloat = 1.0  # period growth factor after each restart
+    grad_clip: NonNegativeFloat = 1.0  # max gradient norm; 0 = off
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainLoopConfig:
     """Epochs, precision, early stopping, checkpoints, seeding."""
 
-    epochs: int = 100
-    patience: int = 20  # epochs without val Dice improvement before stopping; 0 = never
-    amp: str = "bf16"  # bf16 | fp16 | none; mixed precision applies on CUDA only
+    epochs: PositiveInt = 100
+    patience: NonNegativeInt = 20  # epochs without val Dice improvement before stopping; 0 = never
+    amp: Precision = "bf16"  # mixed precision applies on CUDA only
     seed: int = 0
-    val_every: int = 1  # validate every N epochs (and at the last one)
-    checkpoint_every_steps: int = 0  # also write last.pt every N steps (0: only at epoch end)
-    stop_after_steps: int | None = None  # simulate an interruption: save last.pt and exit after N steps
-    threshold: float = 0.5  # probability above which a voxel is predicted foreground
+    val_every: PositiveInt = 1  # validate every N epochs (and at the last one)
+    checkpoint_every_steps: NonNegativeInt = 0  # also write last.pt every N steps (0: only at epoch end)
+    stop_after_steps: PositiveInt | None = None  # simulate an interruption: save last.pt and exit after N steps
+    threshold: Probability = 0.5  # probability above which a voxel is predicted foreground
     compile: bool = False  # torch.compile the model (CUDA)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoggingConfig:
     """What a run writes besides checkpoints."""
 
@@ -118,10 +153,10 @@ class LoggingConfig:
     wandb_project: str = "luna-train"
     progress: bool = True  # tqdm bar
     plots: bool = True  # curves.png, val_panel.png
-    panel_patches: int = 8
+    panel_patches: NonNegativeInt = 8
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """A whole training run."""
 
@@ -137,52 +172,104 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# dict <-> dataclass
+# dict <-> dataclass, checked
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls)
-    except Exception:  # unresolvable annotations: fall back to the defaults' types
-        return {}
+    return typing.get_type_hints(cls, include_extras=True)
 
 
-def _coerce(value: Any, hint: Any, default: Any, where: str) -> Any:
-    """``value`` converted to the field's type where that is unambiguous (lists -> tuples, str keys -> int)."""
+def _describe(hint: Any) -> str:
+    """What a field allows, in words: ``an integer >= 1``, ``one of unet, dynunet``, ``a list of numbers``."""
+    if typing.get_origin(hint) is Annotated:
+        base, *meta = typing.get_args(hint)
+        bounds = " and ".join(str(m) for m in meta if isinstance(m, Range))
+        return f"{_describe(base)} {bounds}".strip()
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
+        return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+    if origin is dict:
+        return f"a mapping of {_describe(args[0])} to {_describe(args[1])}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _fail(where: str, value: Any, hint: Any) -> ConfigError:
+    return ConfigError(f"{where}: {value!r} is not valid; expected {_describe(hint)}")
+
+
+def _scalar(value: Any, typ: Any, where: str) -> Any:
+    """``value`` as ``typ`` (bool, int, float or str), converting only where that is lossless."""
+    if typ is bool and isinstance(value, bool):
+        return value
+    if typ is int and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+    if typ is float and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    if typ is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise _fail(where, value, typ)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against (and converted to) the type ``hint``; ConfigError naming ``where`` otherwise."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated and value is not None:  # a bounded scalar: the message names its bounds too
+        try:
+            out = _convert(value, args[0], where)
+        except ConfigError:
+            raise _fail(where, value, hint) from None
+        for bound in (m for m in args[1:] if isinstance(m, Range)):
+            if not bound.admits(out):
+                raise _fail(where, value, hint)
+        return out
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _convert(value, options[0], where)
     if value is None:
-        return None
-    origin = typing.get_origin(hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
-        hint, origin, args = args[0], typing.get_origin(args[0]), list(typing.get_args(args[0]))
+        raise ConfigError(f"{where}: null is not allowed; expected {_describe(hint)}")
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return from_dict(hint, value, where)
-    if origin is tuple or isinstance(default, tuple):
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        elem = args[0] if args else None
-        return tuple(_scalar(v, elem) for v in value)
-    if origin is dict or isinstance(default, dict):
+    if origin is Literal:
+        if value in args:
+            return value
+        raise _fail(where, value, hint)
+    if origin is tuple:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(items))
+        if len(items) != len(args):
+            raise _fail(where, value, hint)
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
+    if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        key_t = args[0] if len(args) == 2 else (type(next(iter(default))) if default else None)
-        val_t = args[1] if len(args) == 2 else None
-        return {_scalar(k, key_t): _scalar(v, val_t) for k, v in value.items()}
-    return _scalar(value, hint if isinstance(hint, type) else (type(default) if default is not None else None))
-
-
-def _scalar(value: Any, typ: Any) -> Any:
-    if typ is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-        return float(value)
-    if typ is int and isinstance(value, str) and value.lstrip("-").isdigit():
-        return int(value)
-    if typ is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+        return {_convert(k, args[0], f"{where} key {k!r}"): _convert(v, args[1], f"{where}.{k}")
+                for k, v in value.items()}
+    return _scalar(value, hint, where)
 
 
 def from_dict(cls: type, data: dict[str, Any] | None, where: str = "config") -> Any:
-    """Instance of dataclass ``cls`` from a (partial) nested dict; unknown keys raise ConfigError."""
+    """Checked instance of dataclass ``cls`` from a (partial) nested dict; any mismatch raises ConfigError."""
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
     data = dict(data or {})
@@ -191,13 +278,34 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "config") -> 
     if unknown:
         raise ConfigError(f"unknown config key {where + '.' if where != 'config' else ''}{unknown[0]}; "
                           f"valid keys{' of ' + where if where != 'config' else ''}: {', '.join(names)}")
-    hints, base = _hints(cls), cls()
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            sub = f"{where}.{f.name}" if where != "config" else f.name
-            kwargs[f.name] = _coerce(data[f.name], hints.get(f.name), getattr(base, f.name), sub)
-    return cls(**kwargs)
+    hints = _hints(cls)
+    prefix = "" if where == "config" else f"{where}."
+    kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items()}
+    try:
+        out = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    return out
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` when its sections agree with each other; ConfigError naming the keys otherwise."""
+    m = cfg.model
+    if len(m.strides) != len(m.channels) - 1:
+        raise ConfigError(f"model.strides: {len(m.channels)} model.channels need {len(m.channels) - 1} strides, "
+                          f"got {list(m.strides)}")
+    s = cfg.split
+    for key in ("train_subsets", "val_subsets", "test_subsets"):
+        outside = sorted(set(getattr(s, key)) - set(LUNA16_SUBSETS))
+        if outside:
+            raise ConfigError(f"split.{key}: LUNA16 has subsets 0-9, not {', '.join(map(str, outside))}")
+    if s.fold is not None and s.fold not in LUNA16_SUBSETS:
+        raise ConfigError(f"split.fold: {s.fold!r} is not valid; expected one of 0-9")
+    try:
+        s.resolved()
+    except ValueError as exc:
+        raise ConfigError(f"split: {exc}") from exc
+    return cfg
 
 
 def to_dict(cfg: Any) -> Any:
@@ -273,9 +381,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """TrainConfig from an optional file plus ``--set`` overrides (defaults elsewhere)."""
+    """Checked TrainConfig from an optional file plus ``--set`` overrides (defaults elsewhere)."""
     data = read_config_file(path) if path is not None else {}
-    return from_dict(TrainConfig, apply_overrides(data, list(overrides or [])))
+    return check_config(from_dict(TrainConfig, apply_overrides(data, list(overrides or []))))
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

@@ -16,12 +16,14 @@ from urllib.parse import urlparse
 import fsspec
 import fsspec.implementations.local
 
+from luna_prep.errors import LunaError
 
-class UnsafePathError(ValueError):
+
+class UnsafePathError(LunaError, ValueError):
     """A path that would leave the store (absolute, ``..``, backslashes, drive letters)."""
 
 
-class RangeRequestIgnored(OSError):
+class RangeRequestIgnored(LunaError, OSError):
     """A server that answers ranged reads with more bytes than asked (it ignores HTTP Range)."""
 
 

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from luna_prep.errors import LunaError
+
 FORMAT_NAME = "luna-patches"
 FORMAT_VERSION = 1
 
@@ -103,7 +105,7 @@ SCANS_COLUMNS: dict[str, str] = {
 }
 
 
-class FormatError(ValueError):
+class FormatError(LunaError, ValueError):
     """A store that does not follow the luna-patches format."""
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from luna_prep.errors import LunaError
+
 _BYTES_PER_ELEMENT = {
     "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
     "MET_UINT": 4, "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG": 8, "MET_ULONG": 8,
@@ -18,7 +20,7 @@ _BYTES_PER_ELEMENT = {
 MAX_VOXELS = 2**31  # 2048 x 2048 x 512; LUNA16's largest scan has 512 x 512 x 764 = 2e8
 
 
-class ScanReadError(RuntimeError):
+class ScanReadError(LunaError, RuntimeError):
     """A scan that cannot be read; the message names the file and the problem."""
 
 

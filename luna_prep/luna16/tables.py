@@ -9,13 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from luna_prep.errors import LunaError
+
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
 MAX_DIAMETER_MM = 100.0  # LUNA16's largest nodule is 32.3 mm; anything past this is a typo, not a nodule
 CANDIDATE_CLASSES = (0, 1)
+LUNA16_SUBSETS = tuple(range(10))  # subset0 .. subset9
 
 
-class TableError(ValueError):
+class TableError(LunaError, ValueError):
     """An annotations or candidates table that cannot be used."""
 
 
@@ -29,7 +32,7 @@ class ScanFile:
 
 
 def parse_subsets(spec: str) -> list[int]:
-    """Parse ``0-9``, ``3``, ``0,2,5`` or ``0-3,7`` into a sorted list of subset numbers."""
+    """Parse ``0-9``, ``3``, ``0,2,5`` or ``0-3,7`` into a sorted list of LUNA16 subset numbers (0-9)."""
     out: set[int] = set()
     for part in str(spec).replace(" ", "").split(","):
         if not part:
@@ -44,6 +47,10 @@ def parse_subsets(spec: str) -> list[int]:
         out.update(range(lo, hi + 1))
     if not out:
         raise ValueError(f"bad subset spec {spec!r}: no subsets")
+    missing = sorted(out - set(LUNA16_SUBSETS))
+    if missing:
+        raise ValueError(f"bad subset spec {spec!r}: LUNA16 has subsets {LUNA16_SUBSETS[0]}-{LUNA16_SUBSETS[-1]}, "
+                         f"not {', '.join(map(str, missing))}")
     return sorted(out)
 
 

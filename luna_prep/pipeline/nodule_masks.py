@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from luna_prep.errors import LunaError
 from luna_prep.luna16.geometry import ScanGeometry
 from luna_prep.luna16.lidc import LidcNoduleMask
 from luna_prep.pipeline.resampling import ResampledVolume
@@ -13,7 +14,7 @@ from luna_prep.pipeline.sampling import Nodule
 Annotation = tuple[int, float, float, float, float]  # (annotations.csv row, x, y, z mm, diameter_mm)
 
 
-class AnnotationOutsideVolume(ValueError):
+class AnnotationOutsideVolume(LunaError, ValueError):
     pass
 
 

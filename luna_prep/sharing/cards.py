@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from luna_prep import __version__
+from luna_prep.errors import LunaError
 from luna_prep.files import sha256_bytes, sha256_file, write_text_atomic
 from luna_prep.format.reader import PatchStore
 from luna_prep.format.spec import BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, ROOT_METADATA, SCANS_FILE
@@ -40,7 +41,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class CardError(ValueError):
+class CardError(LunaError, ValueError):
     """A card that is not valid, or a store that does not match its card."""
 
 

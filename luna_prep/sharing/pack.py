@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from luna_prep.errors import InputError
 from luna_prep.files import atomic_path
 from luna_prep.sharing.cards import SMALL_FILES, store_files
 from luna_prep.format.spec import ROOT_METADATA, FormatError
@@ -35,9 +36,9 @@ def pack_store(store: str | Path, out_zip: str | Path) -> PackReport:
         raise FormatError(f"{root}: no zarr.json, not a store folder")
     out = Path(out_zip)
     if out.suffix.lower() != ".zip":
-        raise ValueError(f"{out}: the packed store's name must end in .zip")
+        raise InputError(f"{out}: the packed store's name must end in .zip")
     if out.resolve().is_relative_to(root.resolve()):
-        raise ValueError(f"{out}: cannot write the zip inside the store it packs")
+        raise InputError(f"{out}: cannot write the zip inside the store it packs")
     rels = store_files(root)
     rels = [r for r in SMALL_FILES if r in rels] + [r for r in rels if r not in SMALL_FILES]
     total = 0

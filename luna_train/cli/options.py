@@ -1,17 +1,65 @@
-"""Option parsing shared by the ``luna-train`` subcommands."""
+"""Option types and option groups shared by the ``luna-train`` commands."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from luna_prep.luna16.tables import parse_subsets
+from luna_prep.cli_common import SubsetsType
+
+SUBSETS = SubsetsType()
+PROBABILITY = click.FloatRange(0, 1)
 
 
-def subsets_option(ctx, param, value):
-    """click callback: ``0-7``, ``8``, ``0,2,5`` -> a tuple of subset numbers (None stays None)."""
-    if value is None:
-        return None
-    try:
-        return tuple(parse_subsets(value))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+def subsets_option(*decls: str, help: str):
+    """``--subsets 0-7``-style option: a tuple of LUNA16 subset numbers, or None when not given."""
+    return click.option(*decls, type=SUBSETS, default=None, help=help)
+
+
+def resolve_store(dataset: str, store_url: str | None, verify: bool) -> str:
+    """The store behind ``dataset``: a store path or URL as is, or the store a dataset card points at."""
+    from luna_prep.format.location import is_url
+    from luna_prep.sharing.cards import resolve_dataset
+
+    store = resolve_dataset(str(dataset), store_url, verify)
+    if not is_url(store) and not Path(store).exists():
+        raise click.UsageError(f"dataset {store} not found; build one with `luna-prep build` or pass --dataset")
+    return store
+
+
+_MODEL_OPTIONS = [
+    click.option("--tta", is_flag=True, help="Average over flips and 90-degree rotations (each inverted exactly)."),
+    click.option("--ensemble", multiple=True, type=click.Path(exists=True, file_okay=False),
+                 help="Another run directory whose model is averaged with RUN_DIR's. Repeatable."),
+    click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True),
+]
+
+_POSTPROCESS_OPTIONS = [
+    click.option("--threshold", type=PROBABILITY, default=0.5, show_default=True,
+                 help="Probability threshold of the segmentation."),
+    click.option("--min-size", type=click.IntRange(min=0), default=3, show_default=True,
+                 help="Components smaller than this (voxels) are dropped."),
+]
+
+
+def model_options(fn):
+    """--tta, --ensemble, --checkpoint: which model predicts, and how."""
+    for option in reversed(_MODEL_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def postprocess_options(fn):
+    """--threshold, --min-size of the scan-level commands."""
+    for option in reversed(_POSTPROCESS_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def detect_config(tta: bool, threshold: float, min_size: int):
+    """The DetectConfig of the scan-level options."""
+    from luna_train.inference.detect import DetectConfig
+    from luna_train.inference.postprocess import PostprocessConfig
+
+    return DetectConfig(tta=tta, postprocess=PostprocessConfig(threshold=threshold, min_size=min_size))

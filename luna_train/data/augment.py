@@ -13,7 +13,7 @@ KEYS = ("image", "label")
 PLANES = ((0, 1), (0, 2), (1, 2))  # spatial axis pairs of (z, y, x): patches are isotropic, so every plane is fair
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentConfig:
     """Augmentation settings. Probabilities are per spatial axis (flips) and per plane (rot90)."""
 

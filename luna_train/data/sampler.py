@@ -14,7 +14,7 @@ import torch
 _AUG_STREAM = 0xA06  # separates the aug-seed stream from the position stream of an epoch
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplerConfig:
     """How patches are drawn. Scales or kinds missing from the weight dicts weigh 1.0; weight 0 drops them."""
 

@@ -7,12 +7,13 @@ from typing import Mapping
 
 import pandas as pd
 
+from luna_prep.errors import InputError
 from luna_prep.format.reader import PatchStore
 
 SETS = ("train", "val", "test")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SplitConfig:
     """Which LUNA16 subsets go where.
 
@@ -33,7 +34,7 @@ class SplitConfig:
                     "test": test}
         k = int(self.fold)
         if k in test:
-            raise ValueError(f"fold {k} is a test subset {test}; pick a fold among the non-test subsets")
+            raise InputError(f"fold {k} is a test subset {test}; pick a fold among the non-test subsets")
         pool = sorted(set(int(s) for s in (*self.train_subsets, *self.val_subsets)) - set(test) - {k})
         return {"train": tuple(pool), "val": (k,), "test": test}
 
@@ -49,19 +50,19 @@ def split_manifest(manifest: pd.DataFrame, cfg: SplitConfig) -> dict[str, pd.Dat
         for b in SETS[i + 1:]:
             shared = sorted(set(subsets[a]) & set(subsets[b]))
             if shared:
-                raise ValueError(f"split sets {a} and {b} share subsets {shared} ({subsets})")
+                raise InputError(f"split sets {a} and {b} share subsets {shared} ({subsets})")
     present = sorted(int(s) for s in pd.unique(manifest["subset"]))
     out = {name: manifest[manifest["subset"].isin(subsets[name])] for name in SETS}
     for name in SETS:
         if subsets[name] and out[name].empty:
-            raise ValueError(
+            raise InputError(
                 f"split set {name!r} is empty: subsets {list(subsets[name])} asked, the store holds subsets {present}"
             )
     owner: dict[str, str] = {}
     for name in SETS:
         for uid in pd.unique(out[name]["seriesuid"]):
             if uid in owner and owner[uid] != name:
-                raise ValueError(f"seriesuid {uid} would be in both {owner[uid]!r} and {name!r} (listed under two subsets)")
+                raise InputError(f"seriesuid {uid} would be in both {owner[uid]!r} and {name!r} (listed under two subsets)")
             owner[uid] = name
     return out
 
@@ -88,12 +89,12 @@ def select_rows(dataset: str, split: SplitConfig, scale_weights: Mapping, eval_s
     weights = {int(k): float(v) for k, v in scale_weights.items()}
     train_scales = sorted(s for s in scales if weights.get(s, 1.0) > 0)
     if not train_scales:
-        raise ValueError(f"sampler.scale_weights {weights} leave no scale of the store {sorted(scales)}")
+        raise InputError(f"sampler.scale_weights {weights} leave no scale of the store {sorted(scales)}")
     if train_size is None and len(train_scales) > 1:
-        raise ValueError(f"data.train_size null trains at native size and needs one scale; scales {train_scales} "
+        raise InputError(f"data.train_size null trains at native size and needs one scale; scales {train_scales} "
                          f"have weight > 0 (set sampler.scale_weights to weight 0 all but one)")
     if eval_scale not in scales:
-        raise ValueError(f"data.eval_scale {eval_scale} is not a scale of the store {sorted(scales)}")
+        raise InputError(f"data.eval_scale {eval_scale} is not a scale of the store {sorted(scales)}")
     train = sets["train"][sets["train"]["scale"].isin(train_scales)]
     val = sets["val"][sets["val"]["scale"] == eval_scale]
     test = sets["test"][sets["test"]["scale"] == eval_scale]

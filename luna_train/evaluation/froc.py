@@ -36,6 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from luna_prep.errors import InputError
+
 OPERATING_POINTS: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 MAX_MARKS_PER_SCAN = 100
 UNKNOWN_DIAMETER_MM = 10.0  # used for findings with a negative diameter
@@ -111,7 +113,7 @@ def load_seriesuids(path: str | Path) -> list[str]:
 def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise ValueError(f"{what} lacks columns {missing}; has {list(df.columns)}")
+        raise InputError(f"{what} lacks columns {missing}; has {list(df.columns)}")
 
 
 def _group(df: pd.DataFrame | None, value: str) -> dict[str, np.ndarray]:
@@ -210,9 +212,9 @@ def compute_froc(submission: pd.DataFrame, annotations: pd.DataFrame,
         _require(excluded, ["seriesuid", *_XYZ, "diameter_mm"], "excluded annotations")
     uids = [str(u).strip() for u in seriesuids]
     if len(set(uids)) != len(uids):
-        raise ValueError("seriesuids list has duplicates")
+        raise InputError("seriesuids list has duplicates")
     if not uids:
-        raise ValueError("seriesuids list is empty")
+        raise InputError("seriesuids list is empty")
     cands, nods, excl = (_group(submission, "probability"), _group(annotations, "diameter_mm"),
                          _group(excluded, "diameter_mm"))
     listed = set(uids)
@@ -235,7 +237,7 @@ def compute_froc(submission: pd.DataFrame, annotations: pd.DataFrame,
     gt, prob, missed, scan_idx = (np.concatenate(x) for x in zip(*entries))
     n_nodules = int(gt.sum())
     if n_nodules == 0:
-        raise ValueError("no annotated nodule in the listed scans")
+        raise InputError("no annotated nodule in the listed scans")
     n_scans = len(uids)
     fps, sens, thr = _froc_curve(gt, prob, missed, n_scans, np.ones(len(gt)))
     points = np.interp(OPERATING_POINTS, fps, sens)

@@ -13,7 +13,7 @@ Without TTA, ensemble or post-processing the numbers equal the run's ``summary.j
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from luna_prep.errors import InputError
 from luna_train.data.dataset import PatchDataset
 from luna_train.data.loader import make_loader
 from luna_train.data.splits import SplitConfig, select_rows
@@ -153,7 +154,7 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Se
     resolved = cfg.split.resolved()
     subsets = tuple(int(s) for s in (subsets if subsets is not None else resolved["test"]))
     if not subsets:
-        raise ValueError("no subsets to evaluate (the run has no test subsets; pass subsets)")
+        raise InputError("no subsets to evaluate (the run has no test subsets; pass subsets)")
     thr = float(cfg.train.threshold if threshold is None else threshold)
     bs = int(batch_size or cfg.data.val_batch_size or cfg.data.batch_size)
     workers = cfg.data.num_workers
@@ -169,10 +170,10 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Se
     if postprocess_tune:
         val_subsets = resolved["val"]
         if not val_subsets:
-            raise ValueError("postprocess tuning needs the run's validation subsets, and it has none")
+            raise InputError("postprocess tuning needs the run's validation subsets, and it has none")
         overlap = sorted(set(val_subsets) & set(subsets))
         if overlap:
-            raise ValueError(f"evaluated subsets {list(subsets)} include validation subsets {overlap}: "
+            raise InputError(f"evaluated subsets {list(subsets)} include validation subsets {overlap}: "
                              f"post-processing tuned on them would be evaluated on them")
         val_ds = eval_dataset(cfg, val_subsets, store)
         say(f"tuning post-processing on validation subsets {list(val_subsets)} ({len(val_ds)} patches)")

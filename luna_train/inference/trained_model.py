@@ -13,6 +13,7 @@ from typing import Protocol, Sequence
 import torch
 from torch import nn
 
+from luna_prep.errors import InputError
 from luna_train.config import TrainConfig, from_dict
 from luna_train.nets.models import build_model, main_output
 from luna_train.training.checkpoint import BEST, checkpoint_file, load_checkpoint
@@ -95,10 +96,10 @@ class Ensemble:
 
     def __init__(self, members: list[TrainedModel]):
         if not members:
-            raise ValueError("an ensemble needs at least one model")
+            raise InputError("an ensemble needs at least one model")
         sizes = {(m.input_size, m.voxel_mm) for m in members}
         if len(sizes) > 1:
-            raise ValueError(f"ensemble members disagree on (input size, voxel size): {sorted(sizes, key=str)}")
+            raise InputError(f"ensemble members disagree on (input size, voxel size): {sorted(sizes, key=str)}")
         self.members = members
 
     @property

@@ -7,15 +7,17 @@ deep-supervision stack and weighs its levels 1, d, d^2, ... (normalized).
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from luna_train.config import LossConfig
+from luna_train.config import LossConfig, LossName
 from luna_train.nets.models import split_outputs
 
-LOSSES = ("dicefocal", "dicece", "dice", "tversky", "combo")
+LOSSES = typing.get_args(LossName)
 
 
 def signed_distance_map(target: torch.Tensor) -> torch.Tensor:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import nn
 
-from luna_train.config import ModelConfig
+from luna_train.config import ModelConfig, ModelName
 
-MODELS = ("unet", "attention_unet", "dynunet")
+MODELS = typing.get_args(ModelName)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

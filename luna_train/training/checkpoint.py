@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from luna_prep.errors import LunaError
 from luna_prep.files import atomic_path
 
 LAST = "last.pt"  # written every epoch (and every train.checkpoint_every_steps): what --resume reads
@@ -33,7 +34,7 @@ CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "sampler", "stat
                    "world_size")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LunaError, ValueError):
     """A checkpoint file that cannot be used (unreadable, not ours, or a newer schema); the message names it."""
 
 

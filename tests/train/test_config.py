@@ -58,7 +58,7 @@ def test_unknown_key_in_file_lists_valid_keys(tmp_path):
 
 
 def test_saved_config_round_trips(tmp_path):
-    cfg = load_config(None, ["model.channels=[4, 8]", "sampler.scale_weights={16: 1}"])
+    cfg = load_config(None, ["model.channels=[4, 8]", "model.strides=[2]", "sampler.scale_weights={16: 1}"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
     assert read_config_file(tmp_path / "config.yaml")["model"]["channels"] == [4, 8]
@@ -70,3 +70,60 @@ def test_shipped_configs_load(name):
 
     cfg = load_config(REPO / "configs" / name)
     assert cfg.train.epochs > 0
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("loss.name=dicefocall", "loss.name", "one of dicefocal, dicece, dice, tversky, combo"),
+    ("optim.lr=abc", "optim.lr", "expected a number"),
+    ("train.epochs=1.5", "train.epochs", "expected an integer >= 1"),
+    ("model.name=foo", "model.name", "one of unet, attention_unet, dynunet"),
+    ("train.amp=fp8", "train.amp", "one of bf16, fp16, none"),
+    ("data.batch_size=-3", "data.batch_size", "an integer >= 1"),
+    ("train.threshold=1.5", "train.threshold", "a number >= 0 and <= 1"),
+    ("optim.betas=[0.9]", "optim.betas", "a list of 2 values"),
+    ("model.channels=[8, x]", "model.channels[1]", "an integer >= 1"),
+    ("logging.tensorboard=maybe", "logging.tensorboard", "true or false"),
+    ("data.eval_scale=null", "data.eval_scale", "null is not allowed"),
+    ("sampler.scale_weights={48: heavy}", "sampler.scale_weights.48", "a number"),
+    ("split.test_subsets=[9, 11]", "split.test_subsets", "LUNA16 has subsets 0-9, not 11"),
+    ("split.fold=9", "split", "fold 9 is a test subset"),
+    ("model.strides=[2, 2]", "model.strides", "4 model.channels need 3 strides"),
+])
+def test_bad_values_fail_at_load_naming_key_and_allowed_values(override, key, allowed):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value).startswith(f"{key}:") and allowed in str(err.value), str(err.value)
+
+
+def test_bad_value_in_a_file_is_named_by_its_key(tmp_path):
+    (tmp_path / "c.toml").write_text('[train]\namp = "fp8"\n')
+    with pytest.raises(ConfigError, match=r"^train\.amp: 'fp8' is not valid; expected one of bf16, fp16, none$"):
+        load_config(tmp_path / "c.toml")
+
+
+def test_values_are_converted_losslessly_only():
+    cfg = load_config(None, ["optim.lr=3e-4", "train.epochs=3.0", "data.train_size=null", "loss.ce_pos_weight=5"])
+    assert cfg.optim.lr == 3e-4 and cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
+    assert cfg.data.train_size is None and cfg.loss.ce_pos_weight == 5.0 and isinstance(cfg.loss.ce_pos_weight, float)
+    with pytest.raises(ConfigError, match="train.compile"):
+        load_config(None, ["train.compile=1"])  # an integer is not a boolean
+
+
+def test_configs_are_frozen_and_defaults_valid():
+    import dataclasses
+
+    from luna_train.config import from_dict, to_dict
+
+    cfg = TrainConfig()
+    assert from_dict(TrainConfig, to_dict(cfg)) == cfg
+    for section in (cfg.data, cfg.split, cfg.sampler, cfg.augment, cfg.model, cfg.loss, cfg.optim, cfg.train,
+                    cfg.logging):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(section, dataclasses.fields(section)[0].name, None)
+
+
+def test_config_errors_are_usage_errors():
+    from luna_prep.errors import LunaError, UsageError
+
+    assert issubclass(ConfigError, UsageError) and issubclass(ConfigError, LunaError)
+    assert issubclass(ConfigError, ValueError) and ConfigError.exit_code == 2

@@ -86,7 +86,7 @@ def test_parse_subsets(spec, expected):
     assert parse_subsets(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["", "a", "3-1", "1-"])
+@pytest.mark.parametrize("spec", ["", "a", "3-1", "1-", "0-12", "10"])
 def test_parse_subsets_rejects_bad_specs(spec):
     with pytest.raises(ValueError):
         parse_subsets(spec)

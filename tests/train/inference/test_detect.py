@@ -11,7 +11,7 @@ import torch
 from luna_prep.format.reader import ScanVolume
 from luna_prep.luna16.geometry import ScanGeometry
 from luna_prep.synthetic.scans import synthesize
-from luna_train.config import TrainConfig
+from luna_train.config import DataConfig, TrainConfig
 from luna_train.evaluation.froc import compute_froc
 from luna_train.inference.detect import DetectConfig, candidates_from_probabilities, detect_volume, volume_probabilities
 from luna_train.inference.postprocess import PostprocessConfig
@@ -24,9 +24,7 @@ class BrightBlobModel:
     device = torch.device("cpu")
 
     def __init__(self, train_size=24, eval_scale=24):
-        self.config = TrainConfig()
-        self.config.data.train_size = train_size
-        self.config.data.eval_scale = eval_scale
+        self.config = TrainConfig(data=DataConfig(train_size=train_size, eval_scale=eval_scale))
 
     @property
     def input_size(self):

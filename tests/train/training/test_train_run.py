@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -73,7 +74,7 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tiny_store, tmp_path):
         run_training(cfg, tmp_path / "cut")
     cut = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert cut["state"]["step"] == 6 and cut["state"]["step_in_epoch"] == 2  # killed mid-epoch 2
-    cfg.train.stop_after_steps = None
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, stop_after_steps=None))
     run_training(cfg, tmp_path / "cut", resume=True)
     full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
     resumed = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
