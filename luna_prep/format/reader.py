@@ -79,7 +79,8 @@ class PatchStore:
         """The :class:`~luna_prep.format.shards.ShardedPatchArray` of ``image`` or ``mask`` at a scale."""
         path = array_path(scale, name)
         if path not in self._arrays:
-            self._arrays[path] = ShardedPatchArray(self.location, path, self._array_meta.get(path))
+            self._arrays[path] = ShardedPatchArray(self.location, path, self._array_meta.get(path),
+                                                   require_checksum=self.attrs.chunk_checksums)
         return self._arrays[path]
 
     def read_stored(self, scale: int, index: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ import pandas as pd
 from luna_prep import __version__
 from luna_prep.files import sha256_bytes, sha256_file, write_text_atomic
 from luna_prep.format.reader import PatchStore
-from luna_prep.format.spec import BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, ROOT_METADATA, SCANS_FILE
+from luna_prep.format.spec import BUILD_DIR, FORMAT_NAME, MANIFEST_FILE, READABLE_VERSIONS, ROOT_METADATA, SCANS_FILE
 from luna_prep.format.location import StoreLocation, UnsafePathError, is_url, safe_relpath
 
 CARD_FORMAT = "luna-patches-card"
@@ -112,7 +112,7 @@ def write_card(store_path: str | Path, name: str | None = None,
         "name": name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": attrs.format_version,
         "software_version": attrs.software_version,
         "card_written_by": __version__,
         "config_hash": attrs.config_hash,
@@ -167,9 +167,10 @@ def validate_card(card: Any, where: str = "card") -> dict:
         raise CardError(f"{where}: not a {CARD_FORMAT} (card_format={card.get('card_format')!r})")
     if card.get("card_version") != CARD_VERSION:
         raise CardError(f"{where}: card_version {card.get('card_version')!r}, this software reads {CARD_VERSION}")
-    if card.get("format") != FORMAT_NAME or card.get("format_version") != FORMAT_VERSION:
-        raise CardError(f"{where}: describes a {card.get('format')!r} v{card.get('format_version')!r} store, "
-                        f"this software reads {FORMAT_NAME} v{FORMAT_VERSION}")
+    version = card.get("format_version")
+    if card.get("format") != FORMAT_NAME or isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise CardError(f"{where}: describes a {card.get('format')!r} v{version!r} store, "
+                        f"this software reads {FORMAT_NAME} v{', v'.join(map(str, READABLE_VERSIONS))}")
     store = card.get("store")
     if not isinstance(store, dict) or not isinstance(store.get("location"), str):
         raise CardError(f"{where}: no store location")

@@ -1,4 +1,4 @@
-"""``luna-prep verify``: is a store (or the store a card describes) intact and a valid luna-patches v1?
+"""``luna-prep verify``: is a store (or the store a card describes) intact and a valid luna-patches store?
 
 Two kinds of checks:
 
@@ -51,6 +51,7 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     rows_checked: int = 0
     patches_read: int = 0
+    format_version: int = FORMAT_VERSION
 
     @property
     def ok(self) -> bool:
@@ -69,7 +70,7 @@ class VerifyReport:
         lines += [f"ALTERED {p}" for p in self.altered]
         lines += [f"UNEXPECTED {p}" for p in self.unexpected]
         lines += [f"PROBLEM {p}" for p in self.problems]
-        lines.append(f"OK: the store is intact and follows {FORMAT_NAME} v{FORMAT_VERSION}" if self.ok
+        lines.append(f"OK: the store is intact and follows {FORMAT_NAME} v{self.format_version}" if self.ok
                      else f"FAILED: {len(self.missing) + len(self.altered) + len(self.unexpected) + len(self.problems)} "
                           "problem(s)")
         return "\n".join(lines)
@@ -153,7 +154,7 @@ def check_arrays(location: StoreLocation, meta: dict, attrs: StoreAttributes, re
             if array_meta is None:
                 continue
             try:
-                arr = ShardedPatchArray(location, path, array_meta)
+                arr = ShardedPatchArray(location, path, array_meta, require_checksum=attrs.chunk_checksums)
             except FormatError as exc:
                 report.problems.append(str(exc))
                 continue
@@ -318,6 +319,7 @@ def verify(target: str, store_url: str | None = None, deep: bool = False) -> Ver
     except (FormatError, KeyError, TypeError, ValueError, IndexError) as exc:
         report.problems.append(str(exc) if isinstance(exc, FormatError) else f"{ROOT_METADATA}: bad attributes ({exc})")
         return report
+    report.format_version = attrs.format_version
     if card is not None and card.get("config_hash") != attrs.config_hash:
         report.problems.append(f"zarr.json: config hash {attrs.config_hash[:12]} != card {str(card.get('config_hash'))[:12]}")
     if not attrs.scales or attrs.capacity < 0 or attrs.shard_patches < 1:

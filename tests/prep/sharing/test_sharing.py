@@ -82,7 +82,7 @@ def test_card_records_what_the_store_holds(built):
     card = load_card(card_file)
     store = PatchStore(out)
     assert card["name"] == "patches"
-    assert (card["format"], card["format_version"]) == ("luna-patches", 1)
+    assert (card["format"], card["format_version"]) == ("luna-patches", 2)
     assert card["config_hash"] == store.attrs.config_hash and len(card["config_hash"]) == 64
     assert card["build_config"] == store.attrs.build_config
     assert card["software_version"] == store.attrs.software_version
@@ -154,7 +154,7 @@ def test_malformed_cards_are_refused(built, tmp_path):
     cases = {
         "card_format": lambda c: c.update(card_format="something"),
         "card_version": lambda c: c.update(card_version=2),
-        "format_version": lambda c: c.update(format_version=2),
+        "format_version": lambda c: c.update(format_version=3),
         "sha256": lambda c: c["files"][0].update(sha256="xyz"),
         "size": lambda c: c["files"][0].update(size=-1),
         "lacks": lambda c: c.update(files=[f for f in c["files"] if f["path"] != MANIFEST_FILE]),
@@ -292,8 +292,8 @@ def _edit_zarr_json(store: Path, change) -> None:
 def test_verify_checks_root_attributes_and_array_metadata(store_copy):
     copy, _ = store_copy
     saved = (copy / "zarr.json").read_text()
-    _edit_zarr_json(copy, lambda m: m["attributes"].update(format_version=2))
-    assert "format_version 2" in verify(str(copy)).problems[0]
+    _edit_zarr_json(copy, lambda m: m["attributes"].update(format_version=3))
+    assert "format_version 3" in verify(str(copy)).problems[0]
     (copy / "zarr.json").write_text(saved)
     _edit_zarr_json(copy, lambda m: m["attributes"].pop("capacity"))
     assert "root attributes missing ['capacity']" in verify(str(copy)).problems[0]
