@@ -50,6 +50,7 @@ def test_an_index_entry_of_2_to_the_40_bytes_is_refused_before_reading(store):
 
 
 def test_an_offset_past_the_end_of_the_file_is_refused_locally_and_over_http(store, tmp_path):
+    good = PatchStore(store).read_patch(16, 1)[0]
     _set_index(store, SHARD, lambda ix: ix.__setitem__((3, 0), 10**6))
     for read in _reads(store):
         with pytest.raises(FormatError, match=rf"{SHARD}: index entry 3 \(offset 1,000,000, [\d,]+ bytes\) runs past"):
@@ -60,7 +61,7 @@ def test_an_offset_past_the_end_of_the_file_is_refused_locally_and_over_http(sto
             remote.read_patch(16, 3)
         with pytest.raises(FormatError, match=rf"{SHARD} \(row 3\): the file ends inside the chunk"):
             remote.read_stored_many(16, [3])
-        assert np.array_equal(remote.read_patch(16, 1)[0], PatchStore(store).read_patch(16, 1)[0])
+        assert np.array_equal(remote.read_patch(16, 1)[0], good)  # remotely, the other rows still read
 
 
 def test_half_empty_entries_and_short_files_are_refused(store, tmp_path):
