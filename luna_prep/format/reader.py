@@ -13,6 +13,7 @@ import pandas as pd
 
 from luna_prep.format.location import StoreLocation
 from luna_prep.format.shards import ShardedPatchArray, read_many
+from luna_prep.format.volumes import open_volume
 from luna_prep.format.spec import (IMAGE_ARRAY, MANIFEST_COLUMNS, MANIFEST_FILE, MASK_ARRAY, ROOT_METADATA,
                                    SCANS_COLUMNS, SCANS_FILE, VOLUME_IMAGE, VOLUME_LUNGS, FormatError, VolumeAttributes, array_path,
                                    conform, consolidated_arrays, decode_image, root_attributes, volume_path)
@@ -101,21 +102,35 @@ class PatchStore:
     def has_volumes(self) -> bool:
         return bool(self.attrs.build_config.get("volumes"))
 
-    def read_volume(self, seriesuid: str) -> ScanVolume:
-        """The whole resampled scan, its lung mask and geometry (stores built with ``--volumes``)."""
-        import zarr
+    def recorded_shape(self, seriesuid: str):
+        """The scan's ``resampled_shape_zyx`` from the scans table, None when the scan is not there."""
+        rows = self.scans[self.scans["seriesuid"] == seriesuid]
+        return None if rows.empty else rows["resampled_shape_zyx"].iloc[0]
 
-        store = self.location.zarr_store()  # volumes are not in the consolidated metadata: open directly
+    def read_volume(self, seriesuid: str) -> ScanVolume:
+        """The whole resampled scan, its lung mask and geometry (stores built with ``--volumes``).
+
+        Each array's metadata is checked first (dtype, codecs, and its shape against the scans
+        table: :mod:`luna_prep.format.volumes`); a bad one is a FormatError naming it, before any read.
+        """
+        shape = self.recorded_shape(seriesuid)
+        arrays = []
+        for name, dtype in ((VOLUME_IMAGE, self.attrs.image_dtype), (VOLUME_LUNGS, "uint8")):
+            try:
+                arrays.append(open_volume(self.location, volume_path(seriesuid, name), dtype, shape,
+                                          self.attrs.chunk_checksums))
+            except FileNotFoundError as exc:
+                hint = "" if self.has_volumes() else " (the store was built without --volumes)"
+                raise FormatError(f"{self.root}: no volume for {seriesuid}{hint}") from exc
+        image, lungs = arrays
         try:
-            image = zarr.open_array(store, path=volume_path(seriesuid, VOLUME_IMAGE), mode="r")
-            lungs = zarr.open_array(store, path=volume_path(seriesuid, VOLUME_LUNGS), mode="r")
-        except (KeyError, FileNotFoundError) as exc:
-            hint = "" if self.has_volumes() else " (the store was built without --volumes)"
-            raise FormatError(f"{self.root}: no volume for {seriesuid}{hint}") from exc
-        attrs = VolumeAttributes.from_attrs(dict(image.attrs))
+            attrs = VolumeAttributes.from_attrs(image.attributes)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"{self.root}/{image.path}: bad volume attributes ({type(exc).__name__}: {exc})") from exc
         return ScanVolume(
-            seriesuid=seriesuid, image=decode_image(image[:], self.attrs.image_dtype), lungs=lungs[:] > 0,
-            origin_xyz=attrs.origin_xyz, spacing_mm=attrs.spacing_mm, original=attrs.original,
+            seriesuid=seriesuid, image=decode_image(image.read(self.location), self.attrs.image_dtype),
+            lungs=lungs.read(self.location) > 0, origin_xyz=attrs.origin_xyz, spacing_mm=attrs.spacing_mm,
+            original=attrs.original,
         )
 
     def zarr_group(self):
