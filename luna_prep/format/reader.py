@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from luna_prep.format.location import StoreLocation
+from luna_prep.format.pins import PinnedLocation, StorePins
 from luna_prep.format.shards import ShardedPatchArray, read_many
 from luna_prep.format.volumes import open_volume
 from luna_prep.format.spec import (IMAGE_ARRAY, MANIFEST_COLUMNS, MANIFEST_FILE, MASK_ARRAY, ROOT_METADATA,
@@ -46,11 +47,21 @@ class PatchStore:
     consolidated metadata of every array); tables and arrays load on first use. Patches are read
     through :class:`luna_prep.format.shards.ShardedPatchArray` (one ranged read per patch). Picklable:
     DataLoader workers reopen the store in their own process.
+
+    ``root`` may also be a dataset card (``.json``), and ``pins`` what a card pinned: the store is then
+    read through :class:`~luna_prep.format.pins.PinnedLocation`, so it cannot change under the reader
+    (the pins travel with the pickle).
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, pins: StorePins | None = None):
+        if pins is None and str(root).lower().endswith(".json"):  # a dataset card: open its store pinned
+            from luna_prep.sharing.cards import card_pins
+
+            root, pins = card_pins(str(root))
         self.root = str(root)
-        self.location = StoreLocation.open(self.root)
+        self.pins = pins
+        location = StoreLocation.open(self.root)
+        self.location = location if pins is None else PinnedLocation(location, pins)
         try:
             meta = json.loads(self.location.read(ROOT_METADATA))
         except FileNotFoundError as exc:
@@ -60,10 +71,10 @@ class PatchStore:
         self._arrays: dict[str, object] = {}
 
     def __getstate__(self):
-        return {"root": self.root}
+        return {"root": self.root, "pins": self.pins}
 
     def __setstate__(self, state):
-        self.__init__(state["root"])
+        self.__init__(state["root"], state.get("pins"))
 
     def _read_table(self, name: str) -> pd.DataFrame:
         return pd.read_parquet(io.BytesIO(self.location.read(name)))
