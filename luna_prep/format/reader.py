@@ -66,8 +66,15 @@ class PatchStore:
             meta = json.loads(self.location.read(ROOT_METADATA))
         except FileNotFoundError as exc:
             raise FormatError(f"{self.root}: no {ROOT_METADATA}, not a Zarr v3 store") from exc
-        self.attrs = root_attributes(meta, self.root)
-        self._array_meta = consolidated_arrays(meta)
+        except ValueError as exc:
+            raise FormatError(f"{self.root}/{ROOT_METADATA}: not valid JSON ({exc})") from exc
+        try:
+            self.attrs = root_attributes(meta, f"{self.root}/{ROOT_METADATA}")
+            self._array_meta = consolidated_arrays(meta)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            if isinstance(exc, FormatError):
+                raise
+            raise FormatError(f"{self.root}/{ROOT_METADATA}: malformed ({type(exc).__name__}: {exc})") from exc
         self._arrays: dict[str, object] = {}
 
     def __getstate__(self):
@@ -77,22 +84,44 @@ class PatchStore:
         self.__init__(state["root"], state.get("pins"))
 
     def _read_table(self, name: str) -> pd.DataFrame:
-        return pd.read_parquet(io.BytesIO(self.location.read(name)))
+        """A table of the store; its page checksums verified (tables written by v2 carry them)."""
+        import pyarrow.parquet as pq
+
+        data = self.location.read(name)
+        try:
+            return pq.read_table(io.BytesIO(data), page_checksum_verification=True).to_pandas()
+        except Exception as exc:  # noqa: BLE001 - arrow raises many types for a damaged file
+            raise FormatError(f"{self.root}/{name}: not a readable Parquet table ({type(exc).__name__}: {exc})") from exc
+
+    def _conformed(self, name: str, columns: dict[str, str]) -> pd.DataFrame:
+        where = f"{self.root}/{name}"
+        try:
+            return conform(self._read_table(name), columns, where)
+        except (TypeError, ValueError, OverflowError) as exc:
+            if isinstance(exc, FormatError):
+                raise
+            raise FormatError(f"{where}: columns of the wrong type ({type(exc).__name__}: {exc})") from exc
 
     @cached_property
     def manifest(self) -> pd.DataFrame:
-        return conform(self._read_table(MANIFEST_FILE), MANIFEST_COLUMNS, f"{self.root}/{MANIFEST_FILE}")
+        return self._conformed(MANIFEST_FILE, MANIFEST_COLUMNS)
 
     @cached_property
     def scans(self) -> pd.DataFrame:
-        return conform(self._read_table(SCANS_FILE), SCANS_COLUMNS, f"{self.root}/{SCANS_FILE}")
+        return self._conformed(SCANS_FILE, SCANS_COLUMNS)
 
     def patches(self, scale: int, name: str):
         """The :class:`~luna_prep.format.shards.ShardedPatchArray` of ``image`` or ``mask`` at a scale."""
         path = array_path(scale, name)
         if path not in self._arrays:
-            self._arrays[path] = ShardedPatchArray(self.location, path, self._array_meta.get(path),
-                                                   require_checksum=self.attrs.chunk_checksums)
+            try:
+                self._arrays[path] = ShardedPatchArray(self.location, path, self._array_meta.get(path),
+                                                       require_checksum=self.attrs.chunk_checksums)
+            except FormatError as exc:  # the array's metadata is the copy consolidated in the root zarr.json
+                raise FormatError(f"{exc} (metadata read from {self.root}/{ROOT_METADATA})") from exc
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise FormatError(f"{self.root}/{ROOT_METADATA}: malformed metadata of {path} "
+                                  f"({type(exc).__name__}: {exc})") from exc
         return self._arrays[path]
 
     def read_stored(self, scale: int, index: int) -> tuple[np.ndarray, np.ndarray]:

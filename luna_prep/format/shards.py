@@ -72,8 +72,13 @@ class ShardedPatchArray:
         self.dtype = np.dtype(dtype).newbyteorder("<" if self.codecs.endian == "little" else ">")
         self.max_chunk = self.codecs.max_encoded(int(np.prod(self.shape[1:])) * self.dtype.itemsize)
         self.fill_value = meta.get("fill_value", 0)
+        if self.fill_value != 0 or isinstance(self.fill_value, bool):
+            raise FormatError(f"{where}: fill value {self.fill_value!r}; the format's is 0")
         self.layout = ShardIndex(self.shard_len)
-        self._key_sep = (meta.get("chunk_key_encoding", {}).get("configuration") or {}).get("separator", "/")
+        encoding = meta.get("chunk_key_encoding") or {}
+        self._key_sep = (encoding.get("configuration") or {}).get("separator", "/")
+        if encoding.get("name", "default") != "default" or self._key_sep != "/":
+            raise FormatError(f"{where}: chunk key encoding {encoding}; the format's is zarr's default with '/'")
         self._indexes: dict[int, np.ndarray | None] = {}  # shard -> (offset, nbytes) per chunk; None: no file
 
     def __len__(self) -> int:

@@ -133,6 +133,7 @@ def clear_rows(root: str | Path, scales: tuple[int, ...], first: int, count: int
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> None:
-    """Write a parquet table atomically (a temporary file, then a rename)."""
+    """Write a parquet table atomically (a temporary file, then a rename), with a crc32 on every page
+    (readers verify them: a changed byte in the data is an error, not a changed value)."""
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        df.to_parquet(tmp, index=False, write_page_checksum=True)

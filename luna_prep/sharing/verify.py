@@ -180,7 +180,7 @@ def _read_parquet(location: StoreLocation, rel: str, report: VerifyReport):
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(io.BytesIO(location.read(rel)))
+        return pq.read_table(io.BytesIO(location.read(rel)), page_checksum_verification=True)
     except FileNotFoundError:
         report.problems.append(f"{rel} is missing")
     except Exception as exc:  # noqa: BLE001 - any unreadable table is a finding, not a crash
