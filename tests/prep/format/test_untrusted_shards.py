@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numcodecs
 import numpy as np
 import pytest
@@ -41,10 +43,14 @@ def _reads(root):
 
 def test_an_index_entry_of_2_to_the_40_bytes_is_refused_before_reading(store):
     _set_index(store, SHARD, lambda ix: ix.__setitem__((2, 1), 2**40))
+    tracemalloc.start()
     for read in _reads(store):
         with pytest.raises(FormatError, match=rf"s\.zarr/{SHARD}: index entry 2 says chunk 2 is 1,099,511,627,776 "
                                               "bytes; a chunk of this array is 1..4,116 bytes"):
             read()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20e6  # nothing allocated from the stated size
     report = verify(store, deep=True)
     assert any(SHARD in p and "index entry 2" in p for p in report.problems), report.format()
 
