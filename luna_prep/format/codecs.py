@@ -64,7 +64,6 @@ def parse_codecs(codecs: list, where: str, require_checksum: bool = False) -> Ch
 
 def _zstd_content_size(b: bytes) -> int | None:
     """The decompressed size a zstd frame header declares (None: not declared or not a frame)."""
-    b = data[:18]
     if len(b) < 6 or int.from_bytes(b[:4], "little") != _ZSTD_MAGIC:
         return None
     fhd = b[4]

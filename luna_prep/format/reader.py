@@ -14,10 +14,26 @@ import pandas as pd
 from luna_prep.format.location import StoreLocation
 from luna_prep.format.pins import PinnedLocation, StorePins
 from luna_prep.format.shards import ShardedPatchArray, read_many
+from luna_prep.format.spec import (
+    IMAGE_ARRAY,
+    MANIFEST_COLUMNS,
+    MANIFEST_FILE,
+    MASK_ARRAY,
+    ROOT_METADATA,
+    SCANS_COLUMNS,
+    SCANS_FILE,
+    VOLUME_IMAGE,
+    VOLUME_LUNGS,
+    FormatError,
+    VolumeAttributes,
+    array_path,
+    conform,
+    consolidated_arrays,
+    decode_image,
+    root_attributes,
+    volume_path,
+)
 from luna_prep.format.volumes import open_volume
-from luna_prep.format.spec import (IMAGE_ARRAY, MANIFEST_COLUMNS, MANIFEST_FILE, MASK_ARRAY, ROOT_METADATA,
-                                   SCANS_COLUMNS, SCANS_FILE, VOLUME_IMAGE, VOLUME_LUNGS, FormatError, VolumeAttributes, array_path,
-                                   conform, consolidated_arrays, decode_image, root_attributes, volume_path)
 
 
 @dataclass(frozen=True)
@@ -90,7 +106,7 @@ class PatchStore:
         data = self.location.read(name)
         try:
             return pq.read_table(io.BytesIO(data), page_checksum_verification=True).to_pandas()
-        except Exception as exc:  # noqa: BLE001 - arrow raises many types for a damaged file
+        except Exception as exc:
             raise FormatError(f"{self.root}/{name}: not a readable Parquet table ({type(exc).__name__}: {exc})") from exc
 
     def _conformed(self, name: str, columns: dict[str, str]) -> pd.DataFrame:

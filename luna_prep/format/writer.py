@@ -15,8 +15,17 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from luna_prep.files import atomic_path, write_bytes_atomic
 from luna_prep.format.shard_layout import ShardIndex, shard_key, shard_prefix
-from luna_prep.format.spec import (IMAGE_ARRAY, IMAGE_DTYPES, MASK_ARRAY, VOLUME_CHUNKS, VOLUME_IMAGE, VOLUME_LUNGS,
-                                   StoreAttributes, array_path, volume_path)
+from luna_prep.format.spec import (
+    IMAGE_ARRAY,
+    IMAGE_DTYPES,
+    MASK_ARRAY,
+    VOLUME_CHUNKS,
+    VOLUME_IMAGE,
+    VOLUME_LUNGS,
+    StoreAttributes,
+    array_path,
+    volume_path,
+)
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,22 @@ import pandas as pd
 
 from luna_prep import __version__
 from luna_prep.files import sha256_bytes, sha256_file, write_text_atomic
-from luna_prep.format.reader import PatchStore
-from luna_prep.format.spec import BUILD_DIR, FORMAT_NAME, MANIFEST_FILE, READABLE_VERSIONS, ROOT_METADATA, SCANS_FILE
-from luna_prep.format.location import StoreLocation, UnsafePathError, is_url, safe_relpath
+from luna_prep.format.location import (
+    StoreLocation,
+    UnsafePathError,
+    is_url,
+    safe_relpath,
+)
 from luna_prep.format.pins import StorePins
+from luna_prep.format.reader import PatchStore
+from luna_prep.format.spec import (
+    BUILD_DIR,
+    FORMAT_NAME,
+    MANIFEST_FILE,
+    READABLE_VERSIONS,
+    ROOT_METADATA,
+    SCANS_FILE,
+)
 
 CARD_FORMAT = "luna-patches-card"
 CARD_VERSION = 1
@@ -131,7 +143,7 @@ def write_card(store_path: str | Path, name: str | None = None,
             "scans_ok": int((status == "ok").sum()),
             "scans_failed": int((status != "ok").sum()),
             "samples": int(manifest["sample_id"].nunique()),
-            "patches": int(len(manifest)),
+            "patches": len(manifest),
             "files": len(files),
             "bytes": int(sum(f["size"] for f in files)),
         },

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import tracemalloc
+from pathlib import Path
 
 import numcodecs
 import numpy as np
 import pytest
 import zarr
-
 from conftest import write_tiny_store
 from http_server import serve_directory
+
+from luna_prep.format.codecs import decode_into, parse_codecs
 from luna_prep.format.reader import PatchStore
 from luna_prep.format.shard_layout import ShardIndex
 from luna_prep.format.spec import FormatError
@@ -28,11 +31,11 @@ def store(tmp_path):
 
 def _set_index(root, rel, change) -> None:
     """Rewrite a shard's index (with a valid crc32c) after ``change(index)``."""
-    path = f"{root}/{rel}"
-    data = open(path, "rb").read()
+    path = Path(root, rel)
+    data = path.read_bytes()
     index = LAYOUT.decode(data).copy()
     change(index)
-    open(path, "wb").write(data[:-LAYOUT.nbytes] + LAYOUT.encode(index))
+    path.write_bytes(data[:-LAYOUT.nbytes] + LAYOUT.encode(index))
 
 
 def _reads(root):
@@ -74,41 +77,41 @@ def test_half_empty_entries_and_short_files_are_refused(store, tmp_path):
     _set_index(store, SHARD, lambda ix: ix.__setitem__((4, 1), 2**64 - 1))
     with pytest.raises(FormatError, match=rf"{SHARD}: index entry 4 has an offset or a length but not both"):
         PatchStore(store).read_patch(16, 0)
-    open(f"{store}/{SHARD}", "wb").write(b"\0" * 20)
+    Path(store, SHARD).write_bytes(b"\0" * 20)
     with pytest.raises(FormatError, match=rf"{SHARD}: 20 bytes, shorter than its shard index \(132 bytes\)"):
         PatchStore(store).read_patch(16, 0)
 
 
 def _flip(root, rel, at: int, n: int = 8) -> None:
-    path = f"{root}/{rel}"
-    data = bytearray(open(path, "rb").read())
+    path = Path(root, rel)
+    data = bytearray(path.read_bytes())
     data[at:at + n] = bytes(b ^ 0xA5 for b in data[at:at + n])
-    open(path, "wb").write(bytes(data))
+    path.write_bytes(bytes(data))
 
 
 def test_eight_flipped_bytes_inside_an_image_chunk_are_found(store, tmp_path):
     good = PatchStore(store).read_stored(16, 1)[0]
-    start, stop = LAYOUT.span(LAYOUT.decode(open(f"{store}/{SHARD}", "rb").read()), 2)
+    start, stop = LAYOUT.span(LAYOUT.decode(Path(store, SHARD).read_bytes()), 2)
     _flip(store, SHARD, (start + stop) // 2)
     for read in _reads(store):
         with pytest.raises(FormatError, match=rf"s\.zarr/{SHARD} \(row 2\): chunk checksum \(crc32c\) mismatch"):
             read()
     assert np.array_equal(PatchStore(store).read_stored(16, 1)[0], good)  # the other rows still read
-    with serve_directory(tmp_path) as (base, _):
-        with pytest.raises(FormatError, match=rf"{SHARD} \(row 2\): chunk checksum \(crc32c\) mismatch"):
-            PatchStore(f"{base}/s.zarr").read_patch(16, 2)
+    with serve_directory(tmp_path) as (base, _), \
+            pytest.raises(FormatError, match=rf"{SHARD} \(row 2\): chunk checksum \(crc32c\) mismatch"):
+        PatchStore(f"{base}/s.zarr").read_patch(16, 2)
     report = verify(store, deep=True)
     assert not report.ok and "(row 2): chunk checksum (crc32c) mismatch" in report.format()
 
 
 def test_a_blosc_header_that_lies_about_the_size_is_refused(store):
     """A chunk with a valid crc32c whose Blosc header claims another decoded size (a decompression bomb)."""
-    data = bytearray(open(f"{store}/{SHARD}", "rb").read())
+    data = bytearray(Path(store, SHARD).read_bytes())
     start, stop = LAYOUT.span(LAYOUT.decode(bytes(data)), 0)
     payload = bytearray(data[start:stop - 4])
     payload[4:8] = (2**31 - 1).to_bytes(4, "little")  # nbytes of the Blosc header
     data[start:stop] = bytes(numcodecs.CRC32C().encode(bytes(payload)))
-    open(f"{store}/{SHARD}", "wb").write(bytes(data))
+    Path(store, SHARD).write_bytes(bytes(data))
     with pytest.raises(FormatError, match=rf"{SHARD} \(row 0\): chunk decodes to 2,147,483,647 bytes, the array's "
                                           "chunk is 4,096"):
         PatchStore(store).read_patch(16, 0)
@@ -123,19 +126,34 @@ def test_the_direct_writer_writes_the_bytes_zarr_writes(tmp_path, store):
     assert [c.get("name") for c in arr.metadata.to_dict()["codecs"][0]["configuration"]["codecs"]] == \
         ["bytes", "blosc", "crc32c"]
     arr[8:16] = images
-    mine = open(f"{store}/patches/24/image/c/0/0/0/0", "rb").read()
-    theirs = open(f"{store}/patches/24/image/c/1/0/0/0", "rb").read()
+    mine = Path(store, "patches/24/image/c/0/0/0/0").read_bytes()
+    theirs = Path(store, "patches/24/image/c/1/0/0/0").read_bytes()
     assert mine == theirs
     assert np.array_equal(arr[0:8], images) and np.array_equal(PatchStore(store).read_stored(24, 13)[0], images[5])
 
 
 def test_a_v2_array_without_chunk_checksums_is_refused(store):
-    import json
-
-    meta_path = f"{store}/zarr.json"
-    meta = json.load(open(meta_path))
+    meta_path = Path(store, "zarr.json")
+    meta = json.loads(meta_path.read_text())
     node = meta["consolidated_metadata"]["metadata"]["patches/16/image"]
     node["codecs"][0]["configuration"]["codecs"].pop()  # drop crc32c: a v2 store must have it
-    json.dump(meta, open(meta_path, "w"))
+    meta_path.write_text(json.dumps(meta))
     with pytest.raises(FormatError, match=r"patches/16/image: codecs \['bytes', 'blosc'\] lack the crc32c"):
         PatchStore(store).read_patch(16, 0)
+
+
+@pytest.mark.parametrize("name, codec", [("zstd", numcodecs.Zstd()), ("gzip", numcodecs.GZip()),
+                                         ("blosc", numcodecs.Blosc())])
+def test_every_allowed_compressor_decodes_and_refuses_a_bomb(name, codec):
+    chain = parse_codecs([{"name": "bytes"}, {"name": name}, {"name": "crc32c"}], "a", require_checksum=True)
+    patch = np.random.default_rng(0).integers(0, 9, (64, 64, 64), dtype=np.uint8)
+    out = np.empty_like(patch)
+    decode_into(chain, bytes(numcodecs.CRC32C().encode(codec.encode(patch))), out, "a/c/0/0/0/0 (row 0)")
+    assert np.array_equal(out, patch)
+    bomb = bytes(numcodecs.CRC32C().encode(codec.encode(np.zeros(2**24, np.uint8))))  # 16 MiB decoded
+    assert len(bomb) < patch.nbytes
+    with pytest.raises(FormatError, match=r"a/c/0/0/0/0 \(row 0\): chunk decodes to (16,777,216|an unknown number of) "
+                                          "bytes, the array's chunk is 262,144"):
+        decode_into(chain, bomb, out, "a/c/0/0/0/0 (row 0)")
+    with pytest.raises(FormatError, match=r"codecs \['bytes', 'numcodecs.pickle', 'crc32c'\] are not allowed"):
+        parse_codecs([{"name": "bytes"}, {"name": "numcodecs.pickle"}, {"name": "crc32c"}], "a")

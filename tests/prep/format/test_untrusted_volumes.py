@@ -11,11 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from conftest import write_tiny_store
 from paths import DATA
 
-from conftest import write_tiny_store
 from luna_prep.format.reader import PatchStore
-from luna_prep.format.spec import SCANS_FILE, FormatError, VolumeAttributes, decode_image, encode_image
+from luna_prep.format.spec import (
+    SCANS_FILE,
+    FormatError,
+    VolumeAttributes,
+    decode_image,
+    encode_image,
+)
 from luna_prep.format.writer import StorageConfig, write_volume
 from luna_prep.sharing.verify import verify
 

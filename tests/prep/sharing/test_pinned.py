@@ -9,13 +9,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import write_tiny_store
 from http_server import serve_directory
+
 from luna_prep.format.pins import StoreChangedError
 from luna_prep.format.reader import PatchStore
 from luna_prep.format.spec import MANIFEST_FILE
-from luna_prep.sharing.cards import ChecksumMismatch, open_dataset, resolve_dataset, write_card
+from luna_prep.sharing.cards import (
+    ChecksumMismatch,
+    open_dataset,
+    resolve_dataset,
+    write_card,
+)
 
 SHARD = "patches/16/image/c/1/0/0/0"  # rows 8..15 of scale 16
 
