@@ -132,7 +132,10 @@ def test_cli_build_writes_card_also_when_scans_fail(synth4, tmp_path, monkeypatc
     again = load_card(tmp_path / "manifests" / "mine.json")
     # the failed scan was retried (scans.parquet records its new attempt); the data files are the same
     same = lambda c: [f for f in c["files"] if f["path"] != "scans.parquet"]  # noqa: E731
-    assert same(again) == same(card) and again["totals"] == card["totals"]
+    data_bytes = lambda c: c["totals"]["bytes"] - sum(f["size"] for f in c["files"] if f not in same(c))  # noqa: E731
+    totals = lambda c: {k: v for k, v in c["totals"].items() if k != "bytes"}  # noqa: E731
+    # (scans.parquet's size varies with its contents, e.g. the retry's seconds: compare the rest)
+    assert same(again) == same(card) and totals(again) == totals(card) and data_bytes(again) == data_bytes(card)
     # --no-card writes none; a bad name is refused before building
     result = CliRunner().invoke(cli, args + ["--no-card", "--manifests-dir", "none"])
     assert result.exit_code == 1 and not (tmp_path / "none").exists()
