@@ -9,6 +9,8 @@ Patches per second for batches of 32 patches at 64^3, no augmentation:
   zarr        zarr-python per-item reads of the same rows
   monai       MONAI on the fly: LoadImage the .mhd, Spacing, RandCropByPosNegLabeld (needs itk-io)
   http        ours over HTTP from a localhost server (Range requests), as a ratio to local
+With --integrity-only: ours on the store and on a v1 copy without chunk checksums, and ours on the
+store opened plainly and through a dataset card (pinned), each pair interleaved in the same run.
 Without --store, a store is built from 10 synthetic scans first.
 """
 
@@ -137,6 +139,58 @@ def monai_baseline(data_root: Path, n: int) -> float:
     return rate(done, time.perf_counter() - t)
 
 
+def strip_checksums(store: str, out: str) -> str:
+    """A format v1 copy of a v2 store (the chunks' crc32c removed): the same patches without checksums."""
+    import shutil
+
+    from luna_prep.format.shard_layout import ShardIndex
+
+    shutil.copytree(store, out, ignore=shutil.ignore_patterns("_build", "volumes"))
+    root = json.loads(Path(out, "zarr.json").read_text())
+    root["attributes"]["format_version"] = 1
+    for path, meta in root["consolidated_metadata"]["metadata"].items():
+        if meta.get("node_type") != "array":
+            continue
+        conf = meta["codecs"][0]["configuration"]
+        conf["codecs"] = [c for c in conf["codecs"] if c["name"] != "crc32c"]
+        Path(out, path, "zarr.json").write_text(json.dumps(meta))
+        layout = ShardIndex(int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]))
+        for shard in Path(out, path).glob("c/*/0/0/0"):
+            data = shard.read_bytes()
+            index = layout.decode(data)
+            chunks = [None] * layout.n_chunks
+            for k, start, stop in layout.spans(index):
+                chunks[k] = data[start:stop - 4]
+            shard.write_bytes(b"".join(layout.pack(chunks)))
+    Path(out, "zarr.json").write_text(json.dumps(root))
+    return out
+
+
+def checksum_cost(store: str, rows, batches: int, rounds: int = 3) -> dict:
+    """Loader throughput (0 workers) of the v2 store and of its v1 copy without checksums, interleaved."""
+    v1 = strip_checksums(store, tempfile.mkdtemp(prefix="luna-bench-v1-") + "/v1.zarr")
+    v1_rates, v2_rates = [], []
+    for _ in range(rounds):
+        v1_rates.append(ours(v1, rows, batches, workers=0))
+        v2_rates.append(ours(store, rows, batches, workers=0))
+    best_v1, best_v2 = max(v1_rates), max(v2_rates)
+    return {"v1_no_checksum_patches_per_s": best_v1, "v2_checksum_patches_per_s": best_v2,
+            "checksum_cost": 1 - best_v2 / best_v1}
+
+
+def pin_cost(store: str, rows, batches: int, rounds: int = 3) -> dict:
+    """Loader throughput (0 workers) of the store opened plainly and pinned to a card, interleaved."""
+    from luna_prep.sharing.cards import write_card
+
+    card = str(write_card(store, "bench", tempfile.mkdtemp(prefix="luna-bench-card-")))
+    plain, pinned = [], []
+    for _ in range(rounds):
+        plain.append(ours(store, rows, batches, workers=0))
+        pinned.append(ours(card, rows, batches, workers=0))
+    return {"plain_patches_per_s": max(plain), "pinned_patches_per_s": max(pinned),
+            "pin_cost": 1 - max(pinned) / max(plain)}
+
+
 def over_http(store: str, rows, batches: int) -> float:
     from http_server import serve_directory
 
@@ -150,6 +204,8 @@ def main() -> None:
     ap.add_argument("--store", type=str)
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--integrity-only", action="store_true",
+                    help="only the cost of chunk checksums (v2 vs a v1 copy) and of card pins, same run")
     args = ap.parse_args()
     data_root = None
     if args.store is None:
@@ -166,6 +222,10 @@ def main() -> None:
     indices = rows["index"].to_numpy()[[p for p, _ in sampler]]
     result = {"machine": f"{platform.node()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
               "store": args.store, "image_dtype": store.attrs.image_dtype, "batch": BATCH, "scale": SCALE}
+    if args.integrity_only:
+        result |= checksum_cost(args.store, rows, args.batches) | pin_cost(args.store, rows, args.batches)
+        print(json.dumps(result, indent=2))
+        return
     result["floor_patches_per_s"] = floor(chunk_bytes(store, indices))
     result["memory_patches_per_s"] = memory(store, indices)
     result["zarr_patches_per_s"] = zarr_items(store, indices)

@@ -39,6 +39,12 @@ def safe_relpath(rel: str, where: str = "store") -> str:
     return norm
 
 
+def _ok(blob):
+    if isinstance(blob, Exception):
+        raise blob
+    return blob
+
+
 def is_url(location: str) -> bool:
     return "://" in str(location)
 
@@ -109,13 +115,26 @@ class StoreLocation:
         """Bytes [start, stop) of a file; negative ``start`` counts from the end."""
         path = self._path(rel)
         if not self._local:
-            return self._checked_range(rel, start, stop, self.fs.cat_file(path, start=start, end=stop))
+            try:
+                blob = self.fs.cat_file(path, start=start, end=stop)
+            except Exception as exc:  # noqa: BLE001 - only "range not satisfiable" is turned into bytes
+                blob = exc
+            return _ok(self._checked_range(rel, start, stop, blob))
         fd = self._fd(path)
         if start < 0 or stop is None:
             size = os.fstat(fd).st_size
             start = max(0, size + start) if start < 0 else start
             stop = size if stop is None else stop
         return os.pread(fd, stop - start, start)
+
+    def local_size(self, rel: str) -> int | None:
+        """The size of a local file from its cached descriptor (free after a ranged read), None elsewhere."""
+        if not self._local:
+            return None
+        try:
+            return os.fstat(self._fd(self._path(rel))).st_size
+        except FileNotFoundError:
+            return None
 
     def read_ranges(self, rels: list[str], starts: list[int], stops: list[int | None]) -> list[bytes | Exception]:
         """Many ranged reads at once; remote ones are issued concurrently. A failed read (e.g. a
@@ -136,7 +155,8 @@ class StoreLocation:
         """``blob`` unless it is longer than the range asked for: a server that ignores Range sends
         the whole file with status 200, which would otherwise be decoded as if it were the range."""
         if isinstance(blob, Exception):
-            return blob
+            # a range wholly past the end (HTTP 416) holds no bytes, as a local read there returns none
+            return b"" if getattr(blob, "status", None) == 416 else blob
         asked = (stop - start) if stop is not None and start >= 0 else (-start if start < 0 and stop is None else None)
         if asked is not None and len(blob) > asked:
             raise RangeRequestIgnored(

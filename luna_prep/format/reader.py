@@ -12,10 +12,28 @@ import numpy as np
 import pandas as pd
 
 from luna_prep.format.location import StoreLocation
+from luna_prep.format.pins import PinnedLocation, StorePins
 from luna_prep.format.shards import ShardedPatchArray, read_many
-from luna_prep.format.spec import (IMAGE_ARRAY, MANIFEST_COLUMNS, MANIFEST_FILE, MASK_ARRAY, ROOT_METADATA,
-                                   SCANS_COLUMNS, SCANS_FILE, VOLUME_IMAGE, VOLUME_LUNGS, FormatError, VolumeAttributes, array_path,
-                                   conform, consolidated_arrays, decode_image, root_attributes, volume_path)
+from luna_prep.format.spec import (
+    IMAGE_ARRAY,
+    MANIFEST_COLUMNS,
+    MANIFEST_FILE,
+    MASK_ARRAY,
+    ROOT_METADATA,
+    SCANS_COLUMNS,
+    SCANS_FILE,
+    VOLUME_IMAGE,
+    VOLUME_LUNGS,
+    FormatError,
+    VolumeAttributes,
+    array_path,
+    conform,
+    consolidated_arrays,
+    decode_image,
+    root_attributes,
+    volume_path,
+)
+from luna_prep.format.volumes import open_volume
 
 
 @dataclass(frozen=True)
@@ -45,41 +63,81 @@ class PatchStore:
     consolidated metadata of every array); tables and arrays load on first use. Patches are read
     through :class:`luna_prep.format.shards.ShardedPatchArray` (one ranged read per patch). Picklable:
     DataLoader workers reopen the store in their own process.
+
+    ``root`` may also be a dataset card (``.json``), and ``pins`` what a card pinned: the store is then
+    read through :class:`~luna_prep.format.pins.PinnedLocation`, so it cannot change under the reader
+    (the pins travel with the pickle).
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, pins: StorePins | None = None):
+        if pins is None and str(root).lower().endswith(".json"):  # a dataset card: open its store pinned
+            from luna_prep.sharing.cards import card_pins
+
+            root, pins = card_pins(str(root))
         self.root = str(root)
-        self.location = StoreLocation.open(self.root)
+        self.pins = pins
+        location = StoreLocation.open(self.root)
+        self.location = location if pins is None else PinnedLocation(location, pins)
         try:
             meta = json.loads(self.location.read(ROOT_METADATA))
         except FileNotFoundError as exc:
             raise FormatError(f"{self.root}: no {ROOT_METADATA}, not a Zarr v3 store") from exc
-        self.attrs = root_attributes(meta, self.root)
-        self._array_meta = consolidated_arrays(meta)
+        except ValueError as exc:
+            raise FormatError(f"{self.root}/{ROOT_METADATA}: not valid JSON ({exc})") from exc
+        try:
+            self.attrs = root_attributes(meta, f"{self.root}/{ROOT_METADATA}")
+            self._array_meta = consolidated_arrays(meta)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            if isinstance(exc, FormatError):
+                raise
+            raise FormatError(f"{self.root}/{ROOT_METADATA}: malformed ({type(exc).__name__}: {exc})") from exc
         self._arrays: dict[str, object] = {}
 
     def __getstate__(self):
-        return {"root": self.root}
+        return {"root": self.root, "pins": self.pins}
 
     def __setstate__(self, state):
-        self.__init__(state["root"])
+        self.__init__(state["root"], state.get("pins"))
 
     def _read_table(self, name: str) -> pd.DataFrame:
-        return pd.read_parquet(io.BytesIO(self.location.read(name)))
+        """A table of the store; its page checksums verified (tables written by v2 carry them)."""
+        import pyarrow.parquet as pq
+
+        data = self.location.read(name)
+        try:
+            return pq.read_table(io.BytesIO(data), page_checksum_verification=True).to_pandas()
+        except Exception as exc:
+            raise FormatError(f"{self.root}/{name}: not a readable Parquet table ({type(exc).__name__}: {exc})") from exc
+
+    def _conformed(self, name: str, columns: dict[str, str]) -> pd.DataFrame:
+        where = f"{self.root}/{name}"
+        try:
+            return conform(self._read_table(name), columns, where)
+        except (TypeError, ValueError, OverflowError) as exc:
+            if isinstance(exc, FormatError):
+                raise
+            raise FormatError(f"{where}: columns of the wrong type ({type(exc).__name__}: {exc})") from exc
 
     @cached_property
     def manifest(self) -> pd.DataFrame:
-        return conform(self._read_table(MANIFEST_FILE), MANIFEST_COLUMNS, f"{self.root}/{MANIFEST_FILE}")
+        return self._conformed(MANIFEST_FILE, MANIFEST_COLUMNS)
 
     @cached_property
     def scans(self) -> pd.DataFrame:
-        return conform(self._read_table(SCANS_FILE), SCANS_COLUMNS, f"{self.root}/{SCANS_FILE}")
+        return self._conformed(SCANS_FILE, SCANS_COLUMNS)
 
     def patches(self, scale: int, name: str):
         """The :class:`~luna_prep.format.shards.ShardedPatchArray` of ``image`` or ``mask`` at a scale."""
         path = array_path(scale, name)
         if path not in self._arrays:
-            self._arrays[path] = ShardedPatchArray(self.location, path, self._array_meta.get(path))
+            try:
+                self._arrays[path] = ShardedPatchArray(self.location, path, self._array_meta.get(path),
+                                                       require_checksum=self.attrs.chunk_checksums)
+            except FormatError as exc:  # the array's metadata is the copy consolidated in the root zarr.json
+                raise FormatError(f"{exc} (metadata read from {self.root}/{ROOT_METADATA})") from exc
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise FormatError(f"{self.root}/{ROOT_METADATA}: malformed metadata of {path} "
+                                  f"({type(exc).__name__}: {exc})") from exc
         return self._arrays[path]
 
     def read_stored(self, scale: int, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,21 +158,35 @@ class PatchStore:
     def has_volumes(self) -> bool:
         return bool(self.attrs.build_config.get("volumes"))
 
-    def read_volume(self, seriesuid: str) -> ScanVolume:
-        """The whole resampled scan, its lung mask and geometry (stores built with ``--volumes``)."""
-        import zarr
+    def recorded_shape(self, seriesuid: str):
+        """The scan's ``resampled_shape_zyx`` from the scans table, None when the scan is not there."""
+        rows = self.scans[self.scans["seriesuid"] == seriesuid]
+        return None if rows.empty else rows["resampled_shape_zyx"].iloc[0]
 
-        store = self.location.zarr_store()  # volumes are not in the consolidated metadata: open directly
+    def read_volume(self, seriesuid: str) -> ScanVolume:
+        """The whole resampled scan, its lung mask and geometry (stores built with ``--volumes``).
+
+        Each array's metadata is checked first (dtype, codecs, and its shape against the scans
+        table: :mod:`luna_prep.format.volumes`); a bad one is a FormatError naming it, before any read.
+        """
+        shape = self.recorded_shape(seriesuid)
+        arrays = []
+        for name, dtype in ((VOLUME_IMAGE, self.attrs.image_dtype), (VOLUME_LUNGS, "uint8")):
+            try:
+                arrays.append(open_volume(self.location, volume_path(seriesuid, name), dtype, shape,
+                                          self.attrs.chunk_checksums))
+            except FileNotFoundError as exc:
+                hint = "" if self.has_volumes() else " (the store was built without --volumes)"
+                raise FormatError(f"{self.root}: no volume for {seriesuid}{hint}") from exc
+        image, lungs = arrays
         try:
-            image = zarr.open_array(store, path=volume_path(seriesuid, VOLUME_IMAGE), mode="r")
-            lungs = zarr.open_array(store, path=volume_path(seriesuid, VOLUME_LUNGS), mode="r")
-        except (KeyError, FileNotFoundError) as exc:
-            hint = "" if self.has_volumes() else " (the store was built without --volumes)"
-            raise FormatError(f"{self.root}: no volume for {seriesuid}{hint}") from exc
-        attrs = VolumeAttributes.from_attrs(dict(image.attrs))
+            attrs = VolumeAttributes.from_attrs(image.attributes)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"{self.root}/{image.path}: bad volume attributes ({type(exc).__name__}: {exc})") from exc
         return ScanVolume(
-            seriesuid=seriesuid, image=decode_image(image[:], self.attrs.image_dtype), lungs=lungs[:] > 0,
-            origin_xyz=attrs.origin_xyz, spacing_mm=attrs.spacing_mm, original=attrs.original,
+            seriesuid=seriesuid, image=decode_image(image.read(self.location), self.attrs.image_dtype),
+            lungs=lungs.read(self.location) > 0, origin_xyz=attrs.origin_xyz, spacing_mm=attrs.spacing_mm,
+            original=attrs.original,
         )
 
     def zarr_group(self):

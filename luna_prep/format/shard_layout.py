@@ -59,11 +59,36 @@ class ShardIndex:
 
     def decode(self, tail: bytes, where: str = "shard") -> np.ndarray:
         """The (n_chunks, 2) index from a shard file's last :attr:`nbytes` bytes (or the whole file)."""
+        if len(tail) < self.nbytes:
+            raise FormatError(f"{where}: {len(tail)} bytes, shorter than its shard index ({self.nbytes} bytes)")
         try:
             body = _CRC.decode(tail[-self.nbytes:])
         except RuntimeError as exc:
             raise FormatError(f"{where}: shard index checksum mismatch") from exc
         return np.frombuffer(body, dtype=INDEX_DTYPE).reshape(self.n_chunks, 2)
+
+    def check(self, index: np.ndarray, max_chunk: int, file_size: int | None, where: str) -> np.ndarray:
+        """``index`` if every stored entry is sane: no chunk longer than ``max_chunk`` bytes and, when the
+        file's size is known, every chunk inside the data region (before the index). FormatError otherwise."""
+        offset, nbytes = index[:, 0], index[:, 1]
+        absent = offset == EMPTY
+        bad = np.flatnonzero(absent != (nbytes == EMPTY))
+        if bad.size:
+            raise FormatError(f"{where}: index entry {int(bad[0])} has an offset or a length but not both")
+        stored = ~absent
+        big = np.flatnonzero(stored & ((nbytes > max_chunk) | (nbytes == 0)))
+        if big.size:
+            k = int(big[0])
+            raise FormatError(f"{where}: index entry {k} says chunk {k} is {int(nbytes[k]):,} bytes; "
+                              f"a chunk of this array is 1..{max_chunk:,} bytes")
+        if file_size is not None:
+            end = file_size - self.nbytes
+            past = np.flatnonzero(stored & ((offset > end) | (nbytes > end - np.minimum(offset, end))))
+            if past.size:
+                k = int(past[0])
+                raise FormatError(f"{where}: index entry {k} (offset {int(offset[k]):,}, {int(nbytes[k]):,} bytes) "
+                                  f"runs past the data region (the index starts at byte {end:,})")
+        return index
 
     def pack(self, chunks: Sequence[bytes | None]) -> list[bytes]:
         """The parts of a shard file holding ``chunks`` (None: not stored), or [] when none is stored."""

@@ -4,40 +4,22 @@ A luna-patches array is a Zarr v3 ``sharding_indexed`` array with one patch per 
 out as :mod:`luna_prep.format.shard_layout` says. Reading a patch costs one ranged read once the shard's index is cached
 (one small read per shard), and decoding is a single Blosc call: zarr-python spends about 1 ms
 per chunk on top of that. Only the codecs the format allows are accepted, so a store from
-someone else cannot make us unpickle anything.
+someone else cannot make us unpickle anything, and every size an index or a chunk header states is
+checked before it is used (:meth:`ShardIndex.check`, :func:`~luna_prep.format.codecs.decode_into`).
 """
 
 from __future__ import annotations
 
 import json
 
-import numcodecs
 import numpy as np
 
+from luna_prep.format.codecs import decode_into, parse_codecs
 from luna_prep.format.location import StoreLocation
 from luna_prep.format.shard_layout import INDEX_CODECS, ShardIndex, shard_key
 from luna_prep.format.spec import FormatError
 
 ALLOWED_DTYPES = ("uint8", "float16")
-ALLOWED_INNER_CODECS = ("bytes", "blosc", "zstd", "gzip")
-
-
-def _inner_decoder(codecs: list[dict], where: str):
-    names = [c.get("name") for c in codecs]
-    bad = [n for n in names if n not in ALLOWED_INNER_CODECS]
-    if bad or not names or names[0] != "bytes":
-        raise FormatError(f"{where}: codecs {names} are not allowed (allowed: bytes then one of blosc, zstd, gzip)")
-    endian = (codecs[0].get("configuration") or {}).get("endian", "little")
-    if len(names) == 1:
-        return None, endian
-    if len(names) > 2:
-        raise FormatError(f"{where}: more than one compressor ({names})")
-    cfg = codecs[1].get("configuration") or {}
-    if names[1] == "blosc":
-        return numcodecs.Blosc(), endian
-    if names[1] == "zstd":
-        return numcodecs.Zstd(), endian
-    return numcodecs.GZip(level=int(cfg.get("level", 5))), endian
 
 
 def _ok(blob):
@@ -55,8 +37,8 @@ def read_many(arrays: list["ShardedPatchArray"], rows: list[int]) -> list[list[n
     blobs = location.read_ranges([r[0] for _, _, r in wanted], [r[1] for _, _, r in wanted],
                                  [r[2] for _, _, r in wanted]) if wanted else []
     out = [[None] * len(rows) for _ in arrays]
-    for (j, k, _), blob in zip(wanted, blobs):
-        out[j][k] = arrays[j].decode(_ok(blob))
+    for (j, k, (_, start, stop)), blob in zip(wanted, blobs):
+        out[j][k] = arrays[j].decode(_ok(blob), rows[k], stop - start)
     for j, a in enumerate(arrays):
         out[j] = [a.empty() if v is None else v for v in out[j]]
     return out
@@ -65,7 +47,8 @@ def read_many(arrays: list["ShardedPatchArray"], rows: list[int]) -> list[list[n
 class ShardedPatchArray:
     """Read-only (N, s, s, s) array of a luna-patches store, one patch per inner chunk."""
 
-    def __init__(self, location: StoreLocation, path: str, metadata: dict | None = None):
+    def __init__(self, location: StoreLocation, path: str, metadata: dict | None = None,
+                 require_checksum: bool = False):
         self.location = location
         self.path = path
         where = f"{location.display}/{path}"
@@ -85,11 +68,17 @@ class ShardedPatchArray:
         index_codecs = [c.get("name") for c in conf.get("index_codecs", [])]
         if index_codecs != INDEX_CODECS or conf.get("index_location", "end") != "end":
             raise FormatError(f"{where}: unsupported shard index {index_codecs} at {conf.get('index_location')}")
-        self.decoder, endian = _inner_decoder(conf["codecs"], where)
-        self.dtype = np.dtype(dtype).newbyteorder("<" if endian == "little" else ">")
+        self.codecs = parse_codecs(conf["codecs"], where, require_checksum)
+        self.dtype = np.dtype(dtype).newbyteorder("<" if self.codecs.endian == "little" else ">")
+        self.max_chunk = self.codecs.max_encoded(int(np.prod(self.shape[1:])) * self.dtype.itemsize)
         self.fill_value = meta.get("fill_value", 0)
+        if self.fill_value != 0 or isinstance(self.fill_value, bool):
+            raise FormatError(f"{where}: fill value {self.fill_value!r}; the format's is 0")
         self.layout = ShardIndex(self.shard_len)
-        self._key_sep = (meta.get("chunk_key_encoding", {}).get("configuration") or {}).get("separator", "/")
+        encoding = meta.get("chunk_key_encoding") or {}
+        self._key_sep = (encoding.get("configuration") or {}).get("separator", "/")
+        if encoding.get("name", "default") != "default" or self._key_sep != "/":
+            raise FormatError(f"{where}: chunk key encoding {encoding}; the format's is zarr's default with '/'")
         self._indexes: dict[int, np.ndarray | None] = {}  # shard -> (offset, nbytes) per chunk; None: no file
 
     def __len__(self) -> int:
@@ -109,8 +98,14 @@ class ShardedPatchArray:
                 self._indexes[shard] = self._parse_index(shard, raw)
         return self._indexes[shard]
 
-    def _parse_index(self, shard: int, raw: bytes) -> np.ndarray:
-        return self.layout.decode(raw, f"{self.location.display}/{self.shard_key(shard)}")
+    def _where(self, shard: int) -> str:
+        return f"{self.location.display}/{self.shard_key(shard)}"
+
+    def _parse_index(self, shard: int, raw: bytes, file_size: int | None = None) -> np.ndarray:
+        """The checked index of a shard from its tail (local files: checked against the file's size too)."""
+        where = self._where(shard)
+        size = self.location.local_size(self.shard_key(shard)) if file_size is None else file_size
+        return self.layout.check(self.layout.decode(raw, where), self.max_chunk, size, where)
 
     def prefetch_indexes(self, rows) -> None:
         """Fetch the indexes of the shards holding ``rows`` that are not cached yet, in one batch."""
@@ -136,13 +131,14 @@ class ShardedPatchArray:
     def empty(self) -> np.ndarray:
         return np.full(self.shape[1:], self.fill_value, dtype=self.dtype.newbyteorder("="))
 
-    def decode(self, blob: bytes) -> np.ndarray:
-        """A writable native-endian patch decoded straight into its own buffer."""
+    def decode(self, blob: bytes, row: int, expected: int | None = None) -> np.ndarray:
+        """Row ``row``'s stored chunk ``blob`` (``expected`` bytes long, per the index) as a writable
+        native-endian patch, decoded straight into its own buffer; FormatError naming the file and row."""
+        where = f"{self._where(int(row) // self.shard_len)} (row {int(row)})"
+        if expected is not None and len(blob) != expected:
+            raise FormatError(f"{where}: the file ends inside the chunk ({len(blob):,} of {expected:,} bytes)")
         out = np.empty(self.shape[1:], dtype=self.dtype)
-        if self.decoder is not None:
-            self.decoder.decode(blob, out=out)
-        else:
-            out.reshape(-1).view(np.uint8)[:] = np.frombuffer(blob, dtype=np.uint8)
+        decode_into(self.codecs, blob, out, where)
         return out.astype(self.dtype.newbyteorder("="), copy=False)
 
     def read(self, i: int) -> np.ndarray:
@@ -154,7 +150,7 @@ class ShardedPatchArray:
         span = None if index is None else self.layout.span(index, within)
         if span is None:
             return self.empty()
-        return self.decode(self.location.read_range(self.shard_key(shard), *span))
+        return self.decode(self.location.read_range(self.shard_key(shard), *span), i, span[1] - span[0])
 
     def read_shard(self, shard: int) -> dict[int, np.ndarray]:
         """Every written patch of one shard, from one whole-file read: {row: patch}."""
@@ -162,6 +158,6 @@ class ShardedPatchArray:
             data = self.location.read(self.shard_key(shard))
         except FileNotFoundError:
             return {}
-        index = self.layout.decode(data, f"{self.location.display}/{self.shard_key(shard)}")
+        index = self._parse_index(shard, data, len(data))
         first = shard * self.shard_len
-        return {first + k: self.decode(data[start:stop]) for k, start, stop in self.layout.spans(index)}
+        return {first + k: self.decode(data[start:stop], first + k) for k, start, stop in self.layout.spans(index)}

@@ -1,4 +1,4 @@
-"""The luna-patches dataset format, version 1: the contract between luna-prep and its readers.
+"""The luna-patches dataset format, version 2 (version 1 still read): the contract between luna-prep and its readers.
 
 Everything a reader or a writer needs to agree on lives here: names, paths, attributes, dtypes,
 manifest and scans table columns, and how images are encoded. The reader is
@@ -31,7 +31,8 @@ import pandas as pd
 from luna_prep.errors import LunaError
 
 FORMAT_NAME = "luna-patches"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # v2: every stored chunk (patches and volumes) ends with a crc32c of its payload
+READABLE_VERSIONS = (1, 2)  # v1: the same layout without the chunk checksums
 
 ROOT_METADATA = "zarr.json"  # the root group's metadata: attributes and every array's consolidated metadata
 PATCHES_GROUP = "patches"
@@ -50,10 +51,10 @@ KINDS = ("nodule", "random", "candidate")
 IMAGE_DTYPES = ("float16", "uint8")
 UINT8_FULL_SCALE = 255  # a uint8 image stores round(255 * intensity); float16 stores the intensity
 
-# Root attributes every v1 store carries.
+# Root attributes every store carries.
 ROOT_ATTRIBUTES = (
     "format",  # "luna-patches"
-    "format_version",  # 1
+    "format_version",  # 2 (1: stores written before chunk checksums)
     "spacing_mm",  # isotropic voxel size of every patch
     "hu_window",  # [low, high]: HU clipped to this window, then scaled to [0, 1]
     "scales",  # patch edge lengths in voxels, e.g. [48, 64, 96]
@@ -185,14 +186,21 @@ class StoreAttributes:
     config_hash: str
     software_version: str
     build_config: dict
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def chunk_checksums(self) -> bool:
+        """Whether every stored chunk ends with a crc32c (format v2 on); readers require it then."""
+        return self.format_version >= 2
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any], where: str = "store") -> "StoreAttributes":
         if attrs.get("format") != FORMAT_NAME:
             raise FormatError(f"{where}: not a {FORMAT_NAME} store (format={attrs.get('format')!r})")
-        if attrs.get("format_version") != FORMAT_VERSION:
+        version = attrs.get("format_version")
+        if isinstance(version, bool) or version not in READABLE_VERSIONS:
             raise FormatError(
-                f"{where}: format_version {attrs.get('format_version')!r}, this software reads {FORMAT_VERSION}"
+                f"{where}: format_version {version!r}, this software reads {', '.join(map(str, READABLE_VERSIONS))}"
             )
         missing = [k for k in ROOT_ATTRIBUTES if k not in attrs]
         if missing:
@@ -209,12 +217,13 @@ class StoreAttributes:
             config_hash=str(attrs["config_hash"]),
             software_version=str(attrs["software_version"]),
             build_config=dict(attrs["build_config"]),
+            format_version=int(version),
         )
 
     def to_attrs(self) -> dict[str, Any]:
         """The root attributes as a store holds them (JSON types, ROOT_ATTRIBUTES order); inverse of from_attrs."""
         values = {
-            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "spacing_mm": self.spacing_mm,
+            "format": FORMAT_NAME, "format_version": self.format_version, "spacing_mm": self.spacing_mm,
             "hu_window": list(self.hu_window), "scales": list(self.scales), "image_dtype": self.image_dtype,
             "shard_patches": self.shard_patches, "capacity": self.capacity, "build_config": self.build_config,
             "config_hash": self.config_hash, "software_version": self.software_version,

@@ -8,13 +8,17 @@ bucket or a ``.zip``); the card is what people commit or send around.
 
 Readers call :func:`resolve_dataset`: given a card it returns the store's location after checking
 the store's small files (``zarr.json``, ``manifest.parquet``, ``scans.parquet``) against the card,
-so a model is never trained on a different store than the card describes. ``luna-prep verify``
+so a model is never trained on a different store than the card describes. ``pinned=True`` (or
+:func:`open_dataset`, or ``PatchStore(card)``) goes further: the reader holds the checked bytes
+and checks every other file against the card when it first reads it, so the store cannot change
+under a run either (:mod:`luna_prep.format.pins`). ``luna-prep verify``
 checks every file (:mod:`luna_prep.sharing.verify`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,9 +30,22 @@ import pandas as pd
 from luna_prep import __version__
 from luna_prep.errors import LunaError
 from luna_prep.files import sha256_bytes, sha256_file, write_text_atomic
+from luna_prep.format.location import (
+    StoreLocation,
+    UnsafePathError,
+    is_url,
+    safe_relpath,
+)
+from luna_prep.format.pins import StorePins
 from luna_prep.format.reader import PatchStore
-from luna_prep.format.spec import BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, ROOT_METADATA, SCANS_FILE
-from luna_prep.format.location import StoreLocation, UnsafePathError, is_url, safe_relpath
+from luna_prep.format.spec import (
+    BUILD_DIR,
+    FORMAT_NAME,
+    MANIFEST_FILE,
+    READABLE_VERSIONS,
+    ROOT_METADATA,
+    SCANS_FILE,
+)
 
 CARD_FORMAT = "luna-patches-card"
 CARD_VERSION = 1
@@ -113,7 +130,7 @@ def write_card(store_path: str | Path, name: str | None = None,
         "name": name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": attrs.format_version,
         "software_version": attrs.software_version,
         "card_written_by": __version__,
         "config_hash": attrs.config_hash,
@@ -127,7 +144,7 @@ def write_card(store_path: str | Path, name: str | None = None,
             "scans_ok": int((status == "ok").sum()),
             "scans_failed": int((status != "ok").sum()),
             "samples": int(manifest["sample_id"].nunique()),
-            "patches": int(len(manifest)),
+            "patches": len(manifest),
             "files": len(files),
             "bytes": int(sum(f["size"] for f in files)),
         },
@@ -168,9 +185,10 @@ def validate_card(card: Any, where: str = "card") -> dict:
         raise CardError(f"{where}: not a {CARD_FORMAT} (card_format={card.get('card_format')!r})")
     if card.get("card_version") != CARD_VERSION:
         raise CardError(f"{where}: card_version {card.get('card_version')!r}, this software reads {CARD_VERSION}")
-    if card.get("format") != FORMAT_NAME or card.get("format_version") != FORMAT_VERSION:
-        raise CardError(f"{where}: describes a {card.get('format')!r} v{card.get('format_version')!r} store, "
-                        f"this software reads {FORMAT_NAME} v{FORMAT_VERSION}")
+    version = card.get("format_version")
+    if card.get("format") != FORMAT_NAME or isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise CardError(f"{where}: describes a {card.get('format')!r} v{version!r} store, "
+                        f"this software reads {FORMAT_NAME} v{', v'.join(map(str, READABLE_VERSIONS))}")
     store = card.get("store")
     if not isinstance(store, dict) or not isinstance(store.get("location"), str):
         raise CardError(f"{where}: no store location")
@@ -238,9 +256,11 @@ def card_store_location(card: dict, store_url: str | None = None, card_file: str
 
 
 def check_files(location: StoreLocation, card: dict, rels: tuple[str, ...] | list[str] = SMALL_FILES,
-                card_file: str | Path = "card") -> None:
-    """Compare some of the store's files with the card; raise :class:`ChecksumMismatch` naming the file."""
+                card_file: str | Path = "card") -> dict[str, bytes]:
+    """Compare some of the store's files with the card; raise :class:`ChecksumMismatch` naming the file.
+    Returns the checked files' bytes, to hold (a reader pinned to the card never re-reads them)."""
     expected = {f["path"]: f for f in card["files"]}
+    checked = {}
     for rel in rels:
         want = expected.get(rel)
         if want is None:
@@ -256,12 +276,50 @@ def check_files(location: StoreLocation, card: dict, rels: tuple[str, ...] | lis
                 f"(sha256 {got[:12]}..., {len(data)} bytes; card: {want['sha256'][:12]}..., {want['size']} bytes). "
                 "The store changed since the card was written: rebuild the card, or pass --no-verify"
             )
+        checked[rel] = data
+    return checked
 
 
-def resolve_dataset(dataset: str, store_url: str | None = None, verify: bool = True) -> str:
+# Where a card's store was said to be (--store-url), for processes that reopen the card by its path
+# (DataLoader workers, spawned or forked): {absolute card path: store location}.
+_STORE_URLS_ENV = "LUNA_PREP_CARD_STORES"
+
+
+def _store_urls() -> dict[str, str]:
+    try:
+        return json.loads(os.environ.get(_STORE_URLS_ENV) or "{}")
+    except json.JSONDecodeError:
+        return {}
+
+
+def card_pins(card_file: str, store_url: str | None = None) -> tuple[str, StorePins]:
+    """(store location, pins) of a card: the small files are checked now and their bytes held; every
+    other file is checked against the card when first read (:class:`~luna_prep.format.pins.PinnedLocation`)."""
+    card = load_card(card_file)
+    key = card_file if is_url(card_file) else str(Path(card_file).resolve())
+    location = card_store_location(card, store_url or _store_urls().get(key), card_file)
+    held = check_files(StoreLocation.open(location), card, SMALL_FILES, card_file)
+    files = {f["path"]: (int(f["size"]), str(f["sha256"])) for f in card["files"]}
+    return location, StorePins(source=str(card_file), files=files, held=held)
+
+
+def open_dataset(dataset: str, store_url: str | None = None, verify: bool = True) -> PatchStore:
+    """A :class:`PatchStore` of ``dataset``: a store as is, or a card's store pinned to the card
+    (``verify``; without it, the card's store unchecked)."""
+    if is_card(dataset) and verify:
+        return PatchStore(*card_pins(str(dataset), store_url))
+    return PatchStore(resolve_dataset(dataset, store_url, verify))
+
+
+def resolve_dataset(dataset: str, store_url: str | None = None, verify: bool = True, pinned: bool = False) -> str:
     """The store to read for ``dataset``: a store path/URL is returned unchanged; a card (``.json``)
     gives its store's location (or ``store_url``), after checking the store's small files against
     the card when ``verify`` (a mismatch raises :class:`ChecksumMismatch` naming the file).
+
+    With ``pinned`` (and ``verify``) the card itself is returned instead, after the same check:
+    ``PatchStore(card)``, in this process or any it starts, reads the store pinned to the card (the
+    small files' checked bytes held, every other file checked against the card on first read), so
+    the store cannot change under the run. ``store_url`` is remembered for those processes.
     """
     dataset = str(dataset)
     if not is_card(dataset):
@@ -275,4 +333,9 @@ def resolve_dataset(dataset: str, store_url: str | None = None, verify: bool = T
         raise
     if verify:
         check_files(StoreLocation.open(location), card, SMALL_FILES, dataset)
+        if pinned:
+            if store_url:
+                key = dataset if is_url(dataset) else str(Path(dataset).resolve())
+                os.environ[_STORE_URLS_ENV] = json.dumps(_store_urls() | {key: str(store_url)})
+            return dataset
     return location

@@ -1,4 +1,4 @@
-"""``luna-prep verify``: is a store (or the store a card describes) intact and a valid luna-patches v1?
+"""``luna-prep verify``: is a store (or the store a card describes) intact and a valid luna-patches store?
 
 Two kinds of checks:
 
@@ -9,7 +9,8 @@ Two kinds of checks:
   accepts it (dtype and codec whitelist, shape ``(capacity, s, s, s)``, one patch per chunk),
   manifest columns and their types, manifest rows inside the arrays, unique ``(sample_id, scale)``,
   every sample with one patch per scale at the same row, and with ``deep`` each row's mask sum
-  equal to ``fg_voxels`` (reads every shard once).
+  equal to ``fg_voxels`` (reads every shard once, checking every chunk's crc32c in v2 stores) and
+  every whole-scan volume decoded after its metadata is checked (codecs, dtype, shape).
 
 Works on a folder, a ``.zip`` and a URL. Nothing is unpickled: tables are read by pyarrow,
 arrays by :class:`luna_prep.format.shards.ShardedPatchArray`.
@@ -26,8 +27,10 @@ import numpy as np
 from luna_prep.files import sha256_bytes, sha256_stream
 from luna_prep.format.location import StoreLocation
 from luna_prep.format.spec import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, IMAGE_ARRAY, KINDS, MANIFEST_COLUMNS,
-                                   MANIFEST_FILE, MASK_ARRAY, ROOT_METADATA, SCANS_FILE, FormatError, StoreAttributes,
-                                   array_path, consolidated_arrays, root_attributes)
+                                   MANIFEST_FILE, MASK_ARRAY, ROOT_METADATA, SCANS_FILE, VOLUME_IMAGE, VOLUME_LUNGS,
+                                   FormatError, StoreAttributes, array_path, consolidated_arrays, root_attributes,
+                                   volume_path)
+from luna_prep.format.volumes import open_volume
 from luna_prep.sharing.cards import CardError, card_store_location, is_card, load_card
 
 # Parquet (arrow) types accepted for each manifest dtype.
@@ -51,6 +54,8 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     rows_checked: int = 0
     patches_read: int = 0
+    volumes_read: int = 0
+    format_version: int = FORMAT_VERSION
 
     @property
     def ok(self) -> bool:
@@ -63,13 +68,14 @@ class VerifyReport:
             lines.append(f"files: {self.files_checked} checked against the card ({self.bytes_checked:,} bytes); "
                          f"{len(self.missing)} missing, {len(self.altered)} altered, {len(self.unexpected)} unexpected")
         lines.append(f"manifest rows checked: {self.rows_checked}"
-                     + (f"; patches decoded: {self.patches_read}" if self.patches_read else ""))
+                     + (f"; patches decoded: {self.patches_read}" if self.patches_read else "")
+                     + (f"; volume arrays decoded: {self.volumes_read}" if self.volumes_read else ""))
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"MISSING {p}" for p in self.missing]
         lines += [f"ALTERED {p}" for p in self.altered]
         lines += [f"UNEXPECTED {p}" for p in self.unexpected]
         lines += [f"PROBLEM {p}" for p in self.problems]
-        lines.append(f"OK: the store is intact and follows {FORMAT_NAME} v{FORMAT_VERSION}" if self.ok
+        lines.append(f"OK: the store is intact and follows {FORMAT_NAME} v{self.format_version}" if self.ok
                      else f"FAILED: {len(self.missing) + len(self.altered) + len(self.unexpected) + len(self.problems)} "
                           "problem(s)")
         return "\n".join(lines)
@@ -153,7 +159,7 @@ def check_arrays(location: StoreLocation, meta: dict, attrs: StoreAttributes, re
             if array_meta is None:
                 continue
             try:
-                arr = ShardedPatchArray(location, path, array_meta)
+                arr = ShardedPatchArray(location, path, array_meta, require_checksum=attrs.chunk_checksums)
             except FormatError as exc:
                 report.problems.append(str(exc))
                 continue
@@ -174,7 +180,7 @@ def _read_parquet(location: StoreLocation, rel: str, report: VerifyReport):
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(io.BytesIO(location.read(rel)))
+        return pq.read_table(io.BytesIO(location.read(rel)), page_checksum_verification=True)
     except FileNotFoundError:
         report.problems.append(f"{rel} is missing")
     except Exception as exc:  # noqa: BLE001 - any unreadable table is a finding, not a crash
@@ -235,21 +241,44 @@ def check_manifest(location: StoreLocation, attrs: StoreAttributes, report: Veri
     return m
 
 
-def check_scans(location: StoreLocation, manifest, report: VerifyReport) -> None:
+def check_scans(location: StoreLocation, manifest, report: VerifyReport):
+    """Every manifest row's scan recorded as ok; returns the scans table (or None)."""
     table = _read_parquet(location, SCANS_FILE, report)
     if table is None:
-        return
+        return None
     names = set(table.schema.names)
     if not {"seriesuid", "status"} <= names:
         report.problems.append(f"{SCANS_FILE}: needs columns seriesuid and status")
-        return
-    scans = table.select(["seriesuid", "status"]).to_pandas()
+        return None
+    scans = table.select([c for c in ("seriesuid", "status", "resampled_shape_zyx") if c in names]).to_pandas()
     if manifest is not None:
         ok = set(scans.loc[scans["status"] == "ok", "seriesuid"])
         orphans = sorted(set(manifest["seriesuid"].dropna()) - ok)
         if orphans:
             report.problems.append(f"{MANIFEST_FILE}: rows of {len(orphans)} scans not recorded as ok in "
                                    f"{SCANS_FILE} (e.g. {orphans[0]})")
+    return scans
+
+
+def check_volumes(location: StoreLocation, attrs: StoreAttributes, scans, report: VerifyReport) -> None:
+    """Each ok scan's whole-scan volumes (stores built with --volumes): metadata as the reader accepts it
+    (dtype, codecs, shape against the scans table), then every chunk decoded (and its crc32c checked)."""
+    if not attrs.build_config.get("volumes") or scans is None:
+        return
+    shapes = scans.get("resampled_shape_zyx")
+    for i, uid in enumerate(scans["seriesuid"]):
+        if scans["status"].iloc[i] != "ok":
+            continue
+        shape = None if shapes is None else shapes.iloc[i]
+        for name, dtype in ((VOLUME_IMAGE, attrs.image_dtype), (VOLUME_LUNGS, "uint8")):
+            path = volume_path(uid, name)
+            try:
+                open_volume(location, path, dtype, shape, attrs.chunk_checksums).read(location)
+                report.volumes_read += 1
+            except FileNotFoundError:
+                report.problems.append(f"{path} is missing (the store was built with --volumes)")
+            except FormatError as exc:
+                report.problems.append(str(exc))
 
 
 def check_patches(arrays: dict, manifest, attrs: StoreAttributes, report: VerifyReport) -> None:
@@ -318,6 +347,7 @@ def verify(target: str, store_url: str | None = None, deep: bool = False) -> Ver
     except (FormatError, KeyError, TypeError, ValueError, IndexError) as exc:
         report.problems.append(str(exc) if isinstance(exc, FormatError) else f"{ROOT_METADATA}: bad attributes ({exc})")
         return report
+    report.format_version = attrs.format_version
     if card is not None and card.get("config_hash") != attrs.config_hash:
         report.problems.append(f"zarr.json: config hash {attrs.config_hash[:12]} != card {str(card.get('config_hash'))[:12]}")
     if not attrs.scales or attrs.capacity < 0 or attrs.shard_patches < 1:
@@ -326,7 +356,9 @@ def verify(target: str, store_url: str | None = None, deep: bool = False) -> Ver
         return report
     arrays = check_arrays(location, meta, attrs, report)
     manifest = check_manifest(location, attrs, report)
-    check_scans(location, manifest, report)
+    scans = check_scans(location, manifest, report)
     if deep and manifest is not None:
         check_patches(arrays, manifest, attrs, report)
+    if deep:
+        check_volumes(location, attrs, scans, report)
     return report

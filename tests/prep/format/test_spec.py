@@ -15,14 +15,22 @@ ATTRS = StoreAttributes(spacing_mm=0.75, hu_window=(-1000.0, 400.0), scales=(16,
 def test_attributes_round_trip_through_the_stored_dict():
     attrs = ATTRS.to_attrs()
     assert list(attrs) == list(ROOT_ATTRIBUTES)
-    assert (attrs["format"], attrs["format_version"]) == ("luna-patches", 1)
+    assert (attrs["format"], attrs["format_version"]) == ("luna-patches", 2)
     assert attrs["hu_window"] == [-1000.0, 400.0] and attrs["scales"] == [16, 24]
     assert StoreAttributes.from_attrs(attrs) == ATTRS
 
 
 def test_attributes_of_another_version_are_refused():
-    with pytest.raises(FormatError, match="format_version 2"):
-        StoreAttributes.from_attrs(ATTRS.to_attrs() | {"format_version": 2})
+    with pytest.raises(FormatError, match="format_version 3"):
+        StoreAttributes.from_attrs(ATTRS.to_attrs() | {"format_version": 3})
+    with pytest.raises(FormatError, match="format_version True"):
+        StoreAttributes.from_attrs(ATTRS.to_attrs() | {"format_version": True})
+
+
+def test_version_1_is_still_read_without_chunk_checksums():
+    v1 = StoreAttributes.from_attrs(ATTRS.to_attrs() | {"format_version": 1})
+    assert v1.format_version == 1 and not v1.chunk_checksums and ATTRS.chunk_checksums
+    assert v1.to_attrs()["format_version"] == 1
 
 
 def test_uint8_holds_round_255_times_the_intensity():
