@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from luna_prep.format.spec import BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, PATCHES_GROUP
+from luna_prep.format.spec import BUILD_DIR, FORMAT_NAME, PATCHES_GROUP
 from luna_prep.format.reader import PatchStore
 
 
@@ -69,7 +69,7 @@ def store_summary(store: PatchStore) -> str:
     ok = int((scans["status"] == "ok").sum())
     lines = [
         f"store: {store.root}",
-        f"format: {FORMAT_NAME} v{FORMAT_VERSION}, written by luna-prep {a.software_version}; config hash {a.config_hash[:12]}",
+        f"format: {FORMAT_NAME} v{a.format_version}, written by luna-prep {a.software_version}; config hash {a.config_hash[:12]}",
         f"spacing: {a.spacing_mm} mm; HU window: {list(a.hu_window)}; scales: {list(a.scales)}; "
         f"image dtype: {a.image_dtype}; {a.shard_patches} patches per shard",
         f"scans: {ok} ok, {len(scans) - ok} failed; subsets: {sorted(scans['subset'].unique().tolist())}",

@@ -22,7 +22,7 @@ def resolve_store(dataset: str, store_url: str | None, verify: bool) -> str:
     from luna_prep.format.location import is_url
     from luna_prep.sharing.cards import resolve_dataset
 
-    store = resolve_dataset(str(dataset), store_url, verify)
+    store = resolve_dataset(str(dataset), store_url, verify, pinned=True)  # a card: the checked bytes are pinned
     if not is_url(store) and not Path(store).exists():
         raise click.UsageError(f"dataset {store} not found; build one with `luna-prep build` or pass --dataset")
     return store

@@ -102,3 +102,9 @@ def test_verify_finds_it_intact():
     report = verify(str(STORE), deep=True)
     assert report.ok, report.format()
     assert report.rows_checked == 24 and report.patches_read == 24
+
+
+def test_info_reports_the_stores_own_version(store):
+    from luna_prep.report.summary import store_summary
+
+    assert "format: luna-patches v1," in store_summary(store)
