@@ -58,8 +58,21 @@ def folder_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and BUILD_DIR not in p.parts)
 
 
-def store_bytes_by_scale(root: Path, scales) -> dict[int, int]:
-    return {s: folder_bytes(root / PATCHES_GROUP / str(s)) for s in scales}
+def store_bytes_by_scale(store: PatchStore) -> dict[int, int] | None:
+    """Bytes of each scale's patch files wherever the store lives; None where the files cannot be
+    listed (a plain HTTP server without directory listings)."""
+    try:
+        files = store.location.list_files()
+    except (OSError, NotImplementedError, ValueError):
+        return None
+    patch_sizes = [n for rel, n in files.items() if rel.startswith(f"{PATCHES_GROUP}/")]
+    if not patch_sizes or min(patch_sizes) <= 0:  # listed without sizes (an HTTP index page): no stored file is empty
+        return None
+    out = {}
+    for s in store.attrs.scales:
+        prefix = f"{PATCHES_GROUP}/{s}/"
+        out[s] = sum(n for rel, n in files.items() if rel.startswith(prefix))
+    return out
 
 
 def store_summary(store: PatchStore) -> str:
@@ -77,11 +90,13 @@ def store_summary(store: PatchStore) -> str:
         "patches by scale and kind:",
         counts_table(m),
     ]
-    by_scale = store_bytes_by_scale(Path(store.root), a.scales)
-    for s, n in by_scale.items():
+    by_scale = store_bytes_by_scale(store)
+    if by_scale is None:
+        lines.append("  sizes: unknown (the server does not list files; a dataset card lists every file's size)")
+    for s, n in (by_scale or {}).items():
         count = int((m["scale"] == s).sum())
         per = n / count if count else 0
-        lines.append(f"  {s}^3: {human_bytes(n)} on disk, {human_bytes(per)} per patch (image + mask)")
+        lines.append(f"  {s}^3: {human_bytes(n)} stored, {human_bytes(per)} per patch (image + mask)")
     for r in scans[scans["status"] != "ok"].itertuples():
         lines.append(f"FAILED {r.error}")
     return "\n".join(lines)
