@@ -74,7 +74,7 @@ def _lobes(rng: np.random.Generator, shape: str) -> tuple:
     for _ in range(int(rng.integers(3, 7))):
         v = rng.standard_normal(3)
         v /= np.linalg.norm(v)
-        out.append((*map(float, v), float(rng.uniform(0.12, 0.3)), float(rng.uniform(0.15, 0.35))))
+        out.append((*map(float, v), float(rng.uniform(0.2, 0.45)), float(rng.uniform(0.1, 0.25))))
     return tuple(out)
 
 
@@ -98,9 +98,9 @@ def make_lesion(rng: np.random.Generator, center, diameter: float, kind: str, lo
             u /= np.linalg.norm(u)
             start = c + 0.8 * r0 * u
             d = _turn(rng, u, rng.uniform(0.0, 20.0))
-            length = r0 * rng.uniform(0.6, 1.4) + 2.0
+            length = r0 * rng.uniform(0.8, 1.6) + 3.0
             spicules.append(TaperedTube(tuple(start), tuple(start + length * d),
-                                        float(min(0.25 * r0, rng.uniform(0.5, 0.9))), 0.2, 0))
+                                        float(min(0.3 * r0, rng.uniform(0.7, 1.2))), 0.25, 0))
     return Lesion(tuple(float(v) for v in center), float(diameter), kind, location, shape, hu, core_hu, core_frac,
                   float(r0), lobes, tuple(spicules))
 

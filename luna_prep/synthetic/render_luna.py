@@ -50,20 +50,35 @@ def _blend_ellipsoid(vol, geom, e: Ellipsoid, hu_fn, edge: float = 1.5) -> None:
     sub += w * (hu_fn(*xyz) - sub)
 
 
-def _body(vol, geom, chest: LunaChest) -> None:
-    nx, ny, nz = geom.size
+def _body_hu(chest: LunaChest, x, y, z):
     (bx, by), (ba, bb) = chest.body_center, chest.body_semi
     r0, r1 = chest.bone_ring
+    rb = np.sqrt(((x - bx) / ba) ** 2 + ((y - by) / bb) ** 2)
+    hu = np.where(rb <= 1.0, np.float32(HU_FAT), np.float32(HU_AIR))
+    hu = np.where(rb <= 1.0 - chest.fat_frac, np.float32(HU_TISSUE), hu)
+    ribs = np.cos(2 * np.pi * (z - chest.rib_phase_mm) / chest.rib_period_mm) > 0.3
+    spine = ((x - bx) / (0.14 * bb)) ** 2 + ((y - by - 0.72 * bb) / (0.14 * bb)) ** 2 <= 1.0
+    return np.where(((rb >= r0) & (rb <= r1) & ribs) | spine, np.float32(HU_BONE), hu)
+
+
+def _body(vol, geom, chest: LunaChest) -> None:
+    """Body (fat, soft tissue), rib bands and spine; slice by slice from two templates when the
+    direction matrix keeps z on the slice axis (every slice is then one of them)."""
+    nx, ny, nz = geom.size
+    d = geom.direction_matrix
+    if d[2, 0] == d[2, 1] == d[0, 2] == d[1, 2] == 0.0:
+        x, y, z = world_coords(geom, (0, 0, 0), (nx, ny, nz))
+        z = z.ravel()
+        with_ribs = _body_hu(chest, x[0], y[0], np.float32(chest.rib_phase_mm))
+        without = _body_hu(chest, x[0], y[0], np.float32(chest.rib_phase_mm + chest.rib_period_mm / 2))
+        ribs = np.cos(2 * np.pi * (z - chest.rib_phase_mm) / chest.rib_period_mm) > 0.3
+        for k in range(nz):
+            vol[k] = with_ribs if ribs[k] else without
+        return
     slab = max(1, 4_000_000 // (nx * ny))
     for k0 in range(0, nz, slab):
         k1 = min(nz, k0 + slab)
-        x, y, z = world_coords(geom, (0, 0, k0), (nx, ny, k1))
-        rb = np.sqrt(((x - bx) / ba) ** 2 + ((y - by) / bb) ** 2)
-        hu = np.where(rb <= 1.0, np.float32(HU_FAT), np.float32(HU_AIR))
-        hu = np.where(rb <= 1.0 - chest.fat_frac, np.float32(HU_TISSUE), hu)
-        ribs = np.cos(2 * np.pi * (z - chest.rib_phase_mm) / chest.rib_period_mm) > 0.3
-        spine = ((x - bx) / (0.14 * bb)) ** 2 + ((y - by - 0.72 * bb) / (0.14 * bb)) ** 2 <= 1.0
-        vol[k0:k1] = np.where(((rb >= r0) & (rb <= r1) & ribs) | spine, np.float32(HU_BONE), hu)
+        vol[k0:k1] = _body_hu(chest, *world_coords(geom, (0, 0, k0), (nx, ny, k1)))
 
 
 def _tube_pieces(tube: TaperedTube):
@@ -114,8 +129,9 @@ def _lesions(vol, geom, lesions: tuple[Lesion, ...], edge_fn) -> list[LesionMask
 
 
 def _noise(geom: ScanGeometry, rng: np.random.Generator, sigma: float) -> np.ndarray:
+    """A pool of at least 2**23 voxels (and more than one slab) of in-plane correlated noise."""
     nx, ny, _ = geom.size
-    n_slices = max(1, NOISE_POOL // (nx * ny))
+    n_slices = max(NOISE_POOL // (nx * ny), 4_000_000 // (nx * ny) + 1)
     pool = rng.standard_normal((n_slices, ny, nx), dtype=np.float32)
     s = NOISE_CORRELATION_MM / geom.spacing[0]
     ndimage.gaussian_filter(pool, (0.0, s, s), output=pool, truncate=3.0)
@@ -142,19 +158,20 @@ def render_luna(geom: ScanGeometry, chest: LunaChest, rng: np.random.Generator) 
     _tubes(vol, geom, chest.airways, HU_TISSUE, edge_fn, wall=lambda r: 0.3 + 0.2 * r)
     masks = _lesions(vol, geom, chest.lesions, edge_fn)
     pool = _noise(geom, rng, chest.noise_sigma)
-    out = np.empty((nz, ny, nx), dtype=np.int16)
+    # int16 result in the first half of the float32 buffer: slab k's int16 bytes only overlap float
+    # slabs <= k, already final (fresh pages are slow to touch; this saves allocating another volume)
+    out = np.frombuffer(vol, dtype=np.int16, count=vol.size).reshape(vol.shape)
     jj, ii = np.mgrid[0:ny, 0:nx]
     outside_fov = np.hypot(ii - (nx - 1) / 2, jj - (ny - 1) / 2) > min(nx, ny) / 2
     slab = max(1, 4_000_000 // (nx * ny))
     for k0 in range(0, nz, slab):
         k1 = min(nz, k0 + slab)
         block = vol[k0:k1]
-        start = int(rng.integers(0, pool.size - block.size + 1)) if pool.size > block.size else 0
-        block += pool[start:start + block.size].reshape(block.shape) if pool.size >= block.size else \
-            np.resize(pool, block.size).reshape(block.shape)
+        start = int(rng.integers(0, pool.size - block.size + 1))
+        block += pool[start:start + block.size].reshape(block.shape)
         np.rint(block, out=block)
         np.clip(block, HU_CLIP[0], HU_CLIP[1], out=block)
         if chest.fov_clip:
             block[:, outside_fov] = HU_OUTSIDE_FOV
-        out[k0:k1] = block
+        out[k0:k1] = block.astype(np.int16)
     return out, masks
