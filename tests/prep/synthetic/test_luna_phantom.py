@@ -8,9 +8,11 @@ import pytest
 import SimpleITK as sitk
 
 from luna_prep.synthetic.findings import place_lesions
-from luna_prep.synthetic.lesions import KINDS, LOCATIONS, LUNA16_DIAMETER_QUANTILES, SHAPES, luna16_diameter
+from luna_prep.synthetic.lesions import (KINDS, LOCATIONS, LUNA16_DIAMETER_QUANTILES, SHAPES, lesion_fraction,
+                                        luna16_diameter, make_lesion)
 from luna_prep.synthetic.phantom import sample_chest, sample_geometry
 from luna_prep.synthetic.scans import IDENTITY, synthesize
+from luna_prep.synthetic.shape_bank import load_shape_bank
 from luna_prep.synthetic.trees import surface_distances
 from paths import DATA
 
@@ -164,3 +166,25 @@ def test_luna_deterministic_per_seed(tmp_path):
 def test_unknown_difficulty_is_refused(tmp_path):
     with pytest.raises(ValueError, match="easy, luna"):
         synthesize(tmp_path, n_scans=1, difficulty="hard")
+
+
+def test_shape_bank_holds_the_lidc_readers_outlines():
+    bank = load_shape_bank()
+    assert len(bank) == 4 and all("905371958588660410240398317235 nodule 0 reader" in s.source for s in bank)
+    assert all(s.spacing == (0.78125, 0.78125, 2.5) for s in bank)
+    real = 21.58311204  # its diameter in annotations.csv
+    assert all(abs(s.equivalent_diameter_mm - real) < 2.0 for s in bank)
+
+
+def test_real_shapes_are_scaled_to_the_drawn_diameter():
+    rng = np.random.default_rng(0)
+    for d in (5.0, 12.0, 25.0):
+        les = make_lesion(rng, (1.0, 2.0, 3.0), d, "solid", "isolated", "lidc", 40.0)
+        g = np.arange(-20, 20.25, 0.25)
+        x, y, z = g[:, None, None] + 1.0, g[None, :, None] + 2.0, g[None, None, :] + 3.0
+        body, _ = lesion_fraction(les, x, y, z, None)
+        m = body >= 0.5
+        assert 0.85 < m.sum() * 0.25 ** 3 / (np.pi / 6 * d ** 3) < 1.05
+        centroid = np.array([np.broadcast_to(a, m.shape)[m].mean() for a in (x, y, z)])
+        assert np.linalg.norm(centroid - (1.0, 2.0, 3.0)) < 0.05 * d + 0.1
+        assert np.sqrt(((np.argwhere(m) * 0.25 - 20.0 - centroid + (1, 2, 3)) ** 2).sum(axis=1)).max() <= les.reach
