@@ -24,6 +24,8 @@ HU_HEART = 45.0
 HU_EMPHYSEMA = -975.0
 LUNG_GRADIENT_HU = 35.0  # denser toward the back (dependent lung)
 NOISE_CORRELATION_MM = 0.6
+TEXTURE_HU = 25.0  # parenchyma: a smooth random field (2 mm grain) tiled every TEXTURE_TILE mm
+TEXTURE_TILE = 64
 
 LesionMask = tuple[np.ndarray, np.ndarray]  # (lo_xyz of mask[0, 0, 0], bool mask (z, y, x))
 
@@ -139,15 +141,30 @@ def _noise(geom: ScanGeometry, rng: np.random.Generator, sigma: float) -> np.nda
     return pool.ravel()
 
 
+def _texture(rng: np.random.Generator):
+    """Parenchyma texture as a function of world x, y, z: a periodic Gaussian-smoothed random field
+    on a 1 mm lattice (nearest cell), zero mean, ``TEXTURE_HU`` standard deviation."""
+    n = TEXTURE_TILE
+    field = ndimage.gaussian_filter(rng.standard_normal((n, n, n)).astype(np.float32), 2.0, mode="wrap")
+    field *= np.float32(TEXTURE_HU / field.std())
+
+    def at(x, y, z):
+        ix, iy, iz = (np.floor(v).astype(np.int64) % n for v in (x, y, z))
+        return field[iz, iy, ix]
+    return at
+
+
 def render_luna(geom: ScanGeometry, chest: LunaChest, rng: np.random.Generator) -> tuple[np.ndarray, list[LesionMask]]:
     """The scan as int16 HU (z, y, x) and, per lesion, its rendered mask on the scan's grid."""
     nx, ny, nz = geom.size
     vol = np.empty((nz, ny, nx), dtype=np.float32)
     _body(vol, geom, chest)
     edge_fn = _edge_fn(chest.slice_mm)
+    texture = _texture(rng)
     for lung in chest.lungs:
         cy, sy = lung.center[1], lung.semi[1]
-        _blend_ellipsoid(vol, geom, lung, lambda x, y, z: chest.lung_hu + LUNG_GRADIENT_HU * (y - cy) / sy)
+        _blend_ellipsoid(vol, geom, lung,
+                         lambda x, y, z: chest.lung_hu + LUNG_GRADIENT_HU * (y - cy) / sy + texture(x, y, z))
     _blend_ellipsoid(vol, geom, chest.heart_fat, lambda x, y, z: HU_FAT)
     _blend_ellipsoid(vol, geom, chest.heart, lambda x, y, z: HU_HEART)
     for e in chest.emphysema:
