@@ -55,13 +55,29 @@ def detect(path: Path, max_candidates: int = 100) -> pd.DataFrame:
     return df.nlargest(max_candidates, "probability")
 
 
+def found_by_kind(root: Path, sub: pd.DataFrame) -> dict:
+    """luna sets: per nodule kind, location and shape, "found/total" by any of the kept candidates."""
+    nod = pd.read_csv(root / "nodules.csv")
+    found = []
+    for _, r in nod.iterrows():
+        c = sub[sub.seriesuid == r.seriesuid][["coordX", "coordY", "coordZ"]].to_numpy()
+        d = np.linalg.norm(c - [r.coordX, r.coordY, r.coordZ], axis=1) if len(c) else np.array([np.inf])
+        found.append(bool(d.min() < r.diameter_mm / 2))
+    nod["found"] = found
+    return {col: {k: f"{int(g.found.sum())}/{len(g)}" for k, g in nod.groupby(col)}
+            for col in ("kind", "location", "shape")}
+
+
 def score(root: Path, uids: list[str], paths: list[Path]) -> dict:
     """CPM and sensitivities of the naive detector on a synthetic data set."""
-    subs = [detect(p).assign(seriesuid=u) for u, p in zip(uids, paths)]
+    sub = pd.concat([detect(p).assign(seriesuid=u) for u, p in zip(uids, paths)], ignore_index=True)
     ann = pd.read_csv(root / "annotations.csv")
-    res = compute_froc(pd.concat(subs, ignore_index=True), ann, None, uids, n_bootstrap=200)
-    return {"cpm": round(res.cpm, 3), "sensitivities": [round(float(v), 3) for v in res.sensitivities],
-            "n_nodules": res.n_nodules, "n_hits": res.n_hits, "cpm_ci": [round(float(v), 3) for v in res.cpm_ci]}
+    res = compute_froc(sub, ann, None, uids, n_bootstrap=200)
+    out = {"cpm": round(res.cpm, 3), "sensitivities": [round(float(v), 3) for v in res.sensitivities],
+           "n_nodules": res.n_nodules, "n_hits": res.n_hits, "cpm_ci": [round(float(v), 3) for v in res.cpm_ci]}
+    if (root / "nodules.csv").is_file():
+        out["found"] = found_by_kind(root, sub)
+    return out
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ from luna_prep.synthetic.scans import synthesize  # noqa: E402
 WINDOW = (-1000.0, 400.0)
 GRAY = {"cmap": "gray", "vmin": -1000, "vmax": 400}
 FINDINGS = [("kind", "solid"), ("kind", "part-solid"), ("kind", "ground-glass"), ("kind", "calcified"),
-            ("location", "juxta-pleural"), ("location", "juxta-vascular"), ("shape", "lobulated"), ("shape", "spiculated")]
+            ("location", "juxta-pleural"), ("location", "juxta-vascular"), ("shape", "lobulated"), ("shape", "spiculated"),
+            ("shape", "lidc")]
 
 
 def _iso(path: Path):
@@ -37,7 +38,7 @@ def findings_mosaic(ds, out: Path) -> None:
     the mask of its central slice outlined."""
     nod = pd.read_csv(ds.root / "nodules.csv")
     by_uid = {s.seriesuid: s for s in ds.scans}
-    fig, axes = plt.subplots(2, 4, figsize=(8, 4.4))
+    fig, axes = plt.subplots(3, 3, figsize=(6.6, 6.9))
     used: set[int] = set()
     for ax, (col, value) in zip(axes.ravel(), FINDINGS):
         ax.axis("off")
@@ -53,7 +54,7 @@ def findings_mosaic(ds, out: Path) -> None:
         ax.imshow(vol.array[sl].max(axis=0), **GRAY)  # 5 mm slab maximum: spicules show
         j = list(nod[nod.seriesuid == r.seriesuid].index).index(r.name) + 1
         ax.contour(np.abs(lab.array[(z, *sl[1:])] - j) < 0.5, [0.5], colors="r", linewidths=0.6)
-        ax.set_title(f"{value}\n{r.kind}, {r.diameter_mm:.1f} mm", fontsize=7)
+        ax.set_title(f"{value if value != 'lidc' else 'LIDC shape'}\n{r.kind}, {r.location}, {r.diameter_mm:.1f} mm", fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=80)
     plt.close(fig)

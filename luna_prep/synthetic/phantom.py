@@ -147,7 +147,7 @@ def sample_chest(rng: np.random.Generator, geom: ScanGeometry, fov_clip: bool) -
     chest = LunaChest(body_center, (a, b), rng.uniform(0.04, 0.07), (0.88, 0.94), rng.uniform(22.0, 30.0),
                       rng.uniform(0.0, 30.0), lungs, heart, heart_fat, _gas(rng, lungs, a, b, body_center, scale),
                       (), (), (), (), float(rng.uniform(-880.0, -820.0)), float(rng.uniform(25.0, 60.0)),
-                      float(rng.uniform(12.0, 35.0)), geom.spacing[2], fov_clip)
+                      float(rng.uniform(15.0, 60.0)), geom.spacing[2], fov_clip)
     severity = rng.choice([0, 4, 15], p=[0.5, 0.3, 0.2])
     emph = []
     for _ in range(int(severity)):
