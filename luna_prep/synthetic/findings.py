@@ -1,6 +1,7 @@
 """Where the ``luna`` phantom's lesions go, and its LUNA16-like candidate list.
 
-Lesions are isolated (inside a lung, off the vessels), juxta-pleural (overlapping the lung wall) or
+Lesions are isolated (inside a lung, off the vessels), juxta-pleural (reaching through the lung wall,
+rendered and masked only inside the lung) or
 juxta-vascular (touching a vessel of at least 1 mm radius). Class-0 candidates sit where a candidate
 detector fires in LUNA16: on vessels (bifurcations first), airway walls and the pleura.
 """
@@ -25,7 +26,7 @@ def _center_for(rng, chest: LunaChest, location: str, r: float) -> np.ndarray | 
         u /= np.linalg.norm(u)
         wall = np.asarray(lung.center) + np.asarray(lung.semi) * u  # rho = 1
         inward = (np.asarray(lung.center) - wall) / np.linalg.norm(np.asarray(lung.center) - wall)
-        c = wall + inward * r * rng.uniform(0.5, 0.9)
+        c = wall + inward * r * rng.uniform(0.6, 0.95)
         return c if chest.in_lung(c) else None
     if location == "juxta-vascular":
         big = [v for v in chest.vessels if v.rb >= 1.0]

@@ -19,6 +19,7 @@ from luna_prep.synthetic.phantom import LunaChest
 from luna_prep.synthetic.trees import TaperedTube
 
 EDGE_MM = 0.8
+LUNG_EDGE_MM = 1.5  # the lungs' blend width (as _blend_ellipsoid's default)
 PIECE_MM = 8.0
 HU_HEART = 45.0
 HU_EMPHYSEMA = -975.0
@@ -43,7 +44,7 @@ def _box(vol, geom, lo_w, hi_w):
     return vol[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]], world_coords(geom, lo, hi)
 
 
-def _blend_ellipsoid(vol, geom, e: Ellipsoid, hu_fn, edge: float = 1.5) -> None:
+def _blend_ellipsoid(vol, geom, e: Ellipsoid, hu_fn, edge: float = LUNG_EDGE_MM) -> None:
     c, s = np.asarray(e.center), np.asarray(e.semi)
     sub, xyz = _box(vol, geom, c - s - edge, c + s + edge)
     if sub is None:
@@ -115,7 +116,7 @@ def _tubes(vol, geom, tubes, hu: float, edge_fn, wall=None) -> None:
                 sub += lumen * (HU_AIR - sub)
 
 
-def _lesions(vol, geom, lesions: tuple[Lesion, ...], edge_fn) -> list[LesionMask]:
+def _lesions(vol, geom, lesions: tuple[Lesion, ...], lungs: tuple[Ellipsoid, ...], edge_fn) -> list[LesionMask]:
     masks = []
     for les in lesions:
         reach = les.reach + EDGE_MM + geom.spacing[2]
@@ -123,7 +124,12 @@ def _lesions(vol, geom, lesions: tuple[Lesion, ...], edge_fn) -> list[LesionMask
         box = index_box(geom, c - reach, c + reach)
         lo, hi = box
         sub = vol[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
-        body, core = lesion_fraction(les, *world_coords(geom, lo, hi), edge_fn)
+        xyz = world_coords(geom, lo, hi)
+        body, core = lesion_fraction(les, *xyz, edge_fn)
+        if les.location == "juxta-pleural":  # flattened against the pleura: what is drawn is in the lung
+            inside = np.max([np.clip((1.0 - e.rho(*xyz)) * (min(e.semi) / LUNG_EDGE_MM) + 0.5, 0.0, 1.0)
+                             for e in lungs], axis=0)
+            body, core = np.minimum(body, inside), np.minimum(core, inside)
         value = np.maximum(HU_AIR + body * (les.hu - HU_AIR), HU_AIR + core * (les.core_hu - HU_AIR))
         np.maximum(sub, value, out=sub)
         masks.append((lo, body >= 0.5))
@@ -173,7 +179,7 @@ def render_luna(geom: ScanGeometry, chest: LunaChest, rng: np.random.Generator) 
         _blend_ellipsoid(vol, geom, e, lambda x, y, z: HU_AIR, edge=1.0)
     _tubes(vol, geom, chest.vessels, chest.vessel_hu, edge_fn)
     _tubes(vol, geom, chest.airways, HU_TISSUE, edge_fn, wall=lambda r: 0.3 + 0.2 * r)
-    masks = _lesions(vol, geom, chest.lesions, edge_fn)
+    masks = _lesions(vol, geom, chest.lesions, chest.lungs, edge_fn)
     pool = _noise(geom, rng, chest.noise_sigma)
     # int16 result in the first half of the float32 buffer: slab k's int16 bytes only overlap float
     # slabs <= k, already final (fresh pages are slow to touch; this saves allocating another volume)

@@ -109,10 +109,11 @@ def test_rendered_masks_sit_at_the_annotations(ds):
             zyx = np.argwhere(lab == j + 1)
             world = s.geometry.voxel_to_world(zyx[:, ::-1].mean(axis=0))
             volume = len(zyx) * np.prod(s.geometry.spacing)
-            tol = 0.6 if n.shape == "round" else 0.25 * n.diameter_mm + 0.6  # lobes and spicules shift it
+            tol = 0.6 if n.shape == "round" else 0.25 * n.diameter_mm + 0.6  # lobes and spicules shift it,
+            tol += 0.2 * n.diameter_mm if n.location == "juxta-pleural" else 0.0  # and the pleura cuts it
             assert np.linalg.norm(world - n.world_xyz) < tol, (s.subset, n)
             expected = np.pi / 6 * n.diameter_mm ** 3
-            assert 0.6 * expected < volume < (1.6 if n.shape != "spiculated" else 2.5) * expected, (s.subset, n, volume)
+            assert (0.4 if n.location == "juxta-pleural" else 0.6) * expected < volume < (1.6 if n.shape != "spiculated" else 2.5) * expected, (s.subset, n, volume)
 
 
 def test_nodule_types_have_their_hu(ds, volumes):
@@ -188,3 +189,15 @@ def test_real_shapes_are_scaled_to_the_drawn_diameter():
         centroid = np.array([np.broadcast_to(a, m.shape)[m].mean() for a in (x, y, z)])
         assert np.linalg.norm(centroid - (1.0, 2.0, 3.0)) < 0.05 * d + 0.1
         assert np.sqrt(((np.argwhere(m) * 0.25 - 20.0 - centroid + (1, 2, 3)) ** 2).sum(axis=1)).max() <= les.reach
+
+
+def test_cli_difficulty_option(tmp_path):
+    from click.testing import CliRunner
+
+    from luna_prep.cli import main
+
+    res = CliRunner().invoke(main, ["synth", "--out", str(tmp_path), "--scans", "1", "--difficulty", "luna"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "nodules.csv").is_file() and list((tmp_path / "masks" / "subset0").glob("*.mhd"))
+    res = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "x"), "--difficulty", "hard"])
+    assert res.exit_code != 0 and "hard" in res.output
