@@ -12,15 +12,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
-from scipy import ndimage  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from scipy import ndimage
 
-from luna_prep.pipeline.lungmask import lung_mask  # noqa: E402
-from luna_prep.pipeline.resampling import encode_hu, resample_isotropic  # noqa: E402
-from luna_prep.synthetic.scans import synthesize  # noqa: E402
+from luna_prep.pipeline.lungmask import lung_mask
+from luna_prep.pipeline.resampling import encode_hu, resample_isotropic
+from luna_prep.synthetic.scans import synthesize
 
 WINDOW = (-1000.0, 400.0)
 GRAY = {"cmap": "gray", "vmin": -1000, "vmax": 400}

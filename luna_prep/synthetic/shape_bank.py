@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ class BankShape:
         return float(np.linalg.norm(rel, axis=1).max() + max(self.spacing))
 
 
-@lru_cache(maxsize=None)
+@cache
 def smoothed(index: int) -> np.ndarray:
     """Bank shape ``index`` as float32 in [0, 1], Gaussian-smoothed by half a voxel: a fraction to
     interpolate, 0.5 on its surface."""

@@ -9,7 +9,7 @@ minimum. Branches that would leave the lung are turned back toward a random inte
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
