@@ -52,7 +52,7 @@ class Lesion:
     def reach(self) -> float:
         """Radius of a ball around the centre that holds the whole lesion."""
         if self.bank_index >= 0:
-            return load_shape_bank()[self.bank_index].reach_mm() * self.scale
+            return load_shape_bank()[self.bank_index].reach_mm * self.scale
         body = self.r0 * (1.0 + sum(a for *_, a, _w in self.lobes))
         ends = [float(np.linalg.norm(np.subtract(s.b, self.center))) + s.rb for s in self.spicules]
         return max([body, *ends])
@@ -126,7 +126,7 @@ def _bank_fraction(lesion: Lesion, dx, dy, dz, shrink: float = 1.0) -> np.ndarra
     r = np.asarray(lesion.rotation).reshape(3, 3)
     d = np.stack(np.broadcast_arrays(dx, dy, dz), axis=-1).astype(np.float64)
     q = d @ r / (lesion.scale * shrink)  # world offset -> bank mm (r is orthonormal: r.T @ d per point)
-    idx = shape.centroid_zyx() + q[..., ::-1] / np.asarray(shape.spacing)[::-1]
+    idx = shape.centroid_zyx + q[..., ::-1] / np.asarray(shape.spacing)[::-1]
     out = ndimage.map_coordinates(smoothed(lesion.bank_index), np.moveaxis(idx, -1, 0), order=1, cval=0.0)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 

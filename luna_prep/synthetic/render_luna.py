@@ -8,6 +8,8 @@ in-plane (CT-like texture: correlated over about a millimetre), drawn from a reu
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from scipy import ndimage
 
@@ -36,8 +38,22 @@ def _edge_fn(slice_mm: float):
     return lambda dz, dist: EDGE_MM + pv * np.abs(dz) / dist
 
 
+@lru_cache(maxsize=8)
+def _world_to_index(geom: ScanGeometry) -> np.ndarray:
+    return np.linalg.inv(geom.direction_matrix * np.asarray(geom.spacing)[None, :])
+
+
+def _fast_index_box(geom: ScanGeometry, lo_w, hi_w):
+    """``anatomy.index_box`` with the geometry's inverse computed once (called per tube piece)."""
+    corners = np.array(np.meshgrid(*zip(lo_w, hi_w), indexing="ij")).reshape(3, -1).T
+    v = (corners - np.asarray(geom.origin)) @ _world_to_index(geom).T
+    lo = np.maximum(np.floor(v.min(axis=0)).astype(int), 0)
+    hi = np.minimum(np.ceil(v.max(axis=0)).astype(int) + 1, np.asarray(geom.size))
+    return None if np.any(hi <= lo) else (lo, hi)
+
+
 def _box(vol, geom, lo_w, hi_w):
-    box = index_box(geom, lo_w, hi_w)
+    box = _fast_index_box(geom, lo_w, hi_w)
     if box is None:
         return None, None
     lo, hi = box

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache, cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +29,18 @@ class BankShape:
     spacing: tuple[float, float, float]  # x, y, z mm
     source: str  # seriesuid, nodule and reader
 
-    @property
+    @cached_property
     def equivalent_diameter_mm(self) -> float:
         return float((6.0 * self.mask.sum() * np.prod(self.spacing) / np.pi) ** (1.0 / 3.0))
 
+    @cached_property
     def centroid_zyx(self) -> np.ndarray:
         return np.argwhere(self.mask).mean(axis=0)
 
+    @cached_property
     def reach_mm(self) -> float:
         """Largest distance of a mask voxel from the centroid, plus one voxel."""
-        rel = (np.argwhere(self.mask) - self.centroid_zyx()) * np.asarray(self.spacing)[::-1]
+        rel = (np.argwhere(self.mask) - self.centroid_zyx) * np.asarray(self.spacing)[::-1]
         return float(np.linalg.norm(rel, axis=1).max() + max(self.spacing))
 
 
