@@ -31,12 +31,15 @@ def main():
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write subset*/ and the CSVs into.")
 @click.option("--scans", default=10, type=click.IntRange(min=1), help="Number of scans; scan i goes into subset i % 10.")
 @click.option("--seed", default=0, type=int, help="Random seed; the same seed gives byte-identical files.")
-@click.option("--full-size", is_flag=True, help="512x512 in-plane, ~300 slices at 2.5 mm (for benchmarks).")
-def synth(out, scans, seed, full_size):
+@click.option("--full-size", is_flag=True, help="512x512 in-plane, ~300 slices (for benchmarks).")
+@click.option("--difficulty", type=click.Choice(["easy", "luna"]), default="easy",
+              help="easy: solid balls in a plain chest (fast tests); luna: chest phantom with vessel and airway "
+                   "trees, LUNA16-like nodules, spacings, noise and abdominal gas (see docs/synthetic.md).")
+def synth(out, scans, seed, full_size, difficulty):
     """Write a synthetic LUNA16-shaped data set: scans (.mhd/.raw), annotations.csv, candidates.csv."""
     from luna_prep.synthetic.scans import synthesize
 
-    ds = synthesize(out, n_scans=scans, seed=seed, full_size=full_size)
+    ds = synthesize(out, n_scans=scans, seed=seed, full_size=full_size, difficulty=difficulty)
     n_nod = sum(len(s.nodules) for s in ds.scans)
     click.echo(f"wrote {len(ds.scans)} scans with {n_nod} nodules to {ds.root}")
 

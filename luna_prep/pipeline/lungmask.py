@@ -1,4 +1,11 @@
-"""A coarse lung mask: air-like regions enclosed by the body, computed on a subsampled grid."""
+"""A coarse lung mask: air-like regions enclosed by the body, computed on a subsampled grid.
+
+Gas in the stomach and colon is air enclosed by the body too; it differs from lung by being nearly
+pure air (about -1000 HU) where lung parenchyma is about -850 HU with vessels. Its cores (where the
+local mean is under ``GAS_MAX_HU``) are cut out before the air is split into components, which
+severs gas touching a lung base through a thin diaphragm; components that are mostly dark or lie
+mostly within 3 voxels of a core (the rim the cut leaves) go too.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,8 @@ import numpy as np
 from scipy import ndimage
 
 LUNG_MAX_HU = -400.0
+GAS_MAX_HU = -950.0  # darker than lung parenchyma: bowel gas (also the cores of large bullae)
+MIN_LUNG_ML = 10.0  # a lung component holds at least this much, and 5% of the largest one
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,20 @@ class CoarseMask:
         return rng.integers(0, self.stride, size=(n, 3)) - self.stride // 2
 
 
+def _level(hu: float, hu_window: tuple[float, float], full_scale: float) -> float:
+    lo, hi = hu_window
+    return full_scale * (hu - lo) / (hi - lo)
+
+
+def _gas(coarse: np.ndarray, air: np.ndarray, gas_level: float) -> tuple[np.ndarray, np.ndarray]:
+    """(gas cores and one voxel around them, voxels within 3 voxels of a core): cores are air voxels
+    whose 3x3x3 mean is under ``gas_level``."""
+    core = air & (ndimage.uniform_filter(coarse.astype(np.float32), size=3, mode="nearest") < gas_level)
+    cube = np.ones((3, 3, 3), bool)
+    cut = ndimage.binary_dilation(core, structure=cube)
+    return cut, ndimage.binary_dilation(cut, structure=cube, iterations=2)
+
+
 def lung_mask(volume: np.ndarray, spacing_mm: float, hu_window: tuple[float, float], grid_mm: float = 4.0,
               full_scale: float = 1.0) -> CoarseMask:
     """Lungs of a normalized (z, y, x) volume on a ``grid_mm`` lattice.
@@ -39,26 +62,33 @@ def lung_mask(volume: np.ndarray, spacing_mm: float, hu_window: tuple[float, flo
     ``volume`` holds intensities in [0, ``full_scale``]: 1 for [0, 1] floats, 255 for uint8.
 
     Air-like voxels (< -400 HU) form components; those touching the in-plane border are the air
-    around the body (and the scanner's field of view) and are dropped. Of the rest, components of at
-    least 5% of the largest one are kept, then closed and hole-filled so that vessels and nodules
-    inside the lungs belong to the mask. The lungs reach the first and last slice, so the z faces
-    do not count as border.
+    around the body (and the scanner's field of view) and are dropped. Gas (see the module
+    docstring; only when the window reaches below -950 HU) is cut out. Of the rest, components of
+    at least 10 ml and 5% of the largest one are kept, then closed and hole-filled so that vessels
+    and nodules inside the lungs belong to the mask. The lungs reach the first and last slice, so
+    the z faces do not count as border.
     """
     stride = max(1, int(round(grid_mm / spacing_mm)))
     coarse = volume[::stride, ::stride, ::stride]
-    lo, hi = hu_window
-    air = coarse < full_scale * (LUNG_MAX_HU - lo) / (hi - lo)
+    air = coarse < _level(LUNG_MAX_HU, hu_window, full_scale)
+    gas_level = _level(GAS_MAX_HU, hu_window, full_scale) if hu_window[0] < GAS_MAX_HU - 10 else None
+    if gas_level is not None:
+        cut, near_gas = _gas(coarse, air, gas_level)
+        air &= ~cut
     labels, n = ndimage.label(air)
     if n == 0:
         return CoarseMask(np.zeros_like(air), stride)
     border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
                                        labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    if gas_level is not None:  # mostly dark or hugging a gas core: what the cut left of a gas pocket
+        gassy = ((coarse < gas_level) | near_gas).ravel()
+        sizes[np.bincount(labels.ravel(), weights=gassy, minlength=n + 1) >= 0.5 * np.maximum(sizes, 1)] = 0
     sizes[0] = 0
     sizes[border] = 0
     if sizes.max() == 0:
         return CoarseMask(np.zeros_like(air), stride)
-    keep = sizes >= 0.05 * sizes.max()
+    keep = (sizes >= 0.05 * sizes.max()) & (sizes * (stride * spacing_mm) ** 3 >= 1000.0 * MIN_LUNG_ML)
     keep[0] = False
     lungs = keep[labels]
     lungs = ndimage.binary_closing(lungs, structure=np.ones((3, 3, 3), bool), iterations=2, border_value=0) | lungs

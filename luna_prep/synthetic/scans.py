@@ -10,6 +10,14 @@ Coordinates are world mm (ITK physical x, y, z). Special scans: index 1 has dire
 diag(-1, 1, -1) (origin = world position of voxel (0, 0, 0)), index 2 is stored compressed
 (.zraw), index 4 has a circular field of view with -2048 outside it. With more than 10 scans,
 every scan with index % 4 == 3 has no nodule. Same seed -> byte-identical files.
+
+``difficulty="easy"`` (the default) renders solid balls in a plain chest; ``difficulty="luna"`` renders
+the digital chest phantom of ``phantom`` (vessel and airway trees, LUNA16-like nodules, spacings,
+noise and upper abdomen) and also writes, per scan, the lesions' rendered masks and their kinds::
+
+    DIR/masks/subset{k}/<seriesuid>.mhd    uint8, same grid as the scan; voxel = j + 1 inside the
+                                           scan's j-th nodule (its order in annotations.csv), else 0
+    DIR/nodules.csv                        annotations.csv's columns + kind, location, shape
 """
 
 from __future__ import annotations
@@ -23,6 +31,10 @@ import SimpleITK as sitk
 
 from luna_prep.luna16.geometry import ScanGeometry, read_header_geometry
 from luna_prep.synthetic.anatomy import Ball, Chest, Ellipsoid, Tube, render
+from luna_prep.synthetic.findings import candidates as luna_candidates
+from luna_prep.synthetic.findings import place_lesions
+from luna_prep.synthetic.phantom import sample_chest, sample_geometry
+from luna_prep.synthetic.render_luna import render_luna
 
 UID_PREFIX = "1.3.6.1.4.1.14519.5.2.1.9999."
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
@@ -33,12 +45,18 @@ COMPRESSED_INDEX = 2
 FOV_CLIP_INDEX = 4
 NODULE_DIAMETER_MM = (3.0, 30.0)
 CLEARANCE_MM = 5.0  # lung wall, vessels and other nodules stay this far from a nodule's surface
+DIFFICULTIES = ("easy", "luna")
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+NODULE_COLUMNS = (*ANNOTATION_COLUMNS, "kind", "location", "shape")
 
 
 @dataclass(frozen=True)
 class SynthNodule:
     world_xyz: tuple[float, float, float]
     diameter_mm: float
+    kind: str = "solid"  # solid | part-solid | ground-glass | calcified
+    location: str = "isolated"  # isolated | juxta-pleural | juxta-vascular
+    shape: str = "round"  # round | lobulated | spiculated
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,7 @@ class SynthScan:
     path: Path  # the .mhd
     geometry: ScanGeometry
     nodules: tuple[SynthNodule, ...]
+    mask_path: Path | None = None  # luna: the rendered nodules' label volume
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,7 @@ class SynthDataset:
     scans: tuple[SynthScan, ...]
     annotations_csv: Path
     candidates_csv: Path
+    difficulty: str = "easy"
 
 
 def seriesuid_for(seed: int, index: int) -> str:
@@ -179,39 +199,73 @@ def _write_scan(path: Path, volume: np.ndarray, geom: ScanGeometry, compressed: 
     return written
 
 
-def synthesize(out_dir, n_scans: int = 10, seed: int = 0, full_size: bool = False) -> SynthDataset:
+def _easy_scan(seed: int, i: int, full_size: bool, n_scans: int):
+    rng = np.random.default_rng([seed, i, int(full_size)])
+    geom = _sample_geometry(rng, i, full_size)
+    chest = _sample_anatomy(rng, geom, full_size)
+    n_nod = int(rng.integers(1, 4))
+    if n_scans > 10 and i % 4 == 3:
+        n_nod = 0
+    balls = _place_nodules(rng, geom, chest, n_nod)
+    chest = replace(chest, nodules=tuple(balls), fov_clip=i == FOV_CLIP_INDEX)
+    cands = _candidates(rng, chest)
+    volume = render(geom, chest, np.random.default_rng([seed, i, int(full_size), 1]))
+    return geom, volume, tuple(SynthNodule(b.center, 2.0 * b.radius) for b in balls), cands, None
+
+
+def _luna_scan(seed: int, i: int, full_size: bool, n_scans: int):
+    rng = np.random.default_rng([seed, i, int(full_size), 2])
+    geom = sample_geometry(rng, full_size, FLIPPED_DIRECTION if i == FLIPPED_INDEX else IDENTITY)
+    chest = sample_chest(rng, geom, fov_clip=i == FOV_CLIP_INDEX)
+    n_nod = 0 if n_scans > 10 and i % 4 == 3 else int(rng.integers(1, 5))
+    chest = replace(chest, lesions=tuple(place_lesions(rng, geom, chest, n_nod)))
+    cands = luna_candidates(rng, chest, int(rng.integers(400, 1000) if full_size else rng.integers(80, 160)))
+    volume, masks = render_luna(geom, chest, np.random.default_rng([seed, i, int(full_size), 3]))
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    for j, (lo, m) in enumerate(masks):
+        sub = labels[lo[2]:lo[2] + m.shape[0], lo[1]:lo[1] + m.shape[1], lo[0]:lo[0] + m.shape[2]]
+        sub[m & (sub == 0)] = j + 1
+    nodules = tuple(SynthNodule(les.center, les.diameter_mm, les.kind, les.location, les.shape) for les in chest.lesions)
+    return geom, volume, nodules, cands, labels
+
+
+def synthesize(out_dir, n_scans: int = 10, seed: int = 0, full_size: bool = False,
+               difficulty: str = "easy") -> SynthDataset:
     """Write a synthetic LUNA16-shaped dataset to ``out_dir`` and describe it.
 
-    Scan i depends only on (seed, i, full_size), except that with n_scans > 10 every scan with
-    i % 4 == 3 is rendered without nodules. Existing files of the same names are overwritten;
-    nothing else in ``out_dir`` is touched, so use a fresh directory.
+    Scan i depends only on (seed, i, full_size, difficulty), except that with n_scans > 10 every
+    scan with i % 4 == 3 is rendered without nodules. Existing files of the same names are
+    overwritten; nothing else in ``out_dir`` is touched, so use a fresh directory.
     """
     if n_scans < 0 or seed < 0:
         raise ValueError("n_scans and seed must be non-negative")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, not {difficulty!r}")
+    make_scan = _easy_scan if difficulty == "easy" else _luna_scan
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     scans, ann_lines, cand_lines = [], [",".join(ANNOTATION_COLUMNS)], [",".join(CANDIDATE_COLUMNS)]
+    nod_lines = [",".join(NODULE_COLUMNS)]
     for i in range(n_scans):
-        rng = np.random.default_rng([seed, i, int(full_size)])
         uid, subset = seriesuid_for(seed, i), i % 10
-        geom = _sample_geometry(rng, i, full_size)
-        chest = _sample_anatomy(rng, geom, full_size)
-        n_nod = int(rng.integers(1, 4))
-        if n_scans > 10 and i % 4 == 3:
-            n_nod = 0
-        balls = _place_nodules(rng, geom, chest, n_nod)
-        chest = replace(chest, nodules=tuple(balls), fov_clip=i == FOV_CLIP_INDEX)
-        cands = _candidates(rng, chest)
-        volume = render(geom, chest, np.random.default_rng([seed, i, int(full_size), 1]))
+        geom, volume, nodules, cands, labels = make_scan(seed, i, full_size, n_scans)
         folder = root / f"subset{subset}"
         folder.mkdir(exist_ok=True)
         path = folder / f"{uid}.mhd"
         geom = _write_scan(path, volume, geom, compressed=i == COMPRESSED_INDEX)
-        nodules = tuple(SynthNodule(b.center, 2.0 * b.radius) for b in balls)
-        scans.append(SynthScan(uid, subset, path, geom, nodules))
+        mask_path = None
+        if labels is not None:
+            mask_path = root / "masks" / f"subset{subset}" / f"{uid}.mhd"
+            mask_path.parent.mkdir(parents=True, exist_ok=True)
+            _write_scan(mask_path, labels, geom, compressed=True)
+            nod_lines += [",".join([uid, *map(_fmt, n.world_xyz), _fmt(n.diameter_mm), n.kind, n.location, n.shape])
+                          for n in nodules]
+        scans.append(SynthScan(uid, subset, path, geom, nodules, mask_path))
         ann_lines += [",".join([uid, *map(_fmt, n.world_xyz), _fmt(n.diameter_mm)]) for n in nodules]
         cand_lines += [",".join([uid, *map(_fmt, p), str(cls)]) for p, cls in cands]
     annotations_csv, candidates_csv = root / "annotations.csv", root / "candidates.csv"
     annotations_csv.write_text("\n".join(ann_lines) + "\n", newline="\n")
     candidates_csv.write_text("\n".join(cand_lines) + "\n", newline="\n")
-    return SynthDataset(root, tuple(scans), annotations_csv, candidates_csv)
+    if difficulty == "luna":
+        (root / "nodules.csv").write_text("\n".join(nod_lines) + "\n", newline="\n")
+    return SynthDataset(root, tuple(scans), annotations_csv, candidates_csv, difficulty)
