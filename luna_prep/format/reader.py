@@ -64,16 +64,15 @@ class PatchStore:
     through :class:`luna_prep.format.shards.ShardedPatchArray` (one ranged read per patch). Picklable:
     DataLoader workers reopen the store in their own process.
 
-    ``root`` may also be a dataset card (``.json``), and ``pins`` what a card pinned: the store is then
-    read through :class:`~luna_prep.format.pins.PinnedLocation`, so it cannot change under the reader
-    (the pins travel with the pickle).
+    ``pins`` (what a dataset card pinned; see :func:`luna_prep.sharing.cards.open_dataset`) make the
+    store read through :class:`~luna_prep.format.pins.PinnedLocation`, so it cannot change under the
+    reader (the pins travel with the pickle).
     """
 
     def __init__(self, root: str | Path, pins: StorePins | None = None):
-        if pins is None and str(root).lower().endswith(".json"):  # a dataset card: open its store pinned
-            from luna_prep.sharing.cards import card_pins
-
-            root, pins = card_pins(str(root))
+        if str(root).lower().endswith(".json"):
+            raise FormatError(f"{root}: a dataset card, not a store; open it with "
+                              "luna_prep.sharing.cards.open_dataset, which checks it and pins the store")
         self.root = str(root)
         self.pins = pins
         location = StoreLocation.open(self.root)

@@ -9,7 +9,7 @@ bucket or a ``.zip``); the card is what people commit or send around.
 Readers call :func:`resolve_dataset`: given a card it returns the store's location after checking
 the store's small files (``zarr.json``, ``manifest.parquet``, ``scans.parquet``) against the card,
 so a model is never trained on a different store than the card describes. ``pinned=True`` (or
-:func:`open_dataset`, or ``PatchStore(card)``) goes further: the reader holds the checked bytes
+:func:`open_dataset`) goes further: the reader holds the checked bytes
 and checks every other file against the card when it first reads it, so the store cannot change
 under a run either (:mod:`luna_prep.format.pins`). ``luna-prep verify``
 checks every file (:mod:`luna_prep.sharing.verify`).
@@ -317,7 +317,7 @@ def resolve_dataset(dataset: str, store_url: str | None = None, verify: bool = T
     the card when ``verify`` (a mismatch raises :class:`ChecksumMismatch` naming the file).
 
     With ``pinned`` (and ``verify``) the card itself is returned instead, after the same check:
-    ``PatchStore(card)``, in this process or any it starts, reads the store pinned to the card (the
+    ``open_dataset(card)``, in this process or any it starts, reads the store pinned to the card (the
     small files' checked bytes held, every other file checked against the card on first read), so
     the store cannot change under the run. ``store_url`` is remembered for those processes.
     """

@@ -50,12 +50,12 @@ def detect(run_dir, dataset, subsets, out, plots, annotations, tta, ensemble, ch
     Writes SUBMISSION.csv (seriesuid,coordX,coordY,coordZ,probability) and, beside it,
     SUBMISSION_seriesuids.csv listing the scans it covered (the FP-rate denominator for `luna-train froc`).
     """
-    from luna_prep.format.reader import PatchStore
+    from luna_prep.sharing.cards import open_dataset
     from luna_train.inference.trained_model import load_model_like
 
     model = load_model_like(run_dir, ensemble, checkpoint)
     subsets = subsets or tuple(model.config.split.test_subsets)
-    submission, uids = detect_store(model, PatchStore(dataset or model.config.data.dataset), subsets,
+    submission, uids = detect_store(model, open_dataset(dataset or model.config.data.dataset), subsets,
                                     detect_config(tta, threshold, min_size), plots, annotations)
     out = Path(out) if out else Path(run_dir) / "submission.csv"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,12 +22,12 @@ def predict(run_dir, scan_path, out, probabilities, candidates, dataset, tta, en
     """Segment one raw scan and list its candidates, in the scan's own geometry (opens over it in 3D Slicer / ITK-SNAP)."""
     import SimpleITK as sitk
 
-    from luna_prep.format.reader import PatchStore
+    from luna_prep.sharing.cards import open_dataset
     from luna_train.inference.trained_model import load_model_like
     from luna_train.inference.predict_scan import predict_scan
 
     model = load_model_like(run_dir, ensemble, checkpoint)
-    attrs = PatchStore(dataset or model.config.data.dataset).attrs
+    attrs = open_dataset(dataset or model.config.data.dataset).attrs
     pred = predict_scan(model, scan_path, attrs.spacing_mm, attrs.hu_window, attrs.image_dtype,
                         detect_config(tta, threshold, min_size))
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from luna_prep.format.reader import PatchStore
+from luna_prep.sharing.cards import open_dataset
 from luna_prep.format.spec import UINT8_FULL_SCALE
 
 
@@ -102,7 +103,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def _open(self) -> PatchStore:
         if self._reader is None or self._pid != os.getpid():
-            self._reader, self._pid = PatchStore(self.store), os.getpid()
+            self._reader, self._pid = open_dataset(self.store), os.getpid()  # a card: pinned in every process
         return self._reader
 
     def read(self, position: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ from typing import Mapping
 import pandas as pd
 
 from luna_prep.errors import InputError
-from luna_prep.format.reader import PatchStore
+from luna_prep.sharing.cards import open_dataset
 
 SETS = ("train", "val", "test")
 
@@ -83,7 +83,7 @@ def select_rows(dataset: str, split: SplitConfig, scale_weights: Mapping, eval_s
     ``scale_weights`` is ``sampler.scale_weights`` (a scale it omits weighs 1), ``train_size`` is
     ``data.train_size`` (None trains at native size, so only one scale may train).
     """
-    store = PatchStore(dataset)
+    store = open_dataset(dataset)
     sets = split_manifest(store.manifest, split)
     scales = set(store.attrs.scales)
     weights = {int(k): float(v) for k, v in scale_weights.items()}

@@ -39,7 +39,7 @@ def _replace_shard(root: Path, donor: str = "patches/16/image/c/2/0/0/0") -> Non
 
 def test_a_pinned_store_reads_the_same_values(carded):
     root, card = carded
-    plain, pinned = PatchStore(root), PatchStore(resolve_dataset(card, pinned=True))
+    plain, pinned = PatchStore(root), open_dataset(resolve_dataset(card, pinned=True))
     assert pinned.root == str(root) and pinned.pins is not None
     pd.testing.assert_frame_equal(plain.manifest, pinned.manifest)
     rows = list(range(0, 32, 3))
@@ -51,12 +51,12 @@ def test_a_pinned_store_reads_the_same_values(carded):
 
 def test_a_manifest_swapped_after_the_check_is_not_used(carded):
     root, card = carded
-    store = PatchStore(resolve_dataset(card, pinned=True))
+    store = open_dataset(resolve_dataset(card, pinned=True))
     full = pd.read_parquet(root / MANIFEST_FILE)
     full.head(24).to_parquet(root / MANIFEST_FILE, index=False)  # the server swaps it: 24 rows instead of 64
     assert len(store.manifest) == len(full) == 64  # the checked bytes are held
     with pytest.raises(ChecksumMismatch, match=r"s\.zarr: manifest\.parquet does not match the card"):
-        PatchStore(card)  # a process opening the card afresh (a worker) checks it again
+        open_dataset(card)  # a process opening the card afresh (a worker) checks it again
 
 
 def test_a_shard_that_differs_from_the_card_is_refused_on_first_read(carded):
@@ -112,7 +112,7 @@ def test_the_store_url_reaches_processes_that_reopen_the_card(carded, tmp_path, 
     with serve_directory(tmp_path / "www") as (base, _):
         ref = resolve_dataset(card, store_url=f"{base}/s.zarr", pinned=True)
         assert ref == card
-        store = PatchStore(ref)  # what a worker does with the dataset string
+        store = open_dataset(ref)  # what a worker does with the dataset string
         assert store.root == f"{base}/s.zarr" and len(store.manifest) == 64
         assert np.array_equal(store.read_patch(24, 3)[0], PatchStore(moved).read_patch(24, 3)[0])
         _replace_shard(moved)
