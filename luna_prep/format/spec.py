@@ -79,10 +79,10 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "fg_voxels": "int64",  # mask voxels of the patch
     "annotation_index": "int64",  # row of annotations.csv of the centred nodule, -1 otherwise
     "diameter_mm": "float32",  # of the centred nodule, NaN otherwise
-    "mask_source": "string",  # what the mask was drawn from: sphere | lidc | mixed | none (no nodule in it)
+    "mask_source": "string",  # what the mask was drawn from: sphere | lidc | label | mixed | none (no nodule)
 }
 
-MASK_SOURCES = ("sphere", "lidc", "mixed", "none")
+MASK_SOURCES = ("sphere", "lidc", "label", "mixed", "none")
 
 SCANS_COLUMNS: dict[str, str] = {
     "seriesuid": "string",

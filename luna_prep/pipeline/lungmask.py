@@ -55,6 +55,12 @@ def _gas(coarse: np.ndarray, air: np.ndarray, gas_level: float) -> tuple[np.ndar
     return cut, ndimage.binary_dilation(cut, structure=cube, iterations=2)
 
 
+def coarse_lungs(full: np.ndarray, spacing_mm: float, grid_mm: float = 4.0) -> CoarseMask:
+    """A full-resolution lung mask (e.g. LUNA16's own segmentation) on the same lattice as :func:`lung_mask`."""
+    stride = max(1, int(round(grid_mm / spacing_mm)))
+    return CoarseMask(np.ascontiguousarray(full[::stride, ::stride, ::stride]), stride)
+
+
 def lung_mask(volume: np.ndarray, spacing_mm: float, hu_window: tuple[float, float], grid_mm: float = 4.0,
               full_scale: float = 1.0) -> CoarseMask:
     """Lungs of a normalized (z, y, x) volume on a ``grid_mm`` lattice.

@@ -53,8 +53,9 @@ def resample_mask(m: LidcNoduleMask, original: ScanGeometry, grid: ScanGeometry)
 
 
 def with_lidc_masks(nodules: list[Nodule], masks: dict[int, LidcNoduleMask], original: ScanGeometry,
-                    grid: ScanGeometry) -> list[Nodule]:
-    """``nodules`` with each one that has a consensus mask drawn from it instead of a sphere."""
+                    grid: ScanGeometry, kind: str = "lidc") -> list[Nodule]:
+    """``nodules`` with each one that has a mask on the original grid (a readers' consensus, or a
+    label volume's region: ``kind``) drawn from it instead of a sphere."""
     out = []
     for nod in nodules:
         m = masks.get(nod.annotation_index)
@@ -64,5 +65,5 @@ def with_lidc_masks(nodules: list[Nodule], masks: dict[int, LidcNoduleMask], ori
         lo_zyx, mask = resample_mask(m, original, grid)
         voxels = np.argwhere(mask) + lo_zyx
         reach = float(np.linalg.norm(voxels - nod.centre_zyx, axis=1).max()) + 0.5 if len(voxels) else nod.radius_vox
-        out.append(Nodule(nod.annotation_index, nod.centre_zyx, reach, nod.diameter_mm, mask, lo_zyx))
+        out.append(Nodule(nod.annotation_index, nod.centre_zyx, reach, nod.diameter_mm, mask, lo_zyx, kind))
     return out

@@ -15,7 +15,8 @@ import numpy as np
 from luna_prep.format.spec import full_scale
 from luna_prep.luna16.geometry import ScanGeometry
 from luna_prep.luna16.reading import intensity_warnings, read_scan
-from luna_prep.pipeline.lungmask import CoarseMask, lung_mask
+from luna_prep.luna16.label_volumes import lung_volume_on
+from luna_prep.pipeline.lungmask import CoarseMask, coarse_lungs, lung_mask
 from luna_prep.pipeline.resampling import ResampledVolume, encode_hu, resample_isotropic
 
 
@@ -35,8 +36,10 @@ class PreparedScan:
 
 
 def prepare_scan(path: str | Path, spacing_mm: float, hu_window: tuple[float, float],
-                 image_dtype: str) -> PreparedScan:
-    """Read the scan at ``path``, resample it to ``spacing_mm``, window and encode it, find its lungs.
+                 image_dtype: str, lung_mask_path: str | Path | None = None) -> PreparedScan:
+    """Read the scan at ``path``, resample it to ``spacing_mm``, window and encode it, find its lungs
+    (or take them from ``lung_mask_path``, a segmentation on the scan's grid such as LUNA16's
+    ``seg-lungs-LUNA16/<seriesuid>.mhd``).
 
     Raises :class:`~luna_prep.luna16.reading.ScanReadError` for a scan that cannot be read.
     """
@@ -47,5 +50,8 @@ def prepare_scan(path: str | Path, spacing_mm: float, hu_window: tuple[float, fl
     del image  # the raw scan is the largest thing held; free it before encoding
     vol = ResampledVolume(encode_hu(hu.array, hu_window, image_dtype), hu.geometry)
     del hu
-    lungs = lung_mask(vol.array, vol.spacing, hu_window, full_scale=full_scale(image_dtype))
+    if lung_mask_path is not None:
+        lungs = coarse_lungs(lung_volume_on(lung_mask_path, original, vol.geometry), vol.spacing)
+    else:
+        lungs = lung_mask(vol.array, vol.spacing, hu_window, full_scale=full_scale(image_dtype))
     return PreparedScan(original, vol, lungs, image_dtype, warnings)

@@ -38,9 +38,11 @@ class Nodule:
     mask: np.ndarray | None = None
     mask_lo_zyx: np.ndarray | None = None
 
+    mask_kind: str = "lidc"  # what ``mask`` came from: lidc (readers' consensus) or label (a label volume)
+
     @property
     def source(self) -> str:
-        return "sphere" if self.mask is None else "lidc"
+        return "sphere" if self.mask is None else self.mask_kind
 
 
 @dataclass(frozen=True)

