@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
+from luna_prep.errors import InputError
+
 METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_dice", "val_pooled_dice", "lr", "seconds")
 METRICS_FILE = "metrics.csv"
 TB_DIR = "tensorboard"
@@ -80,7 +82,11 @@ class WandbTracker:
         import wandb
 
         self.wandb = wandb
-        self.run = wandb.init(project=project, name=name, config=config, dir=str(run_dir))
+        try:
+            self.run = wandb.init(project=project, name=name, config=config, dir=str(run_dir))
+        except Exception as exc:  # no login, no network: the user's to fix, not a traceback
+            raise InputError(f"logging.wandb: W&B could not start a run ({type(exc).__name__}: {exc}); log in with "
+                             "`wandb login`, or set WANDB_MODE=offline (or disabled)") from exc
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)
@@ -103,10 +109,14 @@ class MlflowTracker:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / MLFLOW_DIR).resolve().as_uri()
         if uri.startswith("file:"):  # MLflow 3 keeps the file store only on request
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.client = MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(experiment)
-        exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
-        self.run_id = self.client.create_run(exp_id, run_name=name).info.run_id
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+            found = self.client.get_experiment_by_name(experiment)
+            exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            self.run_id = self.client.create_run(exp_id, run_name=name).info.run_id
+        except Exception as exc:  # an unreachable server, a store this mlflow cannot open
+            raise InputError(f"logging.mlflow: no MLflow run at {uri} ({type(exc).__name__}: {exc}); check "
+                             "MLFLOW_TRACKING_URI, or unset it to log to RUN_DIR/mlruns") from exc
         params = [Param(k, str(v)[:6000]) for k, v in flat_params(config).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])

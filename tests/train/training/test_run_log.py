@@ -136,3 +136,20 @@ def test_cli_run_reports_each_epoch_and_fills_tensorboard(tiny_store, tmp_path):
     assert session.session_start_info.hparams["data.batch_size"].number_value == 4
     assert events.Scalars("hparams/val_dice")[0].value == pytest.approx(
         max(e.value for e in events.Scalars("epoch/val_dice")))
+
+
+def test_a_tracker_that_cannot_start_is_a_one_line_error(tmp_path, monkeypatch):
+    from luna_prep.errors import InputError
+
+    wandb = pytest.importorskip("wandb")
+
+    def refuse(**kwargs):
+        raise RuntimeError("api_key not configured (no-tty)")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    with pytest.raises(InputError, match=r"logging.wandb: .*no-tty.*WANDB_MODE=offline"):
+        RunLogger(tmp_path, CONFIG, tensorboard=False, wandb=True)
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere")
+    with pytest.raises(InputError, match=r"logging.mlflow: no MLflow run at nosuchscheme://nowhere"):
+        RunLogger(tmp_path, CONFIG, tensorboard=False, mlflow=True)
