@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -151,9 +152,44 @@ def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool
     return set()
 
 
+DASHBOARD_NEEDS = "bokeh>=3.1"
+
+
+def dashboard_problem() -> str | None:
+    """Why this machine cannot serve the Dask dashboard (bokeh missing or too old), or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major_minor = tuple(int(p) for p in version("bokeh").split(".")[:2])
+    except PackageNotFoundError:
+        major_minor = None
+    if major_minor is not None and major_minor >= (3, 1):
+        return None
+    return (f"no Dask dashboard: it needs {DASHBOARD_NEEDS} (pip install 'luna-patches[dashboard]'); "
+            "building without it")
+
+
+def dashboard_note(client, local: bool) -> str:
+    """The line that tells where the Dask dashboard of ``client``'s scheduler is, or why there is none.
+
+    A ``local`` cluster (started here) serves one only when bokeh is installed here, whatever link it reports.
+    """
+    problem = dashboard_problem() if local else None
+    if problem:
+        return problem
+    try:
+        link = client.dashboard_link
+    except (KeyError, AttributeError):  # a remote scheduler started without a dashboard
+        link = None
+    if link:
+        return f"Dask dashboard: {link}"
+    return "no Dask dashboard: the scheduler serves none"
+
+
 @contextmanager
-def dask_client(workers: int, scheduler: str | None, scheduler_file: str | None = None):
-    """A client on ``scheduler`` (an address or a scheduler file) or ``scheduler_file``, else on a new LocalCluster."""
+def dask_client(workers: int, scheduler: str | None, scheduler_file: str | None = None, dashboard: bool = False):
+    """A client on ``scheduler`` (an address or a scheduler file) or ``scheduler_file``, else on a new LocalCluster
+    (serving the dashboard on port 8787, or the next free one, when ``dashboard`` and bokeh is installed)."""
     from distributed import Client, LocalCluster
 
     if scheduler_file:
@@ -165,18 +201,21 @@ def dask_client(workers: int, scheduler: str | None, scheduler_file: str | None 
         with Client(**kwargs) as client:
             yield client
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    address = ":8787" if dashboard and dashboard_problem() is None else None
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=address) as cluster:
         with Client(cluster) as client:
             yield client
 
 
 def _run_tasks(plans: list[ScanPlan], job: ScanJob, workers: int, scheduler: str | None, progress: bool,
-               scheduler_file: str | None = None) -> list[dict]:
+               scheduler_file: str | None = None, dashboard: bool = False) -> list[dict]:
     from tqdm import tqdm
 
     records: list[dict] = []
     bar = tqdm(total=len(plans), desc="scans", unit="scan", disable=not progress)
     if workers == 0 and not scheduler and not scheduler_file:  # in-process, for debugging and profiling
+        if dashboard:
+            tqdm.write("no Dask dashboard with --workers 0 (scans run in this process)", file=sys.stderr)
         for plan in plans:
             records.append(process_scan(plan, job))
             bar.update()
@@ -184,7 +223,9 @@ def _run_tasks(plans: list[ScanPlan], job: ScanJob, workers: int, scheduler: str
         return records
     from distributed import as_completed
 
-    with dask_client(workers, scheduler, scheduler_file) as client:
+    with dask_client(workers, scheduler, scheduler_file, dashboard) as client:
+        if dashboard:
+            tqdm.write(dashboard_note(client, local=not (scheduler or scheduler_file)), file=sys.stderr)
         futures = {client.submit(process_scan, p, job, key=f"scan-{p.seriesuid}", pure=False): p for p in plans}
         for fut in as_completed(futures):
             plan = futures[fut]
@@ -253,16 +294,18 @@ def build_lock(out: str | Path):
 
 def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, overwrite: bool = False,
               progress: bool = True, scheduler_file: str | None = None, card_name: str | None = None,
-              manifests_dir: str | Path | None = None) -> BuildReport:
+              manifests_dir: str | Path | None = None, dashboard: bool = False) -> BuildReport:
     """Build (or resume) the store ``cfg.out`` from the scans of ``cfg.subsets``.
 
     With ``manifests_dir``, a dataset card ``manifests_dir/<card_name>.json`` is written once the
-    build has finished (failed scans included; see :mod:`luna_prep.sharing.cards`).
+    build has finished (failed scans included; see :mod:`luna_prep.sharing.cards`). With ``dashboard``,
+    the Dask dashboard's address is printed to stderr once the cluster is up.
     """
     t0 = time.perf_counter()
     with build_lock(cfg.out):
         try:
-            return _build(cfg, workers, scheduler, overwrite, progress, scheduler_file, card_name, manifests_dir, t0)
+            return _build(cfg, workers, scheduler, overwrite, progress, scheduler_file, card_name, manifests_dir, t0,
+                          dashboard)
         except FileNotFoundError:
             raise  # a missing input, named by whoever looked for it
         except OSError as exc:  # disk full, read-only file system, permissions: nothing finished is lost
@@ -273,7 +316,7 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
 
 def _build(cfg: BuildConfig, workers: int, scheduler: str | None, overwrite: bool, progress: bool,
            scheduler_file: str | None, card_name: str | None, manifests_dir: str | Path | None,
-           t0: float) -> BuildReport:
+           t0: float, dashboard: bool = False) -> BuildReport:
     if manifests_dir is not None:  # a bad card name fails now, not after the build
         from luna_prep.sharing.cards import CardError, card_path, default_name
 
@@ -295,7 +338,7 @@ def _build(cfg: BuildConfig, workers: int, scheduler: str | None, overwrite: boo
     job = ScanJob(str(Path(cfg.out).resolve()), cfg.spacing_mm, tuple(cfg.hu_window), cfg.seed, cfg.sampling,
                   cfg.storage, volumes=cfg.volumes, masks=cfg.masks, lidc_db=cfg.lidc_db, lidc_level=cfg.lidc_level,
                   mask_dir=cfg.mask_dir, lung_masks=cfg.lung_masks)
-    records = _run_tasks(todo, job, workers, scheduler, progress, scheduler_file) if todo else []
+    records = _run_tasks(todo, job, workers, scheduler, progress, scheduler_file, dashboard) if todo else []
     manifest, scan_table, scan_records = _finalize(cfg, plans, records)
     failed = scan_table[scan_table["status"] != "ok"] if len(scan_table) else scan_table
     counts = manifest.groupby(["scale", "kind"]).size().unstack(fill_value=0) if len(manifest) else pd.DataFrame()

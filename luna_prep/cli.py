@@ -91,13 +91,16 @@ def synth(out, scans, seed, full_size, difficulty):
         help="Consensus: share of a nodule's readers who marked a voxel.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built with another configuration.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--dashboard", is_flag=True, help="Serve the local Dask cluster's dashboard (port 8787 or the next free "
+              "one; needs bokeh: pip install .[dashboard]) and print its address; with --scheduler, print that one's.")
 @click.option("--name", default=None, help="Dataset card name  [default: the store's name without .zarr]")
 @click.option("--manifests-dir", default="manifests", envvar="LUNA_PREP_MANIFESTS_DIR", type=click.Path(file_okay=False),
               help="Where the dataset card NAME.json is written (env LUNA_PREP_MANIFESTS_DIR).")
 @click.option("--no-card", is_flag=True, help="Do not write a dataset card.")
 def build(data_root, subsets, out, workers, scheduler, scheduler_file, scales, spacing, hu_window, seed, annotations,
           candidates, jitter_copies, negative_ratio, hard_fraction, min_negatives, image_dtype, shard_patches, volumes,
-          masks, mask_dir, lung_masks, lidc_db, lidc_level, overwrite, quiet, name, manifests_dir, no_card):
+          masks, mask_dir, lung_masks, lidc_db, lidc_level, overwrite, quiet, dashboard, name, manifests_dir,
+          no_card):
     """Resample every scan of SUBSETS and write multi-scale patches to a Zarr store.
 
     Re-running the same command resumes: finished scans are kept. Exit status 1 when any scan failed.
@@ -119,7 +122,8 @@ def build(data_root, subsets, out, workers, scheduler, scheduler_file, scales, s
         volumes=volumes, masks=masks, lidc_db=lidc_db, lidc_level=lidc_level, mask_dir=mask_dir, lung_masks=lung_masks,
     )
     report = run_build(cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=not quiet,
-                       scheduler_file=scheduler_file, card_name=name, manifests_dir=None if no_card else manifests_dir)
+                       scheduler_file=scheduler_file, card_name=name, manifests_dir=None if no_card else manifests_dir,
+                       dashboard=dashboard)
     click.echo(build_summary(report))
     if report.card is not None:
         click.echo(f"dataset card: {report.card}")

@@ -149,9 +149,12 @@ class LoggingConfig:
     """What a run writes besides checkpoints."""
 
     tensorboard: bool = True
-    wandb: bool = False  # offline wandb run, only when wandb is importable
+    wandb: bool = False  # a wandb run (extra [wandb]; mode from WANDB_MODE, e.g. offline)
     wandb_project: str = "luna-train"
-    progress: bool = True  # tqdm bar
+    mlflow: bool = False  # an MLflow run (extra [mlflow]; MLFLOW_TRACKING_URI, else RUN_DIR/mlruns)
+    mlflow_experiment: str = "luna-train"
+    step_every: PositiveInt = 10  # per-step train loss to the trackers every this many steps
+    progress: bool = True  # tqdm bar (the per-epoch log line is written either way)
     plots: bool = True  # curves.png, val_panel.png
     panel_patches: NonNegativeInt = 8
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -43,6 +45,16 @@ def _config(config_file, overrides, dataset, store_url, verify, split_options: d
     return replace(cfg, data=replace(cfg.data, dataset=store))
 
 
+def announce(run_dir: Path, tensorboard: bool, resume: bool) -> None:
+    """Where the run writes, and how to watch it, on the ``luna_train`` logger before the first epoch."""
+    from luna_train.training.run_log import TB_DIR
+
+    log = logging.getLogger("luna_train")
+    log.info("%s: %s", "resuming the run in" if resume else "run directory", run_dir)
+    if tensorboard:
+        log.info("watch it with: tensorboard --logdir %s", shlex.quote(str(run_dir / TB_DIR)))
+
+
 @click.command("run")
 @click.option("--dataset", type=click.Path(), default=None,
               help="luna-patches store [default: data.dataset of the config, else data/patches.zarr].")
@@ -80,6 +92,8 @@ def run(dataset, config_file, overrides, out, store_url, no_verify, resume, trai
         cfg = _config(config_file, overrides, dataset, store_url, not no_verify,
                       {"train_subsets": train_subsets, "val_subsets": val_subsets, "test_subsets": test_subsets,
                        "fold": fold})
+        if info.is_main:
+            announce(run_dir, cfg.logging.tensorboard, resume)
         try:
             summary = run_training(cfg, run_dir, resume=resume, info=info)
         except Interrupted as exc:

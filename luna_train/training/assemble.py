@@ -116,6 +116,8 @@ def training_module(model: nn.Module, cfg: TrainConfig, info: D.DistInfo) -> nn.
 
 
 def open_logger(cfg: TrainConfig, run_dir: Path, info: D.DistInfo) -> RunLogger:
-    """metrics.csv, TensorBoard and optional wandb of the run (a no-op on ranks other than 0)."""
-    return RunLogger(run_dir, to_dict(cfg), enabled=info.is_main, tensorboard=cfg.logging.tensorboard,
-                     wandb=cfg.logging.wandb, wandb_project=cfg.logging.wandb_project, name=run_dir.name)
+    """metrics.csv, TensorBoard and optional W&B / MLflow of the run (a no-op on ranks other than 0)."""
+    lc = cfg.logging
+    return RunLogger(run_dir, to_dict(cfg), enabled=info.is_main, tensorboard=lc.tensorboard, wandb=lc.wandb,
+                     wandb_project=lc.wandb_project, name=run_dir.name, mlflow=lc.mlflow,
+                     mlflow_experiment=lc.mlflow_experiment)

@@ -7,7 +7,9 @@ of the checkpoint contents (schema: :mod:`luna_train.training.checkpoint`).
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from luna_prep.report.figure import ImageScale
 from luna_train.config import TrainConfig, to_dict
 from luna_train.data.sampler import WeightedPatchSampler
 from luna_train.training import distributed as D
@@ -24,6 +27,8 @@ from luna_train.training.loop import (Interrupted, LoopState, TrainParts, Valida
                                       train_epoch, validate)
 from luna_train.training.plots import CURVES_FILE, PANEL_FILE, plot_curves, plot_panel
 from luna_train.training.run_log import RunLogger
+
+log = logging.getLogger("luna_train")
 
 
 def _no_hardness() -> dict:
@@ -83,6 +88,9 @@ class Fit:
         self.cfg, self.run_dir, self.info, self.parts, self.logger = cfg, run_dir, info, parts, logger
         self.state, self.hard, self.pending_rng = start.state, start.hard, start.rng
         self.on_step = on_step
+        self.loss_mark = start.state.loss_sum  # train-loss sum at the last step: the next step's loss is the rise
+        self.epoch_walls: list[float] = []  # wall seconds of the epochs run by this process (for the ETA)
+        self.image_scale: ImageScale | None = None
         tc = cfg.train
         self.train_parts = TrainParts(
             model=net, loss_fn=parts.loss_fn, optimizer=parts.optimizer, scheduler=parts.scheduler,
@@ -101,6 +109,7 @@ class Fit:
         """Checkpoint every ``train.checkpoint_every_steps``; raise Interrupted after ``train.stop_after_steps``."""
         every, stop = self.cfg.train.checkpoint_every_steps, self.cfg.train.stop_after_steps
         stopping = stop is not None and st.step >= stop
+        self._log_step(st)
         if (every and st.step % every == 0) or stopping:
             self.save([LAST])
         if self.on_step is not None:
@@ -126,7 +135,7 @@ class Fit:
         """Epochs until ``train.epochs`` or ``train.patience`` epochs without a better validation Dice."""
         tc, ddp_check = self.cfg.train, None
         while self.state.epoch < tc.epochs:
-            e = self.state.epoch
+            e, t_epoch = self.state.epoch, time.perf_counter()
             check = ddp_check is None and self.state.step_in_epoch == 0
             train_loss, seen = self._train(collect_seen=check)
             if check:
@@ -139,6 +148,7 @@ class Fit:
             self._log_epoch(e, train_loss, res)
             self.save([LAST, BEST] if improved or self.state.best_epoch < 0 else [LAST])
             self._plot(e, improved, res)
+            self._report(time.perf_counter() - t_epoch)
             if tc.patience > 0 and self.state.bad_epochs >= tc.patience:
                 return FitOutcome(stopped_early=True, rank_draws=ddp_check)
         return FitOutcome(stopped_early=False, rank_draws=ddp_check)
@@ -185,11 +195,41 @@ class Fit:
         state.history.append(row)
         self.logger.log_epoch(row)
         state.epoch, state.step_in_epoch, state.loss_sum, state.epoch_seconds = epoch + 1, 0, 0.0, 0.0
+        self.loss_mark = 0.0
+
+    def _log_step(self, st: LoopState) -> None:
+        """This rank's train loss of the step and the learning rate, every ``logging.step_every`` steps."""
+        loss, self.loss_mark = st.loss_sum - self.loss_mark, st.loss_sum
+        if st.step % self.cfg.logging.step_every == 0:
+            self.logger.log_scalars({"train_loss": loss, "lr": self.parts.scheduler.get_last_lr()[0]}, st.step,
+                                    "step/")
+
+    def _report(self, wall: float) -> None:
+        """One persistent line per epoch on the ``luna_train`` logger (rank 0): losses, Dice, best, lr, time, ETA."""
+        if not self.info.is_main:
+            return
+        self.epoch_walls.append(wall)
+        log.info(epoch_line(self.state.history[-1], self.cfg.train.epochs, self.state.best_metric,
+                            self.state.best_epoch, wall, sum(self.epoch_walls) / len(self.epoch_walls)))
 
     def _plot(self, epoch: int, improved: bool, res: ValidationResult | None) -> None:
         if not (self.info.is_main and self.cfg.logging.plots):
             return
         plot_curves(self.state.history, self.run_dir / CURVES_FILE, self.state.best_epoch)
         if improved and res is not None:
-            plot_panel(res.panel, self.run_dir / PANEL_FILE, f"validation, epoch {epoch + 1}: ground truth (green), "
-                       f"prediction (red); Dice {res.dice:.3f}")
+            if self.image_scale is None:
+                self.image_scale = ImageScale.of_store(self.cfg.data.dataset)
+            panel = plot_panel(res.panel, self.run_dir / PANEL_FILE, f"validation, epoch {epoch + 1}: ground truth "
+                               f"(green), prediction (red); Dice {res.dice:.3f}", self.image_scale)
+            self.logger.log_image("validation/panel", panel, self.state.step)
+
+
+def epoch_line(row: dict, epochs: int, best: float, best_epoch: int, wall: float, mean_wall: float) -> str:
+    """``epoch 3/20  step 120  loss 0.4123  val Dice 0.512  best 0.530 (epoch 2)  lr 2.9e-04  41.2 s  ETA 0:11:40``."""
+    dice = row.get("val_dice", math.nan)
+    val = "-" if math.isnan(dice) else f"{dice:.4f}"
+    best_text = "-" if best_epoch < 0 else f"{best:.4f} (epoch {best_epoch + 1})"
+    eta = round(mean_wall * (epochs - int(row["epoch"])))
+    return (f"epoch {int(row['epoch'])}/{epochs}  step {int(row['step'])}  loss {row['train_loss']:.4f}  "
+            f"val Dice {val}  best {best_text}  lr {row['lr']:.2e}  {wall:.1f} s  "
+            f"ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}")

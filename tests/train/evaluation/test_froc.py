@@ -207,3 +207,25 @@ def test_run_froc_writes_json_and_plot(luna, tmp_path):
     assert d["cpm"] == pytest.approx(r.cpm) and len(d["cpm_ci"]) == 2
     assert d["n_nodules"] == 1186 and d["n_scans"] == len(uids)
     assert (tmp_path / "froc.png").stat().st_size > 10_000
+
+
+def test_froc_curve_stops_where_the_candidates_stop():
+    from luna_train.evaluation.froc_plot import froc_figure
+
+    # one FP above the nodule in one scan: the data end at 1 FP/scan (see the excluded-finding case)
+    r = froc(cands(("s1", 0, 0, 0, 0.5), ("s1", 54.9, 0, 0, 0.9)), nodules(("s1", 0, 0, 0, 10)))
+    fig = froc_figure(r)
+    try:
+        ax = fig.axes[0]
+        (curve,) = [ln for ln in ax.lines if ln.get_label() == "FROC"]
+        assert curve.get_xdata()[-1] == pytest.approx(float(np.max(r.fps))) == pytest.approx(1.0)
+        assert curve.get_xdata()[0] == pytest.approx(1 / 8)
+        (past,) = [ln for ln in ax.lines if ln.get_label().startswith("past the data")]
+        np.testing.assert_array_equal(past.get_xdata(), [2, 4, 8])  # drawn hollow, values as scored
+        assert past.get_markerfacecolor() == "none"
+        (measured,) = [ln for ln in ax.lines if ln.get_label() == "operating points"]
+        np.testing.assert_array_equal(measured.get_xdata(), [1 / 8, 1 / 4, 1 / 2, 1])
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
