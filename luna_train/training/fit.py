@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from luna_prep.report.figure import ImageScale
+from luna_prep.sharing.cards import open_dataset
 from luna_train.config import TrainConfig, to_dict
 from luna_train.data.sampler import WeightedPatchSampler
 from luna_train.training import distributed as D
@@ -218,7 +219,7 @@ class Fit:
         plot_curves(self.state.history, self.run_dir / CURVES_FILE, self.state.best_epoch)
         if improved and res is not None:
             if self.image_scale is None:
-                self.image_scale = ImageScale.of_store(self.cfg.data.dataset)
+                self.image_scale = ImageScale.of_store(open_dataset(self.cfg.data.dataset))
             panel = plot_panel(res.panel, self.run_dir / PANEL_FILE, f"validation, epoch {epoch + 1}: ground truth "
                                f"(green), prediction (red); Dice {res.dice:.3f}", self.image_scale)
             self.logger.log_image("validation/panel", panel, self.state.step)
