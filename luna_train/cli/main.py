@@ -9,6 +9,7 @@ from __future__ import annotations
 from luna_prep.cli_common import luna_group
 from luna_train.cli.detect import detect
 from luna_train.cli.evaluate import evaluate
+from luna_train.cli.export import export
 from luna_train.cli.froc import froc
 from luna_train.cli.predict import predict
 from luna_train.cli.run import run
@@ -19,7 +20,7 @@ def main() -> None:
     """Nodule segmentation training and evaluation on luna-patches stores."""
 
 
-for command in (run, evaluate, froc, detect, predict):
+for command in (run, evaluate, froc, detect, predict, export):
     main.add_command(command)
 
 

@@ -198,6 +198,22 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Se
     return out
 
 
+def freeze_postprocess(run_dir: str | Path, res: dict[str, Any]) -> Path | None:
+    """Write the post-processing an :func:`evaluate_run` result tuned into the run's ``postprocess.json``
+    (what ``detect`` and ``predict`` then use by default); None when nothing was tuned for this run alone."""
+    from luna_train.run_dir import RunDir
+
+    if "postprocess" not in res or len(res["ensemble"]) > 1:
+        return None
+    pp = res["postprocess"]
+    cfg = PostprocessConfig(**{k: pp[k] for k in ("threshold", "min_size", "closing_radius", "hysteresis_high")})
+    scale, size = res["eval_scale"], res["train_size"]
+    provenance = {"sizes_in": "model voxels", "model_voxel": 1.0 if size is None else scale / size,
+                  "checkpoint": res["checkpoint"], "tta": res["tta"], "val_subsets": pp["val_subsets"],
+                  "n_val_patches": pp["n_val_patches"], "val_tuning_score": pp["val_tuning_score"]}
+    return RunDir(run_dir).write_postprocess(cfg, provenance)
+
+
 # ----------------------------------------------------------------------------------------------
 # reporting
 
