@@ -25,9 +25,12 @@ from luna_train.run_dir import PREPROCESSING_FILE, PreprocessingSpec, RunDir
 
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory):
-    """A raw synthetic scan with a flipped direction matrix."""
+    """A small raw scan (.mhd) with a flipped direction matrix: a 72 x 72 x 34 crop of a synthetic scan."""
     data = synthesize(tmp_path_factory.mktemp("raw") / "luna16", n_scans=2, seed=5)
-    return data.scans[1]
+    crop = sitk.RegionOfInterest(sitk.ReadImage(str(data.scans[1].path)), (72, 72, 34), (40, 60, 30))
+    path = tmp_path_factory.mktemp("crop") / "crop.mhd"
+    sitk.WriteImage(crop, str(path))
+    return path
 
 
 def test_the_run_records_its_dataset_absolutely_and_its_preprocessing(tiny_run):
@@ -94,17 +97,20 @@ def test_predict_and_detect_from_another_directory_without_the_store(tiny_run, s
     shutil.copytree(run_dir, run)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    res = CliRunner().invoke(main, ["predict", str(run), "--scan", str(scan.path), "--out", "pred.nii.gz",
-                                    "--threshold", "0"])
+    res = CliRunner().invoke(main, ["predict", str(run), "--scan", str(scan), "--out", "pred.nii.gz",
+                                    "--probabilities", "prob.nrrd", "--threshold", "0"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "post-processing: defaults, overridden: threshold=0" in res.output
     assert Path("pred.csv").is_file() and not Path("pred.nii.csv").exists()
-    mask = sitk.ReadImage("pred.nii.gz")
-    got = ScanGeometry.from_image(mask)  # NIfTI keeps float32 geometry
-    assert got.size == scan.geometry.size
-    for field in ("origin", "spacing", "direction"):
-        np.testing.assert_allclose(getattr(got, field), getattr(scan.geometry, field), atol=1e-4)
-    assert sitk.GetArrayViewFromImage(mask).max() == 1  # threshold 0 keeps the (dilated) lungs
+    mask, prob = sitk.ReadImage("pred.nii.gz"), sitk.ReadImage("prob.nrrd")
+    raw = ScanGeometry.from_image(sitk.ReadImage(str(scan)))
+    for img in (mask, prob):  # NIfTI keeps float32 geometry
+        got = ScanGeometry.from_image(img)
+        assert got.size == raw.size
+        for field in ("origin", "spacing", "direction"):
+            np.testing.assert_allclose(getattr(got, field), getattr(raw, field), atol=1e-4)
+    # threshold 0 takes every voxel of the map, but the crop holds no lung: the mask is filtered as candidates are
+    assert (sitk.GetArrayViewFromImage(prob) > 0).mean() > 0.5 and sitk.GetArrayViewFromImage(mask).max() == 0
     # detect needs the store of volumes: the run's absolute record finds it (none here: a clear error)
     res = CliRunner().invoke(main, ["detect", str(run), "--out", "sub.csv"])
     assert res.exit_code == 2 and "built without --volumes" in res.output and str(Path(store).resolve()) in res.output
