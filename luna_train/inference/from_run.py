@@ -57,14 +57,18 @@ def predict_to_files(run: RunModel, run_dir: str | Path, scan: str | Path, out: 
     the spec of that store."""
     import SimpleITK as sitk
 
-    from luna_train.inference.outputs import candidates_path, write_candidates, write_mask
+    from luna_train.inference.outputs import (candidates_path, check_candidates_path, check_mask_path,
+                                              write_candidates, write_mask)
     from luna_train.inference.predict_scan import predict_scan
 
+    check_mask_path(out)
+    candidates = candidates or candidates_path(out)
+    check_candidates_path(candidates)
     cfg = run.model.config.data
     spec = RunDir(run_dir).preprocessing(dataset, cfg.eval_scale, cfg.train_size)
     pred = predict_scan(run.model, scan, spec, run.detect)
     written = {"mask": write_mask(pred.mask, out),
-               "candidates": write_candidates(pred.candidates, candidates or candidates_path(out))}
+               "candidates": write_candidates(pred.candidates, candidates)}
     if probabilities:
         Path(probabilities).parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(pred.probabilities, str(probabilities), useCompression=True)

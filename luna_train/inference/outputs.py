@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 import SimpleITK as sitk
 
+from luna_prep.errors import UsageError
+
 MASK_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mhd", ".mha")
 MARKUPS_SUFFIX = ".mrk.json"
 MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/"
@@ -36,7 +38,17 @@ def candidates_path(out: str | Path) -> Path:
 
 def _check_suffix(path: Path, allowed: tuple[str, ...], what: str) -> None:
     if not path.name.endswith(allowed):
-        raise ValueError(f"{path}: {what} must end with one of {', '.join(allowed)}")
+        raise UsageError(f"{path}: {what} must end with one of {', '.join(allowed)}")
+
+
+def check_mask_path(path: str | Path) -> None:
+    """Refuse a mask file name none of the writers handle (before any work is done)."""
+    _check_suffix(Path(path), MASK_SUFFIXES, "a mask file")
+
+
+def check_candidates_path(path: str | Path) -> None:
+    """Refuse a candidates file name that is neither .csv nor .mrk.json."""
+    _check_suffix(Path(path), (".csv", MARKUPS_SUFFIX), "a candidates file")
 
 
 def add_slicer_segment(mask: sitk.Image, name: str = "nodule") -> sitk.Image:
@@ -60,7 +72,7 @@ def add_slicer_segment(mask: sitk.Image, name: str = "nodule") -> sitk.Image:
 def write_mask(mask: sitk.Image, path: str | Path) -> Path:
     """Write a uint8 mask as .mhd/.mha/.nrrd/.nii(.gz), or as a Slicer segmentation (.seg.nrrd); compressed."""
     path = Path(path)
-    _check_suffix(path, MASK_SUFFIXES, "a mask file")
+    check_mask_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image = add_slicer_segment(mask) if path.name.endswith(".seg.nrrd") else mask
     sitk.WriteImage(image, str(path), useCompression=True)
@@ -84,7 +96,7 @@ def markups(candidates: pd.DataFrame, name: str = "candidates") -> dict:
 def write_candidates(candidates: pd.DataFrame, path: str | Path) -> Path:
     """Write candidate rows as CSV, or as Slicer markups when ``path`` ends with .mrk.json."""
     path = Path(path)
-    _check_suffix(path, (".csv", MARKUPS_SUFFIX), "a candidates file")
+    check_candidates_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.name.endswith(MARKUPS_SUFFIX):
         path.write_text(json.dumps(markups(candidates, stem_of(path).name), indent=2) + "\n")

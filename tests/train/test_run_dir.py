@@ -89,6 +89,11 @@ def test_evaluate_postprocess_freezes_it_into_the_run(tiny_run, tmp_path):
     assert {k: frozen[k] for k in ("threshold", "min_size", "closing_radius", "hysteresis_high")} == \
         {k: tuned[k] for k in ("threshold", "min_size", "closing_radius", "hysteresis_high")}
     assert frozen["model_voxel"] == 1.5 and frozen["val_subsets"] == [8]
+    # detect and predict now post-process with it (the tiny store has no volumes: detect stops there)
+    res = CliRunner().invoke(main, ["detect", str(run), "--out", str(tmp_path / "s.csv")])
+    assert f"post-processing: tuned ({run / 'postprocess.json'})" in res.output and res.exit_code == 2
+    res = CliRunner().invoke(main, ["detect", str(run), "--min-size", "7", "--out", str(tmp_path / "s.csv")])
+    assert "post-processing: tuned" in res.output and "overridden: min_size=7" in res.output
 
 
 def test_predict_and_detect_from_another_directory_without_the_store(tiny_run, scan, tmp_path, monkeypatch):
@@ -114,3 +119,13 @@ def test_predict_and_detect_from_another_directory_without_the_store(tiny_run, s
     # detect needs the store of volumes: the run's absolute record finds it (none here: a clear error)
     res = CliRunner().invoke(main, ["detect", str(run), "--out", "sub.csv"])
     assert res.exit_code == 2 and "built without --volumes" in res.output and str(Path(store).resolve()) in res.output
+
+
+def test_predict_refuses_file_names_it_cannot_write_before_predicting(tiny_run, scan, tmp_path):
+    run_dir, _ = tiny_run
+    for args, needle in ((["--out", str(tmp_path / "p.png")], "a mask file must end with one of .seg.nrrd, .nii.gz"),
+                         (["--out", str(tmp_path / "p.nii.gz"), "--candidates", str(tmp_path / "c.txt")],
+                          "a candidates file must end with one of .csv, .mrk.json")):
+        res = CliRunner().invoke(main, ["predict", str(run_dir), "--scan", str(scan), *args])
+        assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
+    assert not list(tmp_path.iterdir())
