@@ -50,10 +50,10 @@ def run_metadata(run_dir: str | Path, eval_scale: int, input_size: int | None) -
 
 
 def _export_torchscript(net: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, str]) -> None:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # tracer warnings, and torch >= 2.10's deprecation notice of torch.jit
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(net, example)
-    torch.jit.save(traced, str(out), _extra_files=meta)
+        torch.jit.save(traced, str(out), _extra_files=meta)
 
 
 def _export_onnx(net: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, str]) -> None:
@@ -90,5 +90,7 @@ def export_run(run_dir: str | Path, fmt: ExportFormat, out: str | Path, checkpoi
 def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, str]]:
     """An exported TorchScript model and its metadata texts."""
     extra = {PREPROCESSING_FILE: "", POSTPROCESS_FILE: ""}
-    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return module, {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items() if v}
