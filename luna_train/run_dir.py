@@ -66,7 +66,8 @@ class PreprocessingSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = PREPROCESSING_FILE) -> "PreprocessingSpec":
         try:
-            return cls(spacing_mm=float(d["spacing_mm"]), hu_window=(float(d["hu_window"][0]), float(d["hu_window"][1])),
+            return cls(spacing_mm=float(d["spacing_mm"]),
+                       hu_window=(float(d["hu_window"][0]), float(d["hu_window"][1])),
                        image_dtype=str(d["image_dtype"]), scales=tuple(int(s) for s in d["scales"]),
                        eval_scale=int(d["eval_scale"]),
                        input_size=None if d["input_size"] is None else int(d["input_size"]))
@@ -163,8 +164,9 @@ class RunDir:
             return None
         try:
             d = json.loads(f.read_text())
+            high = d["hysteresis_high"]
             return PostprocessConfig(threshold=float(d["threshold"]), min_size=int(d["min_size"]),
                                      closing_radius=int(d["closing_radius"]),
-                                     hysteresis_high=None if d["hysteresis_high"] is None else float(d["hysteresis_high"]))
+                                     hysteresis_high=None if high is None else float(high))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{f}: not a post-processing config ({type(exc).__name__}: {exc})") from None

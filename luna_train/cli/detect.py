@@ -11,8 +11,10 @@ from luna_train.cli.options import model_options, postprocess_options, subsets_o
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--dataset", default=None, help="Store built with --volumes [default: the run's dataset].")
 @subsets_option("--subsets", help="Subsets to detect on [default: the run's test subsets].")
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Submission CSV [default: RUN_DIR/submission.csv].")
-@click.option("--plots", default=None, type=click.Path(file_okay=False), help="Folder for a candidates figure per scan.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Submission CSV [default: RUN_DIR/submission.csv].")
+@click.option("--plots", default=None, type=click.Path(file_okay=False),
+              help="Folder for a candidates figure per scan.")
 @click.option("--annotations", default=None, type=click.Path(exists=True, dir_okay=False),
               help="annotations.csv, to draw the true nodules in the figures.")
 @model_options
@@ -28,5 +30,6 @@ def detect(run_dir, dataset, subsets, out, plots, annotations, tta, ensemble, ch
     run = load_run_model(run_dir, ensemble, checkpoint, tta, threshold, min_size)
     click.echo(f"post-processing: {run.postprocess_source}", err=True)
     w = detect_to_files(run, run_dir, dataset, subsets, out, plots, annotations)
-    click.echo(f"{w['n_candidates']} candidates in {w['n_scans']} scans of subsets {w['subsets']} -> {w['submission']}")
+    click.echo(f"{w['n_candidates']} candidates in {w['n_scans']} scans of subsets {w['subsets']} "
+               f"-> {w['submission']}")
     click.echo(f"scans covered: {w['seriesuids']}")

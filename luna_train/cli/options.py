@@ -37,7 +37,8 @@ _MODEL_OPTIONS = [
 
 _POSTPROCESS_OPTIONS = [
     click.option("--threshold", type=PROBABILITY, default=None,
-                 help="Probability threshold of the segmentation [default: the run's tuned postprocess.json, else 0.5]."),
+                 help="Probability threshold of the segmentation "
+                      "[default: the run's tuned postprocess.json, else 0.5]."),
     click.option("--min-size", type=click.IntRange(min=0), default=None,
                  help="Components smaller than this (voxels) are dropped [default: the run's tuned postprocess.json, "
                       "else 3]."),

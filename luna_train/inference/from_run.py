@@ -73,7 +73,8 @@ def predict_to_files(run: RunModel, run_dir: str | Path, scan: str | Path, out: 
         Path(probabilities).parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(pred.probabilities, str(probabilities), useCompression=True)
         written["probabilities"] = Path(probabilities)
-    return {**written, "n_voxels": int(sitk.GetArrayViewFromImage(pred.mask).sum()), "n_candidates": len(pred.candidates)}
+    return {**written, "n_voxels": int(sitk.GetArrayViewFromImage(pred.mask).sum()),
+            "n_candidates": len(pred.candidates)}
 
 
 def detect_store(model: ProbabilityModel, store, subsets: Sequence[int], cfg: DetectConfig, plots=None,

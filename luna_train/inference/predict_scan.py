@@ -52,7 +52,8 @@ def to_scan_grid(values: np.ndarray, volume: ScanVolume, grid: ScanGeometry, lab
                          grid.spacing, grid.direction, 0, pixel)
 
 
-def predict_scan(model: ProbabilityModel, path: str | Path, spec: PreprocessingSpec, cfg: DetectConfig) -> ScanPrediction:
+def predict_scan(model: ProbabilityModel, path: str | Path, spec: PreprocessingSpec,
+                 cfg: DetectConfig) -> ScanPrediction:
     """Probabilities, post-processed mask (lungs and size filtered, as the candidates) and candidates of one scan."""
     volume, original = prepare_volume(path, spec)
     candidates, prob = detect_volume(model, volume, cfg)

@@ -29,7 +29,8 @@ def test_markups_hold_the_candidates_in_lps_ranked(tmp_path):
     assert markup["type"] == "Fiducial" and markup["coordinateSystem"] == "LPS" and markup["coordinateUnits"] == "mm"
     points = markup["controlPoints"]
     assert [p["label"] for p in points] == ["1", "2"] and points[0]["description"] == "p=0.930"
-    np.testing.assert_array_equal([p["position"] for p in points], CANDIDATES[["coordX", "coordY", "coordZ"]].to_numpy())
+    np.testing.assert_array_equal([p["position"] for p in points],
+                                  CANDIDATES[["coordX", "coordY", "coordZ"]].to_numpy())
     assert markups(CANDIDATES.iloc[:0])["markups"][0]["controlPoints"] == []
     write_candidates(CANDIDATES, tmp_path / "c.csv")
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "c.csv", dtype={"seriesuid": str}), CANDIDATES)
