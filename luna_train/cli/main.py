@@ -12,6 +12,7 @@ import sys
 from luna_prep.cli_common import luna_group
 from luna_train.cli.detect import detect
 from luna_train.cli.evaluate import evaluate
+from luna_train.cli.export import export
 from luna_train.cli.froc import froc
 from luna_train.cli.predict import predict
 from luna_train.cli.run import run
@@ -52,7 +53,7 @@ def main() -> None:
     setup_logging()
 
 
-for command in (run, evaluate, froc, detect, predict):
+for command in (run, evaluate, froc, detect, predict, export):
     main.add_command(command)
 
 

@@ -36,10 +36,12 @@ _MODEL_OPTIONS = [
 ]
 
 _POSTPROCESS_OPTIONS = [
-    click.option("--threshold", type=PROBABILITY, default=0.5, show_default=True,
-                 help="Probability threshold of the segmentation."),
-    click.option("--min-size", type=click.IntRange(min=0), default=3, show_default=True,
-                 help="Components smaller than this (voxels) are dropped."),
+    click.option("--threshold", type=PROBABILITY, default=None,
+                 help="Probability threshold of the segmentation "
+                      "[default: the run's tuned postprocess.json, else 0.5]."),
+    click.option("--min-size", type=click.IntRange(min=0), default=None,
+                 help="Components smaller than this (voxels) are dropped [default: the run's tuned postprocess.json, "
+                      "else 3]."),
 ]
 
 
@@ -55,11 +57,3 @@ def postprocess_options(fn):
     for option in reversed(_POSTPROCESS_OPTIONS):
         fn = option(fn)
     return fn
-
-
-def detect_config(tta: bool, threshold: float, min_size: int):
-    """The DetectConfig of the scan-level options."""
-    from luna_train.inference.detect import DetectConfig
-    from luna_train.inference.postprocess import PostprocessConfig
-
-    return DetectConfig(tta=tta, postprocess=PostprocessConfig(threshold=threshold, min_size=min_size))

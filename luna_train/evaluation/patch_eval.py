@@ -28,6 +28,7 @@ from luna_train.data.splits import SplitConfig, select_rows
 from luna_train.evaluation.metrics import Counts, binarize, confusion
 from luna_train.inference.postprocess import PostprocessConfig, postprocess, tune_postprocess
 from luna_train.inference.trained_model import ProbabilityModel, load_model_like
+from luna_train.run_dir import RunDir
 from luna_train.inference.tta import tta_predict, tta_transforms
 
 METRIC_KEYS = ("n_patches", "n_foreground", "dice", "pooled_dice", "precision", "recall", "tp", "fp", "fn")
@@ -150,7 +151,7 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Se
     say = log or (lambda msg: None)
     model = load_model_like(run_dir, ensemble, checkpoint, device)
     cfg = model.config
-    store = str(dataset) if dataset is not None else cfg.data.dataset
+    store = str(dataset) if dataset is not None else RunDir(run_dir).dataset(cfg.data.dataset)
     resolved = cfg.split.resolved()
     subsets = tuple(int(s) for s in (subsets if subsets is not None else resolved["test"]))
     if not subsets:
@@ -196,6 +197,20 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Se
     if pp_cfg is not None:
         out["postprocessed"] = post.result()
     return out
+
+
+def freeze_postprocess(run_dir: str | Path, res: dict[str, Any]) -> Path | None:
+    """Write the post-processing an :func:`evaluate_run` result tuned into the run's ``postprocess.json``
+    (what ``detect`` and ``predict`` then use by default); None when nothing was tuned for this run alone."""
+    if "postprocess" not in res or len(res["ensemble"]) > 1:
+        return None
+    pp = res["postprocess"]
+    cfg = PostprocessConfig(**{k: pp[k] for k in ("threshold", "min_size", "closing_radius", "hysteresis_high")})
+    scale, size = res["eval_scale"], res["train_size"]
+    provenance = {"sizes_in": "model voxels", "model_voxel": 1.0 if size is None else scale / size,
+                  "checkpoint": res["checkpoint"], "tta": res["tta"], "val_subsets": pp["val_subsets"],
+                  "n_val_patches": pp["n_val_patches"], "val_tuning_score": pp["val_tuning_score"]}
+    return RunDir(run_dir).write_postprocess(cfg, provenance)
 
 
 # ----------------------------------------------------------------------------------------------

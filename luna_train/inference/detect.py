@@ -76,11 +76,16 @@ def dilated_lungs(lungs: np.ndarray, spacing_mm: float, margin_mm: float) -> np.
     return grown[np.ix_(*idx)] | lungs
 
 
-def candidates_from_probabilities(prob: np.ndarray, volume: ScanVolume, cfg: DetectConfig) -> pd.DataFrame:
-    """Connected components of the post-processed map -> (world centroid, peak probability) rows."""
+def candidate_mask(prob: np.ndarray, volume: ScanVolume, cfg: DetectConfig) -> np.ndarray:
+    """The post-processed map inside the dilated lungs: the voxels candidates are made of (and predict's mask)."""
     within = dilated_lungs(volume.lungs, volume.spacing_mm, cfg.lung_margin_mm)
-    mask = postprocess(prob, cfg.postprocess, within=within)
-    labels, n = ndimage.label(mask)
+    return postprocess(prob, cfg.postprocess, within=within)
+
+
+def candidates_from_probabilities(prob: np.ndarray, volume: ScanVolume, cfg: DetectConfig) -> pd.DataFrame:
+    """Connected components of the post-processed map (:func:`candidate_mask`) -> (world centroid, peak
+    probability) rows."""
+    labels, n = ndimage.label(candidate_mask(prob, volume, cfg))
     rows = []
     if n:
         index = np.arange(1, n + 1)

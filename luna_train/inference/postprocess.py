@@ -156,3 +156,15 @@ def tune_postprocess(probs: Sequence[np.ndarray], targets: Sequence[np.ndarray],
                     best = (cfg, score)
     assert best is not None
     return best
+
+
+def rescaled(cfg: PostprocessConfig, voxels: float) -> PostprocessConfig:
+    """``cfg`` (sizes in voxels of some grid) for a grid whose voxels are ``1 / voxels`` as wide.
+
+    Post-processing tuned on model patches (one model voxel = ``voxels`` store voxels per axis) applies
+    to store-grid maps with ``min_size`` times ``voxels**3`` and ``closing_radius`` times ``voxels``.
+    """
+    if voxels == 1:
+        return cfg
+    return replace(cfg, min_size=int(round(cfg.min_size * voxels**3)),
+                   closing_radius=int(round(cfg.closing_radius * voxels)))

@@ -1,4 +1,8 @@
-"""Segmentation and candidates for one raw scan (.mhd), returned in the scan's own geometry."""
+"""Segmentation and candidates for one raw scan (.mhd), returned in the scan's own geometry.
+
+Needs only the model and its :class:`~luna_train.run_dir.PreprocessingSpec`: the scan is prepared as
+the build prepared the training scans, and no patch store is opened.
+"""
 
 from __future__ import annotations
 
@@ -13,46 +17,45 @@ from luna_prep.format.reader import ScanVolume
 from luna_prep.format.spec import decode_image
 from luna_prep.luna16.geometry import ScanGeometry
 from luna_prep.pipeline.prepare import prepare_scan
-from luna_train.evaluation.metrics import binarize
-from luna_train.inference.detect import DetectConfig, detect_volume
+from luna_train.inference.detect import DetectConfig, candidate_mask, detect_volume
 from luna_train.inference.trained_model import ProbabilityModel
+from luna_train.run_dir import PreprocessingSpec
 
 
 @dataclass
 class ScanPrediction:
     candidates: pd.DataFrame  # LUNA16 submission rows (world mm)
     probabilities: sitk.Image  # float32 on the scan's own grid
-    mask: sitk.Image  # uint8 0/1 on the scan's own grid (probabilities >= threshold)
+    mask: sitk.Image  # uint8 0/1 on the scan's own grid: the post-processed voxels the candidates are made of
 
 
-def prepare_volume(path: str | Path, spacing_mm: float, hu_window: tuple[float, float],
-                   image_dtype: str) -> tuple[ScanVolume, ScanGeometry]:
+def prepare_volume(path: str | Path, spec: PreprocessingSpec) -> tuple[ScanVolume, ScanGeometry]:
     """The scan as the build prepares it (:func:`~luna_prep.pipeline.prepare.prepare_scan`), decoded
     to [0, 1] as the training patches are; and the scan's own geometry."""
-    prepared = prepare_scan(path, spacing_mm, hu_window, image_dtype)
+    prepared = prepare_scan(path, spec.spacing_mm, spec.hu_window, spec.image_dtype)
     vol = prepared.volume
     volume = ScanVolume(
-        seriesuid=Path(path).stem, image=decode_image(vol.array, image_dtype), lungs=prepared.lungs_full(),
+        seriesuid=Path(path).stem, image=decode_image(vol.array, spec.image_dtype), lungs=prepared.lungs_full(),
         origin_xyz=tuple(vol.geometry.origin), spacing_mm=vol.spacing, original=prepared.original.to_dict(),
     )
     return volume, prepared.original
 
 
-def to_scan_grid(values: np.ndarray, volume: ScanVolume, grid: ScanGeometry) -> sitk.Image:
-    """A (z, y, x) map on the resampled grid, resampled linearly onto the scan's own ``grid``."""
-    img = sitk.GetImageFromArray(values.astype(np.float32))
+def to_scan_grid(values: np.ndarray, volume: ScanVolume, grid: ScanGeometry, label: bool = False) -> sitk.Image:
+    """A (z, y, x) map on the resampled grid, resampled onto the scan's own ``grid``: linearly as float32,
+    or with ``label`` by nearest neighbour as uint8."""
+    img = sitk.GetImageFromArray(values.astype(np.uint8 if label else np.float32))
     img.SetOrigin(tuple(float(v) for v in volume.origin_xyz))
     img.SetSpacing((float(volume.spacing_mm),) * 3)
-    return sitk.Resample(img, [int(v) for v in grid.size], sitk.Transform(), sitk.sitkLinear, grid.origin,
-                         grid.spacing, grid.direction, 0.0, sitk.sitkFloat32)
+    interp, pixel = (sitk.sitkNearestNeighbor, sitk.sitkUInt8) if label else (sitk.sitkLinear, sitk.sitkFloat32)
+    return sitk.Resample(img, [int(v) for v in grid.size], sitk.Transform(), interp, grid.origin,
+                         grid.spacing, grid.direction, 0, pixel)
 
 
-def predict_scan(model: ProbabilityModel, path: str | Path, spacing_mm: float, hu_window: tuple[float, float],
-                 image_dtype: str, cfg: DetectConfig) -> ScanPrediction:
-    volume, original = prepare_volume(path, spacing_mm, hu_window, image_dtype)
+def predict_scan(model: ProbabilityModel, path: str | Path, spec: PreprocessingSpec,
+                 cfg: DetectConfig) -> ScanPrediction:
+    """Probabilities, post-processed mask (lungs and size filtered, as the candidates) and candidates of one scan."""
+    volume, original = prepare_volume(path, spec)
     candidates, prob = detect_volume(model, volume, cfg)
-    prob_img = to_scan_grid(prob, volume, original)
-    mask = sitk.GetImageFromArray(binarize(sitk.GetArrayViewFromImage(prob_img), cfg.postprocess.threshold)
-                                  .astype(np.uint8))
-    mask.CopyInformation(prob_img)
-    return ScanPrediction(candidates, prob_img, mask)
+    mask = candidate_mask(prob, volume, cfg)
+    return ScanPrediction(candidates, to_scan_grid(prob, volume, original), to_scan_grid(mask, volume, original, True))

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from luna_train.config import TrainConfig
+from luna_train.run_dir import SUMMARY_FILE, RunDir, spec_of_store
 from luna_train.training import distributed as D
 from luna_train.training.assemble import RunParts
 from luna_train.training.checkpoint import BEST, LAST, load_checkpoint
@@ -19,7 +20,7 @@ from luna_train.training.loop import LoopState, ValidationResult, validate
 from luna_train.training.plots import PANEL_FILE, plot_panel
 from luna_train.training.run_log import RunLogger
 
-SUMMARY_FILE = "summary.json"
+__all__ = ["SUMMARY_FILE", "finalize", "summarize", "load_best_model"]
 
 
 def load_best_model(parts: RunParts, run_dir: Path, info: D.DistInfo) -> None:
@@ -48,14 +49,15 @@ def summarize(cfg: TrainConfig, run_dir: Path, info: D.DistInfo, parts: RunParts
         "train_size": cfg.data.train_size, "model": cfg.model.name, "parameters": parts.n_params,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "world_size": info.world_size, "samples_per_rank": samples_per_rank, "rank_draws": outcome.rank_draws,
-        "dataset": str(cfg.data.dataset), "run_dir": str(run_dir),
+        "dataset": str(cfg.data.dataset), "run_dir": str(run_dir.resolve()),
     }
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
 
 
 def finalize(cfg: TrainConfig, run_dir: Path, info: D.DistInfo, parts: RunParts, logger: RunLogger, state: LoopState,
              outcome: FitOutcome, t0: float) -> dict[str, Any]:
-    """Validate and test the best model, plot its validation panel, write summary.json; returns the summary."""
+    """Validate and test the best model, plot its validation panel, write summary.json and preprocessing.json
+    (what ``predict`` needs of the store: spacing, HU window, image dtype); returns the summary."""
     tc = cfg.train
     load_best_model(parts, run_dir, info)
     val = validate(parts.model, parts.val_loader, parts.loss_fn, info.device, tc.amp, tc.threshold,
@@ -68,6 +70,7 @@ def finalize(cfg: TrainConfig, run_dir: Path, info: D.DistInfo, parts: RunParts,
     summary = summarize(cfg, run_dir, info, parts, state, outcome, val, test, time.perf_counter() - t0, samples)
     if info.is_main:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        RunDir(run_dir).write_preprocessing(spec_of_store(cfg.data.dataset, cfg.data.eval_scale, cfg.data.train_size))
     logger.log_scalars({k: summary[k] for k in ("test_dice", "test_pooled_dice") if summary[k] is not None},
                        state.step, "final/")
     logger.close()

@@ -8,10 +8,12 @@ The steps live in their own modules: :mod:`~luna_train.training.assemble` (parts
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from luna_train.config import TrainConfig, save_config
+from luna_train.run_dir import CONFIG_FILE, absolute_location
 from luna_train.training import distributed as D
 from luna_train.training.assemble import assemble, open_logger, training_module
 from luna_train.training.checkpoint import LAST, load_checkpoint, seed_everything
@@ -19,7 +21,7 @@ from luna_train.training.finalize import finalize
 from luna_train.training.fit import Fit, Start, restore
 from luna_train.training.loop import LoopState
 
-CONFIG_FILE = "config.yaml"
+__all__ = ["CONFIG_FILE", "run_training"]
 
 
 def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, info: D.DistInfo | None = None,
@@ -27,8 +29,10 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     """Train ``cfg`` into ``run_dir`` (resuming from last.pt when ``resume``) and return the summary dict.
 
     Raises :class:`~luna_train.training.loop.Interrupted` after ``train.stop_after_steps`` steps.
+    The dataset is recorded as an absolute path (or URL), so the run directory works from anywhere.
     """
     t0 = time.perf_counter()
+    cfg = replace(cfg, data=replace(cfg.data, dataset=absolute_location(cfg.data.dataset)))
     info = info or D.init_distributed()
     run_dir = Path(run_dir)
     if info.is_main:

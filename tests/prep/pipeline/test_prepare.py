@@ -16,6 +16,7 @@ from luna_prep.synthetic.scans import synthesize
 from luna_train.inference import detect
 from luna_train.inference.detect import DetectConfig
 from luna_train.inference.predict_scan import predict_scan
+from luna_train.run_dir import PreprocessingSpec
 
 SCALES = (16, 24)
 
@@ -48,8 +49,7 @@ def _model_input(monkeypatch, scan, store) -> ScanVolume:
     real_detect = detect.detect_volume
     monkeypatch.setattr(detect, "volume_probabilities", probabilities)
     monkeypatch.setattr("luna_train.inference.predict_scan.detect_volume", detect_volume)
-    a = store.attrs
-    predict_scan(None, scan.path, a.spacing_mm, a.hu_window, a.image_dtype, DetectConfig())
+    predict_scan(None, scan.path, PreprocessingSpec.from_store(store.attrs, 24, None), DetectConfig())
     assert seen["image"] is seen["volume"].image
     return seen["volume"]
 

@@ -16,6 +16,7 @@ from luna_train.evaluation.froc import compute_froc
 from luna_train.inference.detect import DetectConfig, candidates_from_probabilities, detect_volume, volume_probabilities
 from luna_train.inference.postprocess import PostprocessConfig
 from luna_train.inference.predict_scan import predict_scan
+from luna_train.run_dir import PreprocessingSpec
 
 
 class BrightBlobModel:
@@ -91,12 +92,14 @@ def test_detection_on_synthetic_scans_scores_a_perfect_froc(tmp_path):
     assert result.n_hits == len(ann)
 
 
+SPEC = PreprocessingSpec(1.0, (-1000.0, 400.0), "uint8", (24,), 24, 24)
+
+
 def test_predict_writes_masks_in_the_scans_own_geometry(tmp_path):
     data = synthesize(tmp_path / "luna16", n_scans=2, seed=5)
     scan = data.scans[1]  # the flipped direction matrix
     assert not scan.geometry.is_identity_direction
-    pred = predict_scan(BrightBlobModel(), scan.path, 1.0, (-1000.0, 400.0), "uint8",
-                        DetectConfig(postprocess=PostprocessConfig(0.5, 20)))
+    pred = predict_scan(BrightBlobModel(), scan.path, SPEC, DetectConfig(postprocess=PostprocessConfig(0.5, 20)))
     assert ScanGeometry.from_image(pred.mask) == scan.geometry
     assert pred.mask.GetPixelID() == sitk.sitkUInt8
     mask = sitk.GetArrayFromImage(pred.mask)
@@ -105,3 +108,7 @@ def test_predict_writes_masks_in_the_scans_own_geometry(tmp_path):
         assert mask[i[2], i[1], i[0]] == 1
         found = pred.candidates[["coordX", "coordY", "coordZ"]].to_numpy()
         assert np.min(np.linalg.norm(found - np.asarray(nod.world_xyz), axis=1)) < nod.diameter_mm / 2
+    # the mask is post-processed as the candidates are: components below min-size go from both
+    big = predict_scan(BrightBlobModel(), scan.path, SPEC, DetectConfig(postprocess=PostprocessConfig(0.5, 10**6)))
+    assert sitk.GetArrayViewFromImage(big.probabilities).max() > 0.5
+    assert sitk.GetArrayViewFromImage(big.mask).max() == 0 and big.candidates.empty

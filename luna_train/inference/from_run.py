@@ -1,0 +1,119 @@
+"""Inference from a run directory: the settings a run implies (its post-processing, its preprocessing,
+its store) and the work behind ``luna-train predict`` and ``luna-train detect``.
+
+Post-processing: the run's frozen ``postprocess.json`` (tuned by ``luna-train evaluate --postprocess``
+on model patches, rescaled to the store's grid) when there is one, else threshold 0.5 and min-size 3;
+a threshold or min-size given explicitly overrides either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from luna_prep.errors import UsageError
+from luna_train.inference.detect import DetectConfig
+from luna_train.inference.postprocess import PostprocessConfig, rescaled
+from luna_train.inference.trained_model import ProbabilityModel, load_model_like
+from luna_train.run_dir import DEFAULT_POSTPROCESS, POSTPROCESS_FILE, RunDir
+
+
+def scan_postprocess(run_dir: str | Path, model_voxel: float, threshold: float | None = None,
+                     min_size: int | None = None) -> tuple[PostprocessConfig, str]:
+    """The post-processing of whole-scan maps on the store's grid, and where it came from (for the log)."""
+    tuned = RunDir(run_dir).postprocess()
+    base = DEFAULT_POSTPROCESS if tuned is None else rescaled(tuned, model_voxel)
+    source = "defaults" if tuned is None else f"tuned ({Path(run_dir) / POSTPROCESS_FILE})"
+    given = {k: v for k, v in (("threshold", threshold), ("min_size", min_size)) if v is not None}
+    if given:
+        source += ", overridden: " + ", ".join(f"{k}={v}" for k, v in given.items())
+    return replace(base, **given), source
+
+
+@dataclass
+class RunModel:
+    """A run's model with the detection settings it implies."""
+
+    model: ProbabilityModel
+    detect: DetectConfig
+    postprocess_source: str
+
+
+def load_run_model(run_dir: str | Path, ensemble: Sequence[str | Path] = (), checkpoint: str = "best",
+                   tta: bool = False, threshold: float | None = None, min_size: int | None = None) -> RunModel:
+    model = load_model_like(run_dir, ensemble, checkpoint)
+    pp, source = scan_postprocess(run_dir, model.voxel_mm, threshold, min_size)
+    return RunModel(model, DetectConfig(tta=tta, postprocess=pp), source)
+
+
+def predict_to_files(run: RunModel, run_dir: str | Path, scan: str | Path, out: str | Path,
+                     candidates: str | Path | None = None, probabilities: str | Path | None = None,
+                     dataset: str | None = None) -> dict:
+    """Segment ``scan`` and write its mask, candidates (default: OUT's stem + .csv) and optionally the
+    probability map; returns what was written. ``dataset`` replaces the run's preprocessing.json by
+    the spec of that store."""
+    import SimpleITK as sitk
+
+    from luna_train.inference.outputs import (candidates_path, check_candidates_path, check_mask_path,
+                                              write_candidates, write_mask)
+    from luna_train.inference.predict_scan import predict_scan
+
+    check_mask_path(out)
+    candidates = candidates or candidates_path(out)
+    check_candidates_path(candidates)
+    cfg = run.model.config.data
+    spec = RunDir(run_dir).preprocessing(dataset, cfg.eval_scale, cfg.train_size)
+    pred = predict_scan(run.model, scan, spec, run.detect)
+    written = {"mask": write_mask(pred.mask, out),
+               "candidates": write_candidates(pred.candidates, candidates)}
+    if probabilities:
+        Path(probabilities).parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(pred.probabilities, str(probabilities), useCompression=True)
+        written["probabilities"] = Path(probabilities)
+    return {**written, "n_voxels": int(sitk.GetArrayViewFromImage(pred.mask).sum()),
+            "n_candidates": len(pred.candidates)}
+
+
+def detect_store(model: ProbabilityModel, store, subsets: Sequence[int], cfg: DetectConfig, plots=None,
+                 annotations=None) -> tuple[pd.DataFrame, list[str]]:
+    """Candidates of every finished scan of ``subsets`` in ``store``: (submission frame, seriesuids covered)."""
+    from tqdm import tqdm
+
+    from luna_train.evaluation.detection_plot import plot_scan_candidates
+    from luna_train.inference.detect import SUBMISSION_COLUMNS, detect_volume
+
+    if not store.has_volumes():
+        raise UsageError(f"{store.root}: built without --volumes; rebuild with `luna-prep build --volumes`")
+    scans = store.scans[(store.scans["status"] == "ok") & store.scans["subset"].isin(subsets)]
+    if scans.empty:
+        raise UsageError(f"{store.root}: no finished scans in subsets {list(subsets)}")
+    truth = pd.read_csv(annotations) if annotations else None
+    parts = []
+    for uid in tqdm(scans["seriesuid"].tolist(), desc="scans", unit="scan"):
+        volume = store.read_volume(uid)
+        candidates, _ = detect_volume(model, volume, cfg)
+        parts.append(candidates)
+        if plots and len(candidates):
+            plot_scan_candidates(volume, candidates, Path(plots) / f"{uid}.png", annotations=truth)
+    submission = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(SUBMISSION_COLUMNS))
+    return submission, scans["seriesuid"].tolist()
+
+
+def detect_to_files(run: RunModel, run_dir: str | Path, dataset: str | None, subsets: Sequence[int] | None,
+                    out: str | Path | None, plots=None, annotations=None) -> dict:
+    """Detect over the store (``dataset`` or the run's) and write SUBMISSION.csv and SUBMISSION_seriesuids.csv."""
+    from luna_prep.sharing.cards import open_dataset
+
+    subsets = tuple(subsets or run.model.config.split.test_subsets)
+    store = open_dataset(dataset or RunDir(run_dir).dataset(run.model.config.data.dataset))
+    submission, uids = detect_store(run.model, store, subsets, run.detect, plots, annotations)
+    out = Path(out) if out else Path(run_dir) / "submission.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    submission.to_csv(out, index=False)
+    uids_path = out.with_name(f"{out.stem}_seriesuids.csv")
+    uids_path.write_text("".join(f"{u}\n" for u in uids))
+    return {"submission": out, "seriesuids": uids_path, "n_candidates": len(submission), "n_scans": len(uids),
+            "subsets": list(subsets)}
