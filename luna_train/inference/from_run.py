@@ -97,7 +97,8 @@ def detect_store(model: ProbabilityModel, store, subsets: Sequence[int], cfg: De
         candidates, _ = detect_volume(model, volume, cfg)
         parts.append(candidates)
         if plots and len(candidates):
-            plot_scan_candidates(volume, candidates, Path(plots) / f"{uid}.png", annotations=truth)
+            plot_scan_candidates(volume, candidates, Path(plots) / f"{uid}.png", annotations=truth,
+                                 hu_window=tuple(store.attrs.hu_window))
     submission = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(SUBMISSION_COLUMNS))
     return submission, scans["seriesuid"].tolist()
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from luna_prep.report.figure import ImageScale
+from luna_prep.sharing.cards import open_dataset
 from luna_train.config import TrainConfig
 from luna_train.run_dir import SUMMARY_FILE, RunDir, spec_of_store
 from luna_train.training import distributed as D
@@ -65,7 +67,8 @@ def finalize(cfg: TrainConfig, run_dir: Path, info: D.DistInfo, parts: RunParts,
     test = validate(parts.model, parts.test_loader, parts.loss_fn, info.device, tc.amp, tc.threshold, 0)
     if info.is_main and cfg.logging.plots:
         plot_panel(val.panel, run_dir / PANEL_FILE, f"validation, best model (epoch {state.best_epoch + 1}): "
-                   f"ground truth (green), prediction (red); Dice {val.dice:.3f}")
+                   f"ground truth (green), prediction (red); Dice {val.dice:.3f}",
+                   ImageScale.of_store(open_dataset(cfg.data.dataset)))
     samples = D.all_gather_object(state.samples_seen)
     summary = summarize(cfg, run_dir, info, parts, state, outcome, val, test, time.perf_counter() - t0, samples)
     if info.is_main:
