@@ -34,5 +34,7 @@ def predict(run_dir, scan_path, out, probabilities, candidates, dataset, tta, en
     run = load_run_model(run_dir, ensemble, checkpoint, tta, threshold, min_size)
     click.echo(f"post-processing: {run.postprocess_source}", err=True)
     w = predict_to_files(run, run_dir, scan_path, out, candidates, probabilities, dataset)
+    for warning in w["warnings"]:
+        click.echo(f"WARNING {warning}", err=True)
     click.echo(f"segmentation: {w['mask']} ({w['n_voxels']} voxels); "
                f"{w['n_candidates']} candidates: {w['candidates']}")

@@ -74,7 +74,7 @@ def predict_to_files(run: RunModel, run_dir: str | Path, scan: str | Path, out: 
         sitk.WriteImage(pred.probabilities, str(probabilities), useCompression=True)
         written["probabilities"] = Path(probabilities)
     return {**written, "n_voxels": int(sitk.GetArrayViewFromImage(pred.mask).sum()),
-            "n_candidates": len(pred.candidates)}
+            "n_candidates": len(pred.candidates), "warnings": list(pred.warnings)}
 
 
 def detect_store(model: ProbabilityModel, store, subsets: Sequence[int], cfg: DetectConfig, plots=None,

@@ -27,18 +27,29 @@ class ScanPrediction:
     candidates: pd.DataFrame  # LUNA16 submission rows (world mm)
     probabilities: sitk.Image  # float32 on the scan's own grid
     mask: sitk.Image  # uint8 0/1 on the scan's own grid: the post-processed voxels the candidates are made of
+    warnings: tuple[str, ...] = ()  # values that do not look like HU, a scan smaller than the model's input
 
 
-def prepare_volume(path: str | Path, spec: PreprocessingSpec) -> tuple[ScanVolume, ScanGeometry]:
+def prepare_volume(path: str | Path, spec: PreprocessingSpec) -> tuple[ScanVolume, ScanGeometry, tuple[str, ...]]:
     """The scan as the build prepares it (:func:`~luna_prep.pipeline.prepare.prepare_scan`), decoded
-    to [0, 1] as the training patches are; and the scan's own geometry."""
+    to [0, 1] as the training patches are; the scan's own geometry; and the preparation's warnings."""
     prepared = prepare_scan(path, spec.spacing_mm, spec.hu_window, spec.image_dtype)
     vol = prepared.volume
     volume = ScanVolume(
         seriesuid=Path(path).stem, image=decode_image(vol.array, spec.image_dtype), lungs=prepared.lungs_full(),
         origin_xyz=tuple(vol.geometry.origin), spacing_mm=vol.spacing, original=prepared.original.to_dict(),
     )
-    return volume, prepared.original
+    return volume, prepared.original, prepared.warnings
+
+
+def size_warning(path: str | Path, volume: ScanVolume, model: ProbabilityModel) -> str | None:
+    """A warning when the scan is smaller than one model input along some axis (padded with air there)."""
+    roi_mm = (model.input_size or model.config.data.eval_scale) * model.voxel_mm
+    extent = np.asarray(volume.image.shape) * volume.spacing_mm
+    if np.all(extent >= roi_mm):
+        return None
+    return (f"{path}: the scan covers {' x '.join(f'{v:.0f}' for v in extent[::-1])} mm (x, y, z), less than the "
+            f"model's input of {roi_mm:.0f} mm along some axis; it is padded with air there, expect poorer results")
 
 
 def to_scan_grid(values: np.ndarray, volume: ScanVolume, grid: ScanGeometry, label: bool = False) -> sitk.Image:
@@ -55,7 +66,9 @@ def to_scan_grid(values: np.ndarray, volume: ScanVolume, grid: ScanGeometry, lab
 def predict_scan(model: ProbabilityModel, path: str | Path, spec: PreprocessingSpec,
                  cfg: DetectConfig) -> ScanPrediction:
     """Probabilities, post-processed mask (lungs and size filtered, as the candidates) and candidates of one scan."""
-    volume, original = prepare_volume(path, spec)
+    volume, original, warnings = prepare_volume(path, spec)
+    small = size_warning(path, volume, model)
     candidates, prob = detect_volume(model, volume, cfg)
     mask = candidate_mask(prob, volume, cfg)
-    return ScanPrediction(candidates, to_scan_grid(prob, volume, original), to_scan_grid(mask, volume, original, True))
+    return ScanPrediction(candidates, to_scan_grid(prob, volume, original), to_scan_grid(mask, volume, original, True),
+                          warnings + ((small,) if small else ()))

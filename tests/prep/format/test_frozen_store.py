@@ -108,3 +108,16 @@ def test_info_reports_the_stores_own_version(store):
     from luna_prep.report.summary import store_summary
 
     assert "format: luna-patches v1," in store_summary(store)
+
+
+def test_plain_zarr_sees_the_volumes_as_documented(store):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # parquet tables beside the arrays are not zarr nodes
+        group = zarr.open_group(str(STORE), mode="r", use_consolidated=False)
+        uids = sorted(group["volumes"].keys())
+        assert uids == sorted(store.scans["seriesuid"])
+        volume = store.read_volume(uids[0])
+        image = group[f"volumes/{uids[0]}/image"]
+        assert image.shape == volume.image.shape and list(image.attrs["origin_xyz"]) == list(volume.origin_xyz)

@@ -112,3 +112,15 @@ def test_predict_writes_masks_in_the_scans_own_geometry(tmp_path):
     big = predict_scan(BrightBlobModel(), scan.path, SPEC, DetectConfig(postprocess=PostprocessConfig(0.5, 10**6)))
     assert sitk.GetArrayViewFromImage(big.probabilities).max() > 0.5
     assert sitk.GetArrayViewFromImage(big.mask).max() == 0 and big.candidates.empty
+
+
+def test_predict_warns_about_a_scan_smaller_than_the_model_input(tmp_path):
+    data = synthesize(tmp_path / "luna16", n_scans=1, seed=5)
+    scan = data.scans[0]
+    assert predict_scan(BrightBlobModel(), scan.path, SPEC, DetectConfig()).warnings == ()
+    small = tmp_path / "small.mhd"
+    image = sitk.ReadImage(str(scan.path))
+    sitk.WriteImage(image[:, :, :3], str(small))  # 3 slices (at most 7.5 mm): less than the 24 mm input along z
+    pred = predict_scan(BrightBlobModel(), small, SPEC, DetectConfig())
+    assert len(pred.warnings) == 1 and "small.mhd: the scan covers" in pred.warnings[0]
+    assert "less than the model's input of 24 mm" in pred.warnings[0]
