@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -202,9 +203,26 @@ def dask_client(workers: int, scheduler: str | None, scheduler_file: str | None 
             yield client
         return
     address = ":8787" if dashboard and dashboard_problem() is None else None
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=address) as cluster:
+    # silence_logs: our workers' own logs (a worker's failure reaches us through its future, named by scan);
+    # without it, a worker heartbeat racing the shutdown prints CommClosedError tracebacks after a good build
+    with quiet_shutdown(), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=address, silence_logs=logging.CRITICAL) as cluster:
         with Client(cluster) as client:
             yield client
+
+
+@contextmanager
+def quiet_shutdown():
+    """distributed's loggers in this process quiet while a local cluster runs and closes (levels restored)."""
+    loggers = [logging.getLogger(name) for name in ("distributed", "tornado")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _run_tasks(plans: list[ScanPlan], job: ScanJob, workers: int, scheduler: str | None, progress: bool,
