@@ -160,11 +160,11 @@ class PatchDataset(torch.utils.data.Dataset):
 def _decoded(item: dict[str, Any]) -> dict[str, Any]:
     """An item with its stored image (uint8/float16) decoded to float32 in [0, 1] and its label float32."""
     out = dict(item)
-    image = item["image"]
-    if image.dtype != torch.float32:
+    image, label = item.get("image"), item.get("label")
+    if isinstance(image, torch.Tensor) and image.dtype != torch.float32:
         out["image"] = torch.from_numpy(decode_image(image.numpy(), str(image.numpy().dtype)))
-    if item["label"].dtype != torch.float32:
-        out["label"] = item["label"].to(torch.float32)
+    if isinstance(label, torch.Tensor) and label.dtype != torch.float32:
+        out["label"] = label.to(torch.float32)
     return out
 
 
@@ -175,10 +175,8 @@ def uniform_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     batch is stored the same way; as soon as one item is float32 (resized, transformed) or the
     stored dtypes differ, every item is decoded to float32 images in [0, 1] and float32 labels.
     """
-    if not items:
-        return items
-    dtypes = {(item["image"].dtype, item["label"].dtype) for item in items}
-    if len(dtypes) == 1:
+    keys = [k for k, v in items[0].items() if isinstance(v, torch.Tensor)] if items else []
+    if all(len({item[k].dtype for item in items}) == 1 for k in keys):
         return items
     return [_decoded(item) for item in items]
 
