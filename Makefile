@@ -31,7 +31,9 @@ demo: venv
 	$(BIN)/luna-train froc $(DEMO)/submission.csv --annotations $(DEMO)/luna16/annotations.csv \
 		--seriesuids $(DEMO)/submission_seriesuids.csv --json $(DEMO)/froc.json --plot $(DEMO)/froc.png
 	@$(BIN)/python -c "import json; s=json.load(open('$(DEMO)/run/summary.json')); f=json.load(open('$(DEMO)/froc.json')); \
-		print(f\"demo: val Dice {s['val_dice']:.3f}, test Dice {s['test_dice']:.3f}, CPM on the test scans {f['cpm']:.3f}; see $(DEMO)/\")"
+		e=json.load(open('$(DEMO)/evaluate.json')); \
+		print(f\"demo: val Dice {s['val_dice']:.3f}, test Dice {s['test_dice']:.3f} raw ({e['postprocessed']['dice']:.3f} with TTA and \" \
+		      f\"post-processing), CPM on the test scans {f['cpm']:.3f}; see $(DEMO)/\")"
 
 test: venv
 	$(BIN)/pytest -q

@@ -24,12 +24,15 @@ class AugmentConfig:
     intensity_scale: float = 0.05
     intensity_prob: float = 0.5
     affine_prob: float = 0.0
+    # random crop of this edge from every training patch (after flips/rotations), at the patch's own
+    # resolution: trains on the evaluated voxel size at the cost of a smaller patch; None = whole patch
+    crop_size: int | None = None
 
 
 def build_train_transform(cfg: AugmentConfig):
     """A MONAI ``Compose`` on ``{"image", "label"}`` of (1, S, S, S) tensors, or None when disabled.
 
-    Order: optional small affine (rotation +-10 degrees, scale +-10%; label nearest), flips on each
+    Order: optional random crop to ``crop_size``, optional small affine (rotation +-10 degrees, scale +-10%; label nearest), flips on each
     axis, random 90-degree rotations in each of the three planes (patches are resampled to
     isotropic voxels and nodules have no preferred orientation, so the full cube symmetry group is
     valid), then intensity shift and scale on the image only. Flips and rotations are exact
@@ -42,6 +45,10 @@ def build_train_transform(cfg: AugmentConfig):
 
     keys = list(KEYS)
     ts: list[Any] = []
+    if cfg.crop_size:
+        from monai.transforms import RandSpatialCropd
+
+        ts.append(RandSpatialCropd(keys, roi_size=(int(cfg.crop_size),) * 3, random_size=False))
     if cfg.affine_prob > 0:
         ts.append(RandAffined(keys, prob=cfg.affine_prob, rotate_range=(math.pi / 18,) * 3, scale_range=(0.1,) * 3,
                               mode=("bilinear", "nearest"), padding_mode=("border", "zeros")))
@@ -67,7 +74,8 @@ def batch_generator(seed: int, epoch: int, step: int, device: str | torch.device
 def augment_batch_on_device(batch: dict, cfg: AugmentConfig, generator: torch.Generator) -> dict:
     """Flip / rot90 (and intensity-jitter) a whole batch ``(B, 1, S, S, S)`` where it lies.
 
-    Same random choices as :func:`build_train_transform` without the affine, drawn per sample from
+    Same random choices as :func:`build_train_transform` without the affine (the crop, when
+    ``crop_size`` is set, comes last and is drawn after the other choices), per sample from
     ``generator`` (on the batch's device or CPU; e.g. :func:`batch_generator`). The same voxel
     permutation is applied to image and label; intensity changes touch the image only.
 
@@ -103,5 +111,18 @@ def augment_batch_on_device(batch: dict, cfg: AugmentConfig, generator: torch.Ge
     img = torch.stack(images)
     if cfg.intensity_prob > 0 and (cfg.intensity_shift > 0 or cfg.intensity_scale > 0):
         img = (img + shift.to(img).view(view)) * scale.to(img).view(view)
-    out["image"], out["label"] = img, torch.stack(labels)
+    out["image"], out["label"] = random_crop(img, torch.stack(labels), cfg.crop_size, generator)
     return out
+
+
+def random_crop(image: torch.Tensor, label: torch.Tensor, size: int | None,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random ``size``^3 window of each item's image and label (B, C, S, S, S); no-op for None or >= S."""
+    edge = image.shape[-1]
+    if not size or size >= edge:
+        return image, label
+    n = image.shape[0]
+    starts = torch.randint(0, edge - size + 1, (n, 3), generator=generator, device=generator.device).tolist()
+    window = [tuple(slice(a, a + size) for a in starts[b]) for b in range(n)]
+    crop = lambda x: torch.stack([x[b][(Ellipsis, *window[b])] for b in range(n)])  # noqa: E731
+    return crop(image), crop(label)

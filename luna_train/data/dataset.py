@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 
 from luna_prep.format.reader import PatchStore
+from luna_prep.format.spec import UINT8_FULL_SCALE, decode_image
 from luna_prep.sharing.cards import open_dataset
-from luna_prep.format.spec import UINT8_FULL_SCALE
 
 
 def _axis_coords(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,7 +72,8 @@ class PatchDataset(torch.utils.data.Dataset):
     With ``stored=True``, a patch that needs neither resizing nor a per-item transform comes as
     stored (``image`` uint8 or float16, ``label`` uint8): a quarter of the bytes through workers,
     shared memory and the host-to-device copy. :func:`decode_batch` turns a batch into float32 on
-    the device; it is a no-op on float batches, so the training loop always calls it.
+    the device; it is a no-op on float batches, so the training loop always calls it. A batch that
+    mixes stored patches with resized ones is decoded whole to float32 (:func:`uniform_items`).
 
     Items are addressed by ``position`` (0..len-1, the row's place in ``rows``) or by
     ``(position, aug_seed)``: the transform's random state is then seeded from ``aug_seed``, so
@@ -117,7 +118,7 @@ class PatchDataset(torch.utils.data.Dataset):
         fast = self.stored and self.transform is None and all(
             self.train_size in (None, int(self.scales[p])) for p in positions)
         if not fast:
-            return [self[it] for it in items]
+            return uniform_items([self[it] for it in items])
         reader = self._open()
         out: list[dict[str, Any] | None] = [None] * len(positions)
         for scale in sorted({int(self.scales[p]) for p in positions}):
@@ -157,9 +158,37 @@ class PatchDataset(torch.utils.data.Dataset):
         return sample
 
 
+def _decoded(item: dict[str, Any]) -> dict[str, Any]:
+    """An item with its stored image (uint8/float16) decoded to float32 in [0, 1] and its label float32."""
+    out = dict(item)
+    image, label = item.get("image"), item.get("label")
+    if isinstance(image, torch.Tensor) and image.dtype != torch.float32:
+        out["image"] = torch.from_numpy(decode_image(image.numpy(), str(image.numpy().dtype)))
+    if isinstance(label, torch.Tensor) and label.dtype != torch.float32:
+        out["label"] = label.to(torch.float32)
+    return out
+
+
+def uniform_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Items that can form one batch: one dtype and one value range per key.
+
+    Items as stored (uint8 0..255 or float16 images, uint8 labels) stay so when every item of the
+    batch is stored the same way; as soon as one item is float32 (resized, transformed) or the
+    stored dtypes differ, every item is decoded to float32 images in [0, 1] and float32 labels.
+    """
+    keys = [k for k, v in items[0].items() if isinstance(v, torch.Tensor)] if items else []
+    if all(len({item[k].dtype for item in items}) == 1 for k in keys):
+        return items
+    return [_decoded(item) for item in items]
+
+
 def collate_patches(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack items into a batch with numpy (several times faster than torch.stack on small CPUs),
-    straight into shared memory inside a DataLoader worker, so the batch crosses without a copy."""
+    straight into shared memory inside a DataLoader worker, so the batch crosses without a copy.
+
+    Items of mixed representations (stored next to resized patches) are first made uniform by
+    :func:`uniform_items`, so a batch has one dtype and value range whatever scales it holds."""
+    items = uniform_items(items)
     in_worker = torch.utils.data.get_worker_info() is not None
     batch: dict[str, torch.Tensor] = {}
     for key, first in items[0].items():

@@ -54,3 +54,36 @@ def test_batch_augmentation_aligned_and_reproducible():
     assert (jitter["image"] - out["image"]).abs().max() <= 0.05 * 1.05 + 0.05 * 1.05 + 1e-6
     assert not torch.equal(jitter["image"], out["image"])
     assert augment_batch_on_device(batch, AugmentConfig(enabled=False), batch_generator(0, 1, 2)) is batch
+
+
+def test_random_crop_is_one_window_of_image_and_label():
+    size, crop = 12, 8
+    grid = torch.arange(size ** 3, dtype=torch.float32).reshape(1, 1, size, size, size)  # voxel value = its index
+    batch = {"image": grid.repeat(6, 1, 1, 1, 1), "label": grid.repeat(6, 1, 1, 1, 1) + 0.5}
+    cfg = AugmentConfig(flip_prob=0.0, rot90_prob=0.0, intensity_prob=0.0, crop_size=crop)
+    out = augment_batch_on_device(batch, cfg, batch_generator(0, 0, 0))
+    assert out["image"].shape == out["label"].shape == (6, 1, crop, crop, crop)
+    assert torch.equal(out["label"], out["image"] + 0.5)  # the same window of both
+    corners = set()
+    for b in range(6):
+        first = int(out["image"][b, 0, 0, 0, 0])
+        z, y, x = first // size ** 2, first // size % size, first % size
+        assert max(z, y, x) <= size - crop
+        assert torch.equal(out["image"][b, 0], grid[0, 0, z:z + crop, y:y + crop, x:x + crop])
+        corners.add((z, y, x))
+    assert len(corners) >= 3  # windows differ between items
+    again = augment_batch_on_device(batch, cfg, batch_generator(0, 0, 0))
+    assert torch.equal(again["image"], out["image"])
+    # without a crop the other draws are unchanged: the crop's offsets are drawn last
+    plain = augment_batch_on_device(batch, AugmentConfig(), batch_generator(0, 1, 2))
+    full = augment_batch_on_device(batch, AugmentConfig(crop_size=size), batch_generator(0, 1, 2))
+    assert torch.equal(plain["image"], full["image"])
+
+
+def test_transform_crop():
+    transform = build_train_transform(AugmentConfig(crop_size=8, intensity_prob=0.0))
+    transform.set_random_state(seed=2)
+    out = transform(_sample())
+    image, label = torch.as_tensor(out["image"]), torch.as_tensor(out["label"])
+    assert image.shape == label.shape == (1, 8, 8, 8)
+    assert torch.equal(label, (image > 0.6).float())

@@ -1,0 +1,230 @@
+"""Model quality of a training recipe: train a config, then score it on patches and on whole scans.
+
+    python benchmarks/quality.py --config configs/demo.yaml [--store STORE --annotations CSV]
+        [--scans 30] [--seed 0] [--set KEY=VALUE ...] [--out DIR] [--no-detect] [--json OUT]
+
+Without --store, a store is built first as `make demo` builds its own (synthetic scans of seed 0,
+all subsets, with volumes). The run trains on the config's train subsets, keeps its best
+checkpoint by validation Dice, and is then scored on the validation and test subsets:
+
+- per-patch Dice (mean over patches holding a nodule), pooled Dice, precision and recall, with
+  :func:`luna_train.evaluation.patch_eval.evaluate_run` (raw: ``prob > threshold``, no TTA);
+- on the patches holding a nodule only: pooled precision and recall, the mean symmetric surface
+  distance in mm (MONAI's ``compute_average_surface_distance``) and the mean *signed* surface
+  distance in model voxels (> 0: the prediction's boundary lies outside the truth's, i.e.
+  over-segmentation; < 0: under-segmentation; 0: no boundary bias);
+- the CPM of :func:`luna_train.inference.detect.detect_volume` + :func:`compute_froc` on the test scans.
+
+``--set train.seed=S`` changes the seed of training (sampler, augmentation, initialisation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from luna_prep.format.reader import PatchStore
+from luna_train.config import TrainConfig, load_config
+from luna_train.evaluation.froc import compute_froc, load_luna_csv
+from luna_train.evaluation.patch_eval import MetricAccumulator, eval_dataset, evaluate_run, iter_predictions
+from luna_train.inference.detect import DetectConfig, detect_volume
+from luna_train.inference.trained_model import TrainedModel, load_trained_model
+from luna_train.training.run import run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
+
+
+def build_demo_store(work: Path, scans: int, seed: int) -> tuple[str, str]:
+    """(store, annotations.csv) of ``scans`` synthetic scans built as `make demo` builds them."""
+    from luna_prep.build import BuildConfig, run_build
+    from luna_prep.synthetic.scans import synthesize
+
+    data = synthesize(work / "luna16", n_scans=scans, seed=seed)
+    store = str(work / "patches.zarr")
+    run_build(BuildConfig(data_root=str(data.root), out=store, volumes=True), workers=2, progress=False,
+              manifests_dir=work / "manifests")
+    return store, str(data.annotations_csv)
+
+
+# ----------------------------------------------------------------------------------------------
+# boundary metrics of one patch
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """Surface voxels: the mask minus its erosion (the convention of MONAI's surface distances)."""
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+def signed_surface_distance(pred: np.ndarray, target: np.ndarray) -> float | None:
+    """Mean signed distance (voxels) between the surfaces of ``pred`` and ``target``, both ways.
+
+    Each surface voxel of the prediction counts its distance to the target's surface, positive
+    when it lies outside the target; each surface voxel of the target counts its distance to the
+    prediction's surface, positive when it lies inside the prediction. A prediction grown by one
+    voxel all round gives +1, one shrunk by a voxel -1, a perfect one 0. None if a mask is empty.
+    """
+    from scipy import ndimage
+
+    pred, target = np.asarray(pred, bool), np.asarray(target, bool)
+    if not pred.any() or not target.any():
+        return None
+    pe, te = _edges(pred), _edges(target)
+    to_target = ndimage.distance_transform_edt(~te)[pe] * np.where(target[pe], -1.0, 1.0)
+    to_pred = ndimage.distance_transform_edt(~pe)[te] * np.where(pred[te], 1.0, -1.0)
+    return float((to_target.sum() + to_pred.sum()) / (to_target.size + to_pred.size))
+
+
+def surface_distance_mm(pred: np.ndarray, target: np.ndarray, spacing_mm: float) -> float | None:
+    """Symmetric mean surface distance (mm) of MONAI; None if a mask is empty."""
+    from monai.metrics import compute_average_surface_distance
+
+    if not np.any(pred) or not np.any(target):
+        return None
+    as_batch = lambda m: torch.from_numpy(np.asarray(m, bool))[None, None]  # noqa: E731
+    value = compute_average_surface_distance(as_batch(pred), as_batch(target), include_background=True,
+                                             symmetric=True, spacing=float(spacing_mm))
+    return float(value.reshape(-1)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# patches and scans
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def nodule_patch_metrics(model: TrainedModel, subsets: Sequence[int], spacing_mm: float) -> dict[str, Any]:
+    """Pooled precision/recall/Dice and surface distances over the patches of ``subsets`` holding a nodule."""
+    cfg, thr = model.config, float(model.config.train.threshold)
+    dataset = eval_dataset(cfg, subsets)
+    voxel_mm = spacing_mm * model.voxel_mm
+    acc, asd, signed, missed = MetricAccumulator(), [], [], 0
+    for prob, label in iter_predictions(model, dataset, batch_size=cfg.data.val_batch_size or cfg.data.batch_size):
+        if not label.any():
+            continue
+        pred = prob > thr
+        acc.add(pred, label)
+        d_mm, d_signed = surface_distance_mm(pred, label, voxel_mm), signed_surface_distance(pred, label)
+        if d_signed is None:
+            missed += 1
+            continue
+        asd.append(d_mm)
+        signed.append(d_signed)
+    res = acc.result()
+    return {"n_patches": res["n_patches"], "pooled_dice": res["pooled_dice"], "precision": res["precision"],
+            "recall": res["recall"], "mean_surface_distance_mm": _mean(asd),
+            "mean_signed_surface_distance_voxels": _mean(signed), "voxel_mm": voxel_mm,
+            "n_empty_predictions": missed}
+
+
+def patch_quality(run_dir: Path, model: TrainedModel, subsets: Sequence[int], spacing_mm: float) -> dict[str, Any]:
+    """evaluate_run's raw figures of ``subsets`` plus the nodule-patch metrics under ``"nodule_patches"``."""
+    res = evaluate_run(run_dir, subsets=subsets, device=model.device)
+    keep = ("n_patches", "n_foreground", "dice", "pooled_dice", "precision", "recall")
+    return {"subsets": list(subsets), **{k: res[k] for k in keep},
+            "nodule_patches": nodule_patch_metrics(model, subsets, spacing_mm)}
+
+
+def detection_quality(model: TrainedModel, store: str, subsets: Sequence[int], annotations: str,
+                      bootstrap: int = 200) -> dict[str, Any]:
+    """CPM (and counts) of sliding-window detection on the scans of ``subsets`` (default DetectConfig)."""
+    reader = PatchStore(store)
+    scans = reader.scans[(reader.scans["status"] == "ok") & reader.scans["subset"].isin(list(subsets))]
+    t0 = time.perf_counter()
+    parts = [detect_volume(model, reader.read_volume(uid), DetectConfig())[0] for uid in scans["seriesuid"]]
+    submission = pd.concat(parts, ignore_index=True)
+    froc = compute_froc(submission, load_luna_csv(annotations), None, scans["seriesuid"].tolist(), n_bootstrap=bootstrap)
+    out = froc.to_json_dict()
+    keep = ("cpm", "cpm_ci", "sensitivities", "n_scans", "n_nodules", "n_hits", "n_false_positives", "n_candidates")
+    return {**{k: out[k] for k in keep}, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def measure(cfg: TrainConfig, run_dir: Path, annotations: str | None, detect: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir`` and score it (see the module docstring)."""
+    summary = run_training(cfg, run_dir)
+    history = pd.read_csv(run_dir / "metrics.csv")
+    model = load_trained_model(run_dir)
+    spacing = float(PatchStore(cfg.data.dataset).attrs.spacing_mm)
+    split = cfg.split.resolved()
+    device = torch.device(summary["device"])
+    result: dict[str, Any] = {
+        "device": summary["device_name"] if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, "
+                                                                          f"{torch.get_num_threads()} threads)",
+        "date": time.strftime("%Y-%m-%d"), "train_seconds": round(float(history["seconds"].sum()), 1),
+        "run_seconds": summary["seconds"], "steps": summary["steps"], "epochs_run": summary["epochs_run"],
+        "best_epoch": summary["best_epoch"], "parameters": summary["parameters"], "seed": cfg.train.seed,
+        "val_dice_curve": [None if math.isnan(v) else round(float(v), 4) for v in history["val_dice"]],
+        "val": patch_quality(run_dir, model, split["val"], spacing),
+        "test": patch_quality(run_dir, model, split["test"], spacing),
+        "run_dir": str(run_dir),
+    }
+    if detect and annotations:
+        result["detection"] = detection_quality(model, cfg.data.dataset, split["test"], annotations)
+    return result
+
+
+def headline(r: dict[str, Any]) -> str:
+    """One line of the figures the recipe targets."""
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+    cpm = r.get("detection", {}).get("cpm")
+    return (f"val Dice {f(r['val']['dice'])}, test Dice {f(r['test']['dice'])}, test pooled {f(r['test']['pooled_dice'])}, "
+            f"nodule-patch precision {f(r['test']['nodule_patches']['precision'])} recall "
+            f"{f(r['test']['nodule_patches']['recall'])}, signed surface distance val "
+            f"{f(r['val']['nodule_patches']['mean_signed_surface_distance_voxels'])} test "
+            f"{f(r['test']['nodule_patches']['mean_signed_surface_distance_voxels'])} voxel, MSD test "
+            f"{f(r['test']['nodule_patches']['mean_surface_distance_mm'])} mm, CPM {f(cpm)}, "
+            f"{r['train_seconds']} s training ({r['steps']} steps)")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
+    ap.add_argument("--store", help="an existing store (built with --volumes for the CPM)")
+    ap.add_argument("--annotations", help="annotations.csv of the store's scans (for the CPM)")
+    ap.add_argument("--scans", type=int, default=30, help="synthetic scans when building a store")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic scans when building a store")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", type=Path, help="work folder (store, run) [default: a temporary folder]")
+    ap.add_argument("--no-detect", action="store_true", help="skip the scan-level detection and CPM")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    work = args.out or Path(tempfile.mkdtemp(prefix="luna-quality-"))
+    work.mkdir(parents=True, exist_ok=True)
+    store, annotations = args.store, args.annotations
+    if store is None:
+        store, annotations = build_demo_store(work, args.scans, args.seed)
+    cfg = load_config(args.config, [*args.overrides, f"data.dataset={store}", "logging.progress=false"])
+    if (work / "run").exists():
+        ap.error(f"{work / 'run'} exists: pass another --out")
+    result = {"config": str(args.config), "overrides": args.overrides, "store": store,
+              **measure(cfg, work / "run", annotations, detect=not args.no_detect)}
+    print(json.dumps(result, indent=2))
+    print(headline(result), file=sys.stderr)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
