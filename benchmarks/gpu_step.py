@@ -25,9 +25,9 @@ from luna_train.data.augment import augment_batch_on_device, batch_generator
 from luna_train.data.dataset import PatchDataset, decode_batch
 from luna_train.data.loader import make_loader
 from luna_train.data.sampler import WeightedPatchSampler
-from luna_train.training.loop import amp_context
 from luna_train.nets.losses import build_loss
 from luna_train.nets.models import build_model, count_parameters
+from luna_train.training.loop import amp_context
 
 ROOT = Path(__file__).resolve().parents[1]
 

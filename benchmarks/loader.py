@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from luna_prep.format.spec import IMAGE_ARRAY, MASK_ARRAY
 from luna_prep.format.reader import PatchStore  # noqa: E402
+from luna_prep.format.spec import IMAGE_ARRAY, MASK_ARRAY
 from luna_train.data.dataset import PatchDataset, decode_batch  # noqa: E402
 from luna_train.data.loader import make_loader  # noqa: E402
 from luna_train.data.sampler import SamplerConfig, WeightedPatchSampler  # noqa: E402
@@ -121,7 +121,14 @@ def monai_baseline(data_root: Path, n: int) -> float:
         import itk  # noqa: F401
     except ImportError:
         return float("nan")
-    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, RandCropByPosNegLabeld, ScaleIntensityRanged, Spacingd
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        LoadImaged,
+        RandCropByPosNegLabeld,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
 
     scans = sorted(data_root.glob("subset*/*.mhd"))
     xf = Compose([

@@ -30,12 +30,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import SimpleITK as sitk  # noqa: E402
 
 from luna_prep.build import BuildConfig, run_build  # noqa: E402
-from luna_prep.pipeline.plan import plan_build  # noqa: E402
 from luna_prep.luna16.reading import read_scan  # noqa: E402
+from luna_prep.luna16.tables import find_scans, read_annotations, read_candidates  # noqa: E402
+from luna_prep.pipeline.plan import plan_build  # noqa: E402
 from luna_prep.pipeline.resampling import resample_isotropic  # noqa: E402
 from luna_prep.pipeline.scan_task import ScanJob, process_scan  # noqa: E402
 from luna_prep.synthetic.scans import synthesize  # noqa: E402
-from luna_prep.luna16.tables import find_scans, read_annotations, read_candidates  # noqa: E402
 
 WINDOW = (-1000.0, 400.0)
 

@@ -21,15 +21,16 @@ checkpoint by validation Dice, and is then scored on the validation and test sub
 from __future__ import annotations
 
 import argparse
-import warnings
 import json
 import math
 import platform
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -17,15 +17,31 @@ import pandas as pd
 from luna_prep import __version__
 from luna_prep.errors import LunaError
 from luna_prep.files import sha256_bytes, sha256_file
-from luna_prep.format.spec import (BUILD_DIR, FORMAT_VERSION, MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE,
-                                   ROOT_METADATA, StoreAttributes, conform, empty_manifest, scans_table)
+from luna_prep.format.spec import (
+    BUILD_DIR,
+    FORMAT_VERSION,
+    MANIFEST_COLUMNS,
+    MANIFEST_FILE,
+    ROOT_METADATA,
+    SCANS_FILE,
+    StoreAttributes,
+    conform,
+    empty_manifest,
+    scans_table,
+)
+from luna_prep.format.writer import StorageConfig, create_store, write_table
 from luna_prep.luna16.lidc import default_lidc_db
+from luna_prep.luna16.tables import (
+    default_annotations,
+    default_candidates,
+    find_scans,
+    read_annotations,
+    read_candidates,
+)
 from luna_prep.pipeline.plan import ScanPlan, plan_build
 from luna_prep.pipeline.sampling import SamplingConfig
 from luna_prep.pipeline.scan_task import ScanJob, done_paths, process_scan
-from luna_prep.format.writer import StorageConfig, create_store, write_table
 from luna_prep.report.summary import folder_bytes
-from luna_prep.luna16.tables import default_annotations, default_candidates, find_scans, read_annotations, read_candidates
 
 
 class BuildError(LunaError, RuntimeError):

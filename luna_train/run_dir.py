@@ -64,7 +64,7 @@ class PreprocessingSpec:
                 "model_voxel_mm": self.spacing_mm * self.model_voxel}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = PREPROCESSING_FILE) -> "PreprocessingSpec":
+    def from_dict(cls, d: dict[str, Any], where: str = PREPROCESSING_FILE) -> PreprocessingSpec:
         try:
             return cls(spacing_mm=float(d["spacing_mm"]),
                        hu_window=(float(d["hu_window"][0]), float(d["hu_window"][1])),
@@ -75,7 +75,7 @@ class PreprocessingSpec:
             raise InputError(f"{where}: not a preprocessing spec ({type(exc).__name__}: {exc})") from None
 
     @classmethod
-    def from_store(cls, attrs, eval_scale: int, input_size: int | None) -> "PreprocessingSpec":
+    def from_store(cls, attrs, eval_scale: int, input_size: int | None) -> PreprocessingSpec:
         """The spec of a model trained on a store with :class:`~luna_prep.format.spec.StoreAttributes` ``attrs``."""
         return cls(spacing_mm=attrs.spacing_mm, hu_window=tuple(attrs.hu_window), image_dtype=attrs.image_dtype,
                    scales=tuple(attrs.scales), eval_scale=int(eval_scale), input_size=input_size)

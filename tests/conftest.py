@@ -8,7 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from luna_prep.format.spec import MANIFEST_COLUMNS, MANIFEST_FILE, SCANS_FILE, StoreAttributes, conform, encode_image, scans_table
+from luna_prep.format.spec import (
+    MANIFEST_COLUMNS,
+    MANIFEST_FILE,
+    SCANS_FILE,
+    StoreAttributes,
+    conform,
+    encode_image,
+    scans_table,
+)
 from luna_prep.format.writer import StorageConfig, create_store, write_rows, write_table
 
 

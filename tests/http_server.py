@@ -15,8 +15,8 @@ are answered with 206 and the bytes asked for; unsatisfiable ranges with 416.
 from __future__ import annotations
 
 import os
-import socket
 import re
+import socket
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field

@@ -13,7 +13,6 @@ from luna_prep.cli import main as prep_cli
 from luna_prep.cli_common import HuWindowType, NumberListType, SubsetsType
 from luna_train.cli.main import main as train_cli
 
-
 HERE = Path(__file__)
 
 

@@ -85,7 +85,7 @@ class StoreLocation:
         return fd
 
     @classmethod
-    def open(cls, location: str | Path) -> "StoreLocation":
+    def open(cls, location: str | Path) -> StoreLocation:
         loc = str(location)
         if loc.startswith("file://"):
             loc = urlparse(loc).path

@@ -28,7 +28,7 @@ def _ok(blob):
     return blob
 
 
-def read_many(arrays: list["ShardedPatchArray"], rows: list[int]) -> list[list[np.ndarray]]:
+def read_many(arrays: list[ShardedPatchArray], rows: list[int]) -> list[list[np.ndarray]]:
     """Row ``rows[k]`` of every array in ``arrays`` (e.g. image and mask), fetched in one batch of
     ranged reads (concurrent for remote stores): ``[[arrays[0] rows...], [arrays[1] rows...]]``."""
     plans = [a.requests(rows) for a in arrays]

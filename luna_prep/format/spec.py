@@ -194,7 +194,7 @@ class StoreAttributes:
         return self.format_version >= 2
 
     @classmethod
-    def from_attrs(cls, attrs: dict[str, Any], where: str = "store") -> "StoreAttributes":
+    def from_attrs(cls, attrs: dict[str, Any], where: str = "store") -> StoreAttributes:
         if attrs.get("format") != FORMAT_NAME:
             raise FormatError(f"{where}: not a {FORMAT_NAME} store (format={attrs.get('format')!r})")
         version = attrs.get("format_version")

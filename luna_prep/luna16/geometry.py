@@ -28,7 +28,7 @@ class ScanGeometry:
     size: tuple[int, int, int]
 
     @classmethod
-    def from_image(cls, image: sitk.Image) -> "ScanGeometry":
+    def from_image(cls, image: sitk.Image) -> ScanGeometry:
         return cls(
             origin=tuple(float(v) for v in image.GetOrigin()),
             spacing=tuple(float(v) for v in image.GetSpacing()),
@@ -80,7 +80,7 @@ class ScanGeometry:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ScanGeometry":
+    def from_dict(cls, d: dict) -> ScanGeometry:
         return cls(
             origin=tuple(float(v) for v in d["origin"]),
             spacing=tuple(float(v) for v in d["spacing"]),

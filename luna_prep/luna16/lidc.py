@@ -24,10 +24,10 @@ from __future__ import annotations
 import importlib.util
 import math
 import sqlite3
+from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib.path import Path as MplPath

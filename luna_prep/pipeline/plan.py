@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from luna_prep.pipeline.sampling import SamplingConfig, planned_counts
 from luna_prep.luna16.tables import ScanFile
+from luna_prep.pipeline.sampling import SamplingConfig, planned_counts
 
 
 @dataclass(frozen=True)

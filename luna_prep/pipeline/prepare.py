@@ -14,8 +14,8 @@ import numpy as np
 
 from luna_prep.format.spec import full_scale
 from luna_prep.luna16.geometry import ScanGeometry
-from luna_prep.luna16.reading import intensity_warnings, read_scan
 from luna_prep.luna16.label_volumes import lung_volume_on
+from luna_prep.luna16.reading import intensity_warnings, read_scan
 from luna_prep.pipeline.lungmask import CoarseMask, coarse_lungs, lung_mask
 from luna_prep.pipeline.resampling import ResampledVolume, encode_hu, resample_isotropic
 

@@ -27,7 +27,14 @@ from luna_prep.pipeline.patches import extract_patch, nodule_mask
 from luna_prep.pipeline.plan import ScanPlan, seed_for
 from luna_prep.pipeline.prepare import prepare_scan
 from luna_prep.pipeline.resampling import ResampledVolume
-from luna_prep.pipeline.sampling import Nodule, SampleCentre, SamplingConfig, candidate_centres, nodule_centres, random_centres
+from luna_prep.pipeline.sampling import (
+    Nodule,
+    SampleCentre,
+    SamplingConfig,
+    candidate_centres,
+    nodule_centres,
+    random_centres,
+)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ class ImageScale:
     spacing_mm: float
 
     @classmethod
-    def of_store(cls, store) -> "ImageScale":
+    def of_store(cls, store) -> ImageScale:
         """The scale of a :class:`~luna_prep.format.reader.PatchStore` or a store path."""
         from luna_prep.format.reader import PatchStore
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from luna_prep.format.spec import BUILD_DIR, FORMAT_NAME, PATCHES_GROUP
 from luna_prep.format.reader import PatchStore
+from luna_prep.format.spec import BUILD_DIR, FORMAT_NAME, PATCHES_GROUP
 
 
 def human_bytes(n: float) -> str:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from luna_prep.errors import InputError
 from luna_prep.files import atomic_path
-from luna_prep.sharing.cards import SMALL_FILES, store_files
 from luna_prep.format.spec import ROOT_METADATA, FormatError
+from luna_prep.sharing.cards import SMALL_FILES, store_files
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 

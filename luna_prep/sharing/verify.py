@@ -26,10 +26,26 @@ import numpy as np
 
 from luna_prep.files import sha256_bytes, sha256_stream
 from luna_prep.format.location import StoreLocation
-from luna_prep.format.spec import (BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, IMAGE_ARRAY, KINDS, MANIFEST_COLUMNS,
-                                   MANIFEST_FILE, MASK_ARRAY, ROOT_METADATA, SCANS_FILE, VOLUME_IMAGE, VOLUME_LUNGS,
-                                   FormatError, StoreAttributes, array_path, consolidated_arrays, root_attributes,
-                                   volume_path)
+from luna_prep.format.spec import (
+    BUILD_DIR,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    IMAGE_ARRAY,
+    KINDS,
+    MANIFEST_COLUMNS,
+    MANIFEST_FILE,
+    MASK_ARRAY,
+    ROOT_METADATA,
+    SCANS_FILE,
+    VOLUME_IMAGE,
+    VOLUME_LUNGS,
+    FormatError,
+    StoreAttributes,
+    array_path,
+    consolidated_arrays,
+    root_attributes,
+    volume_path,
+)
 from luna_prep.format.volumes import open_volume
 from luna_prep.sharing.cards import CardError, card_store_location, is_card, load_card
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 

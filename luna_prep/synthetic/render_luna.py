@@ -14,8 +14,18 @@ import numpy as np
 from scipy import ndimage
 
 from luna_prep.luna16.geometry import ScanGeometry
-from luna_prep.synthetic.anatomy import (HU_AIR, HU_BONE, HU_CLIP, HU_FAT, HU_OUTSIDE_FOV, HU_TISSUE, NOISE_POOL,
-                                         Ellipsoid, index_box, world_coords)
+from luna_prep.synthetic.anatomy import (
+    HU_AIR,
+    HU_BONE,
+    HU_CLIP,
+    HU_FAT,
+    HU_OUTSIDE_FOV,
+    HU_TISSUE,
+    NOISE_POOL,
+    Ellipsoid,
+    index_box,
+    world_coords,
+)
 from luna_prep.synthetic.lesions import Lesion, lesion_fraction
 from luna_prep.synthetic.phantom import LunaChest
 from luna_prep.synthetic.trees import TaperedTube

@@ -8,8 +8,8 @@ minimum. Branches that would leave the lung are turned back toward a random inte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 

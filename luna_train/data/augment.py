@@ -40,8 +40,14 @@ def build_train_transform(cfg: AugmentConfig):
     """
     if not cfg.enabled:
         return None
-    from monai.transforms import (Compose, RandAffined, RandFlipd, RandRotate90d, RandScaleIntensityd,
-                                  RandShiftIntensityd)
+    from monai.transforms import (
+        Compose,
+        RandAffined,
+        RandFlipd,
+        RandRotate90d,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
 
     keys = list(KEYS)
     ts: list[Any] = []

@@ -13,9 +13,10 @@ Without TTA, ensemble or post-processing the numbers equal the run's ``summary.j
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,8 +29,8 @@ from luna_train.data.splits import SplitConfig, select_rows
 from luna_train.evaluation.metrics import Counts, binarize, confusion
 from luna_train.inference.postprocess import PostprocessConfig, postprocess, tune_postprocess
 from luna_train.inference.trained_model import ProbabilityModel, load_model_like
-from luna_train.run_dir import RunDir
 from luna_train.inference.tta import tta_predict, tta_transforms
+from luna_train.run_dir import RunDir
 
 METRIC_KEYS = ("n_patches", "n_foreground", "dice", "pooled_dice", "precision", "recall", "tp", "fp", "fn")
 

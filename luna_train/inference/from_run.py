@@ -8,9 +8,9 @@ a threshold or min-size given explicitly overrides either.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -57,8 +57,13 @@ def predict_to_files(run: RunModel, run_dir: str | Path, scan: str | Path, out: 
     the spec of that store."""
     import SimpleITK as sitk
 
-    from luna_train.inference.outputs import (candidates_path, check_candidates_path, check_mask_path,
-                                              write_candidates, write_mask)
+    from luna_train.inference.outputs import (
+        candidates_path,
+        check_candidates_path,
+        check_mask_path,
+        write_candidates,
+        write_mask,
+    )
     from luna_train.inference.predict_scan import predict_scan
 
     check_mask_path(out)

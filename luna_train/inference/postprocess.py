@@ -15,9 +15,10 @@ chosen once with :func:`tune_postprocess` on the validation split and then froze
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from itertools import product
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage

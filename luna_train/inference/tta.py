@@ -16,8 +16,8 @@ themselves (an identity or equivariant model is returned bit for bit).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from itertools import combinations
-from typing import Callable, Sequence
 
 import torch
 

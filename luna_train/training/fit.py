@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -24,8 +24,15 @@ from luna_train.data.sampler import WeightedPatchSampler
 from luna_train.training import distributed as D
 from luna_train.training.assemble import RunParts
 from luna_train.training.checkpoint import BEST, LAST, rng_state, save_checkpoint, set_rng_state
-from luna_train.training.loop import (Interrupted, LoopState, TrainParts, ValidationResult, gather_hardness,
-                                      train_epoch, validate)
+from luna_train.training.loop import (
+    Interrupted,
+    LoopState,
+    TrainParts,
+    ValidationResult,
+    gather_hardness,
+    train_epoch,
+    validate,
+)
 from luna_train.training.plots import CURVES_FILE, PANEL_FILE, plot_curves, plot_panel
 from luna_train.training.run_log import RunLogger
 

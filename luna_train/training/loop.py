@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class LoopState:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LoopState":
+    def from_dict(cls, d: dict) -> LoopState:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 

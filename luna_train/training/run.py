@@ -8,9 +8,10 @@ The steps live in their own modules: :mod:`~luna_train.training.assemble` (parts
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from luna_train.config import TrainConfig, save_config
 from luna_train.run_dir import CONFIG_FILE, absolute_location

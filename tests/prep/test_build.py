@@ -7,15 +7,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from luna_prep.build import BuildConfig, BuildError, run_build
-from luna_prep.format.spec import BUILD_DIR, MANIFEST_COLUMNS
 from luna_prep.format.reader import PatchStore
+from luna_prep.format.spec import BUILD_DIR, MANIFEST_COLUMNS
 from luna_prep.pipeline.sampling import SamplingConfig
 from luna_prep.synthetic.scans import synthesize
 

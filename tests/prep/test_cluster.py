@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 
 from luna_prep.build import BuildConfig, run_build
-from luna_prep.format.spec import BUILD_DIR
 from luna_prep.format.reader import PatchStore
+from luna_prep.format.spec import BUILD_DIR
 from luna_prep.pipeline.sampling import SamplingConfig
 from luna_prep.synthetic.scans import synthesize
 

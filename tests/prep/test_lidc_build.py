@@ -14,6 +14,7 @@ from luna_prep.format.reader import PatchStore
 from luna_prep.luna16.geometry import read_header_geometry
 
 from paths import DATA
+
 UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.905371958588660410240398317235"
 
 

@@ -18,6 +18,7 @@ from luna_prep.errors import LunaError, UsageError
 from luna_prep.format.spec import FormatError
 from luna_prep.format.writer import StorageConfig
 from luna_prep.pipeline.sampling import SamplingConfig
+
 from paths import REPO
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from luna_train.config import ConfigError, TrainConfig, load_config, read_config_file, save_config
+
 from paths import REPO
 
 
@@ -66,7 +67,6 @@ def test_saved_config_round_trips(tmp_path):
 
 @pytest.mark.parametrize("name", ["demo.yaml", "luna16.yaml"])
 def test_shipped_configs_load(name):
-    from pathlib import Path
 
     cfg = load_config(REPO / "configs" / name)
     assert cfg.train.epochs > 0

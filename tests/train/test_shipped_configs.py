@@ -12,10 +12,11 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_tiny_store
 
 from luna_train.cli.main import main
 from luna_train.config import load_config
+
+from conftest import write_tiny_store
 from paths import REPO
 
 CONFIGS = ["demo.yaml", "luna16.yaml"]  # every file of configs/ (checked below)

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from luna_train.cli.main import main
+
 from paths import REPO
 
 

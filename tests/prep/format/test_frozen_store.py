@@ -8,11 +8,12 @@ import hashlib
 import numpy as np
 import pytest
 import zarr
-from paths import DATA
 
 from luna_prep.format.reader import PatchStore
 from luna_prep.format.spec import MANIFEST_COLUMNS, SCANS_COLUMNS
 from luna_prep.sharing.verify import verify
+
+from paths import DATA
 
 STORE = DATA / "store_v1.zarr"
 UIDS = ("1.3.6.1.4.1.14519.5.2.1.9999.405005096909568485736450088280",

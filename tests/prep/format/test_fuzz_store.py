@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from conftest import write_tiny_store
 
 from luna_prep.format.reader import PatchStore
 from luna_prep.format.shard_layout import ShardIndex
 from luna_prep.sharing.cards import open_dataset, write_card
+
+from conftest import write_tiny_store
 
 SCALE = 16
 TRIALS = 300

@@ -7,10 +7,11 @@ import os
 import numpy as np
 import pytest
 
-from conftest import write_tiny_store
-from http_server import serve_directory
 from luna_prep.format.location import RangeRequestIgnored, StoreLocation, UnsafePathError
 from luna_prep.format.reader import PatchStore
+
+from conftest import write_tiny_store
+from http_server import serve_directory
 
 
 def test_a_link_out_of_the_store_is_not_followed(tmp_path):

@@ -4,8 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from luna_prep.format.spec import (ROOT_ATTRIBUTES, SCANS_COLUMNS, UINT8_FULL_SCALE, FormatError, StoreAttributes,
-                                   decode_image, encode_image, full_scale, scans_table)
+from luna_prep.format.spec import (
+    ROOT_ATTRIBUTES,
+    SCANS_COLUMNS,
+    UINT8_FULL_SCALE,
+    FormatError,
+    StoreAttributes,
+    decode_image,
+    encode_image,
+    full_scale,
+    scans_table,
+)
 
 ATTRS = StoreAttributes(spacing_mm=0.75, hu_window=(-1000.0, 400.0), scales=(16, 24), image_dtype="uint8",
                         shard_patches=8, capacity=64, config_hash="a" * 64, software_version="9.9",

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import zarr
 
-from luna_prep.format.spec import IMAGE_ARRAY, MASK_ARRAY, StoreAttributes, array_path
 from luna_prep.format.reader import PatchStore
+from luna_prep.format.spec import IMAGE_ARRAY, MASK_ARRAY, StoreAttributes, array_path
 from luna_prep.format.writer import StorageConfig, create_store, write_rows, write_shard
 
 

@@ -10,8 +10,6 @@ import numcodecs
 import numpy as np
 import pytest
 import zarr
-from conftest import write_tiny_store
-from http_server import serve_directory
 
 from luna_prep.format.codecs import decode_into, parse_codecs
 from luna_prep.format.reader import PatchStore
@@ -19,6 +17,9 @@ from luna_prep.format.shard_layout import ShardIndex
 from luna_prep.format.spec import FormatError
 from luna_prep.format.writer import StorageConfig, write_shard
 from luna_prep.sharing.verify import verify
+
+from conftest import write_tiny_store
+from http_server import serve_directory
 
 SHARD = "patches/16/image/c/0/0/0/0"  # rows 0..7 of scale 16
 LAYOUT = ShardIndex(8)

@@ -11,8 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from conftest import write_tiny_store
-from paths import DATA
 
 from luna_prep.format.reader import PatchStore
 from luna_prep.format.spec import (
@@ -24,6 +22,9 @@ from luna_prep.format.spec import (
 )
 from luna_prep.format.writer import StorageConfig, write_volume
 from luna_prep.sharing.verify import verify
+
+from conftest import write_tiny_store
+from paths import DATA
 
 UID = "1.3.6.1.4.1.14519.5.2.1.9999.405005096909568485736450088280"  # (52, 42, 42) in the frozen store
 IMAGE = f"volumes/{UID}/image"

@@ -1,16 +1,16 @@
 """World <-> voxel geometry against real LUNA16 headers, and the real annotation table."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from luna_prep.luna16.geometry import ScanGeometry, read_header_geometry
-from luna_prep.pipeline.resampling import isotropic_grid, resample_isotropic
 from luna_prep.luna16.tables import parse_subsets, read_annotations
+from luna_prep.pipeline.resampling import isotropic_grid, resample_isotropic
 
 from paths import DATA
+
 UID_235 = "1.3.6.1.4.1.14519.5.2.1.6279.6001.905371958588660410240398317235"
 UID_058 = "1.3.6.1.4.1.14519.5.2.1.6279.6001.979083010707182900091062408058"
 

@@ -16,6 +16,7 @@ from luna_prep.luna16.lidc import LidcDatabase, _cluster, default_lidc_db
 from luna_prep.luna16.tables import read_annotations
 
 from paths import DATA
+
 DB = DATA / "lidc_two_scans.sqlite"
 UID_235 = "1.3.6.1.4.1.14519.5.2.1.6279.6001.905371958588660410240398317235"
 UID_058 = "1.3.6.1.4.1.14519.5.2.1.6279.6001.979083010707182900091062408058"

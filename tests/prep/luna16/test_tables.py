@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from luna_prep.luna16.tables import TableError, read_annotations, read_candidates
+
 from paths import DATA
 
 UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.905371958588660410240398317235"

@@ -10,6 +10,7 @@ from scipy import ndimage
 from luna_prep.pipeline.lungmask import lung_mask
 from luna_prep.pipeline.resampling import encode_hu, resample_isotropic
 from luna_prep.synthetic.scans import synthesize
+
 from paths import DATA
 
 WINDOW = (-1000.0, 400.0)

@@ -4,7 +4,14 @@ import numpy as np
 
 from luna_prep.pipeline.lungmask import lung_mask
 from luna_prep.pipeline.patches import extract_patch, nodule_mask
-from luna_prep.pipeline.sampling import Nodule, SamplingConfig, nodule_centres, planned_counts, random_centres, touches_nodule
+from luna_prep.pipeline.sampling import (
+    Nodule,
+    SamplingConfig,
+    nodule_centres,
+    planned_counts,
+    random_centres,
+    touches_nodule,
+)
 
 
 def test_extract_patch_pads_with_air_beyond_the_edge():

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 
-from conftest import write_tiny_store
-from http_server import serve_directory
 from luna_prep.format.reader import PatchStore
 from luna_prep.report.summary import store_bytes_by_scale, store_summary
+
+from conftest import write_tiny_store
+from http_server import serve_directory
 
 
 def _sizes(text: str) -> list[str]:

@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_tiny_store
-from http_server import serve_directory
 
 from luna_prep.format.pins import StoreChangedError
 from luna_prep.format.reader import PatchStore
@@ -21,6 +19,9 @@ from luna_prep.sharing.cards import (
     resolve_dataset,
     write_card,
 )
+
+from conftest import write_tiny_store
+from http_server import serve_directory
 
 SHARD = "patches/16/image/c/1/0/0/0"  # rows 8..15 of scale 16
 

@@ -13,20 +13,28 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from http_server import serve_directory
 from luna_prep.build import BuildConfig, run_build
-from luna_prep.sharing.cards import (CardError, ChecksumMismatch, SMALL_FILES, load_card, resolve_dataset, validate_card,
-                             write_card)
 from luna_prep.cli import main as cli
-from luna_prep.format.spec import BUILD_DIR, MANIFEST_FILE, FormatError
-from luna_prep.format.reader import PatchStore
-from luna_prep.sharing.pack import pack_store
-from luna_prep.pipeline.sampling import SamplingConfig
-from luna_prep.format.shards import ShardedPatchArray
-from luna_prep.format.writer import write_table
 from luna_prep.format.location import StoreLocation
-from luna_prep.synthetic.scans import synthesize
+from luna_prep.format.reader import PatchStore
+from luna_prep.format.shards import ShardedPatchArray
+from luna_prep.format.spec import BUILD_DIR, MANIFEST_FILE, FormatError
+from luna_prep.format.writer import write_table
+from luna_prep.pipeline.sampling import SamplingConfig
+from luna_prep.sharing.cards import (
+    SMALL_FILES,
+    CardError,
+    ChecksumMismatch,
+    load_card,
+    resolve_dataset,
+    validate_card,
+    write_card,
+)
+from luna_prep.sharing.pack import pack_store
 from luna_prep.sharing.verify import verify
+from luna_prep.synthetic.scans import synthesize
+
+from http_server import serve_directory
 
 SCALES = (32, 48)
 

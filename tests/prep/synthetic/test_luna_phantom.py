@@ -8,12 +8,20 @@ import pytest
 import SimpleITK as sitk
 
 from luna_prep.synthetic.findings import place_lesions
-from luna_prep.synthetic.lesions import (KINDS, LOCATIONS, LUNA16_DIAMETER_QUANTILES, SHAPES, lesion_fraction,
-                                        luna16_diameter, make_lesion)
+from luna_prep.synthetic.lesions import (
+    KINDS,
+    LOCATIONS,
+    LUNA16_DIAMETER_QUANTILES,
+    SHAPES,
+    lesion_fraction,
+    luna16_diameter,
+    make_lesion,
+)
 from luna_prep.synthetic.phantom import sample_chest, sample_geometry
 from luna_prep.synthetic.scans import IDENTITY, synthesize
 from luna_prep.synthetic.shape_bank import load_shape_bank
 from luna_prep.synthetic.trees import surface_distances
+
 from paths import DATA
 
 

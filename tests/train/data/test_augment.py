@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 
 from luna_train.data.augment import AugmentConfig, augment_batch_on_device, batch_generator, build_train_transform

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiny_store
 
 from luna_prep.format.reader import PatchStore
 from luna_train.data.dataset import PatchDataset, collate_patches, decode_batch
 from luna_train.data.loader import make_loader
+
+from conftest import write_tiny_store
 
 
 @pytest.fixture(scope="module", params=["uint8", "float16"])

@@ -9,8 +9,13 @@ import pytest
 
 from luna_prep.format.reader import ScanVolume
 from luna_prep.report.figure import scale_bars
-from luna_train.evaluation.detection_plot import (FP_COLOR, TP_COLOR, candidates_figure, plot_scan_candidates,
-                                                  rank_candidates)
+from luna_train.evaluation.detection_plot import (
+    FP_COLOR,
+    TP_COLOR,
+    candidates_figure,
+    plot_scan_candidates,
+    rank_candidates,
+)
 
 COLS = ["seriesuid", "coordX", "coordY", "coordZ"]
 

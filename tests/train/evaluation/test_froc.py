@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from luna_train.evaluation.froc import (
-    OPERATING_POINTS, compute_froc, load_luna_csv, load_seriesuids, run_froc)
+from luna_train.evaluation.froc import OPERATING_POINTS, compute_froc, load_luna_csv, load_seriesuids, run_froc
 
 from paths import DATA
+
 COLS = ["seriesuid", "coordX", "coordY", "coordZ"]
 
 

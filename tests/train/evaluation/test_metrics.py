@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from luna_train.evaluation.metrics import (
-    Counts, batch_counts, batch_dice, binarize, confusion, dice, dice_from_counts, mean_dice, pooled_counts,
-    pooled_dice)
+    Counts,
+    batch_counts,
+    batch_dice,
+    binarize,
+    confusion,
+    dice,
+    dice_from_counts,
+    mean_dice,
+    pooled_counts,
+    pooled_dice,
+)
 
 
 def mask(*idx: int, n: int = 6) -> np.ndarray:

@@ -9,14 +9,15 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_tiny_store
 from luna_train.cli.main import main
 from luna_train.config import load_config
 from luna_train.evaluation.patch_eval import eval_rows, evaluate_run, patch_metrics
 from luna_train.inference.postprocess import PostprocessConfig
 from luna_train.training.run import run_training
 
+from conftest import write_tiny_store
 from paths import DATA
+
 TINY = [
     "model.channels=[4, 8]", "model.strides=[2]", "model.num_res_units=1", "data.batch_size=4",
     "data.num_workers=0", "data.train_size=16", "data.eval_scale=16", "sampler.scale_weights={16: 1, 24: 1}",

@@ -7,8 +7,7 @@ import pytest
 from scipy import ndimage
 
 from luna_train.evaluation.metrics import mean_dice
-from luna_train.inference.postprocess import (
-    PostprocessConfig, ball, postprocess, tune_postprocess)
+from luna_train.inference.postprocess import PostprocessConfig, ball, postprocess, tune_postprocess
 
 
 def test_threshold_is_inclusive_and_within_zeroes_outside():

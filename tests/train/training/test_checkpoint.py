@@ -9,8 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from luna_train.training.checkpoint import (BEST, CHECKPOINT_KEYS, CHECKPOINT_KIND, CHECKPOINT_VERSION, LAST,
-                                            CheckpointError, load_checkpoint, save_checkpoint, to_plain)
+from luna_train.training.checkpoint import (
+    BEST,
+    CHECKPOINT_KEYS,
+    CHECKPOINT_KIND,
+    CHECKPOINT_VERSION,
+    LAST,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    to_plain,
+)
 
 
 def _payload() -> dict:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-from http_server import serve_directory
+from test_train_run import TINY, _args
 
 from luna_prep.sharing.cards import write_card
 from luna_prep.sharing.pack import pack_store
 from luna_train.cli.main import main
-from test_train_run import TINY, _args
+
+from http_server import serve_directory
 
 
 def _train(dataset: str, out, *extra) -> dict:

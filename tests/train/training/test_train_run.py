@@ -13,11 +13,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from luna_train.training.checkpoint import load_checkpoint
 from luna_train.cli.main import main
 from luna_train.config import load_config
+from luna_train.training.checkpoint import load_checkpoint
 from luna_train.training.loop import Interrupted
 from luna_train.training.run import run_training
+
 from paths import REPO
 
 TINY = [
