@@ -57,7 +57,8 @@ def measure(store: str, cfg: TrainConfig, steps: int, warmup: int, workers: int)
         image, label = decode_batch(batch, device)
         sync()
         t1 = time.perf_counter()
-        aug = augment_batch_on_device({"image": image, "label": label}, cfg.augment, batch_generator(0, 0, step, device))
+        aug = augment_batch_on_device({"image": image, "label": label}, cfg.augment,
+                                      batch_generator(0, 0, step, device))
         with amp_context(device, amp):
             loss = loss_fn(model(aug["image"]), aug["label"])
         opt.zero_grad(set_to_none=True)

@@ -150,7 +150,8 @@ def detection_quality(model: TrainedModel, store: str, subsets: Sequence[int], a
     t0 = time.perf_counter()
     parts = [detect_volume(model, reader.read_volume(uid), DetectConfig())[0] for uid in scans["seriesuid"]]
     submission = pd.concat(parts, ignore_index=True)
-    froc = compute_froc(submission, load_luna_csv(annotations), None, scans["seriesuid"].tolist(), n_bootstrap=bootstrap)
+    froc = compute_froc(submission, load_luna_csv(annotations), None, scans["seriesuid"].tolist(),
+                        n_bootstrap=bootstrap)
     out = froc.to_json_dict()
     keep = ("cpm", "cpm_ci", "sensitivities", "n_scans", "n_nodules", "n_hits", "n_false_positives", "n_candidates")
     return {**{k: out[k] for k in keep}, "seconds": round(time.perf_counter() - t0, 1)}
@@ -168,8 +169,8 @@ def measure(cfg: TrainConfig, run_dir: Path, annotations: str | None, detect: bo
     split = cfg.split.resolved()
     device = torch.device(summary["device"])
     result: dict[str, Any] = {
-        "device": summary["device_name"] if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, "
-                                                                          f"{torch.get_num_threads()} threads)",
+        "device": (summary["device_name"] if device.type == "cuda"
+                   else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"),
         "date": time.strftime("%Y-%m-%d"), "train_seconds": round(float(history["seconds"].sum()), 1),
         "run_seconds": summary["seconds"], "steps": summary["steps"], "epochs_run": summary["epochs_run"],
         "best_epoch": summary["best_epoch"], "parameters": summary["parameters"], "seed": cfg.train.seed,
@@ -188,7 +189,8 @@ def headline(r: dict[str, Any]) -> str:
     def f(v):
         return "-" if v is None else f"{v:.3f}"
     cpm = r.get("detection", {}).get("cpm")
-    return (f"val Dice {f(r['val']['dice'])}, test Dice {f(r['test']['dice'])}, test pooled {f(r['test']['pooled_dice'])}, "
+    return (f"val Dice {f(r['val']['dice'])}, test Dice {f(r['test']['dice'])}, "
+            f"test pooled {f(r['test']['pooled_dice'])}, "
             f"nodule-patch precision {f(r['test']['nodule_patches']['precision'])} recall "
             f"{f(r['test']['nodule_patches']['recall'])}, signed surface distance val "
             f"{f(r['val']['nodule_patches']['mean_signed_surface_distance_voxels'])} test "

@@ -25,8 +25,8 @@ from luna_prep.synthetic.scans import synthesize
 WINDOW = (-1000.0, 400.0)
 GRAY = {"cmap": "gray", "vmin": -1000, "vmax": 400}
 FINDINGS = [("kind", "solid"), ("kind", "part-solid"), ("kind", "ground-glass"), ("kind", "calcified"),
-            ("location", "juxta-pleural"), ("location", "juxta-vascular"), ("shape", "lobulated"), ("shape", "spiculated"),
-            ("shape", "lidc")]
+            ("location", "juxta-pleural"), ("location", "juxta-vascular"), ("shape", "lobulated"),
+            ("shape", "spiculated"), ("shape", "lidc")]
 
 
 def _iso(path: Path):
@@ -54,7 +54,8 @@ def findings_mosaic(ds, out: Path) -> None:
         ax.imshow(vol.array[sl].max(axis=0), **GRAY)  # 5 mm slab maximum: spicules show
         j = list(nod[nod.seriesuid == r.seriesuid].index).index(r.name) + 1
         ax.contour(np.abs(lab.array[(z, *sl[1:])] - j) < 0.5, [0.5], colors="r", linewidths=0.6)
-        ax.set_title(f"{value if value != 'lidc' else 'LIDC shape'}\n{r.kind}, {r.location}, {r.diameter_mm:.1f} mm", fontsize=7)
+        ax.set_title(f"{value if value != 'lidc' else 'LIDC shape'}\n{r.kind}, {r.location}, {r.diameter_mm:.1f} mm",
+                     fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=80)
     plt.close(fig)

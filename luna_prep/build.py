@@ -393,4 +393,5 @@ def _build(cfg: BuildConfig, workers: int, scheduler: str | None, overwrite: boo
 
 def _mask_counts(scans: pd.DataFrame) -> dict[str, int]:
     ok = scans[scans["status"] == "ok"] if len(scans) else scans
-    return {src: int(ok[f"n_{src}_masks"].fillna(0).sum()) if f"n_{src}_masks" in ok else 0 for src in ("lidc", "sphere")}
+    return {src: int(ok[f"n_{src}_masks"].fillna(0).sum()) if f"n_{src}_masks" in ok else 0
+            for src in ("lidc", "sphere")}

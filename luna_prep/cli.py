@@ -28,8 +28,10 @@ def main():
 
 
 @main.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write subset*/ and the CSVs into.")
-@click.option("--scans", default=10, type=click.IntRange(min=1), help="Number of scans; scan i goes into subset i % 10.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write subset*/ and the CSVs into.")
+@click.option("--scans", default=10, type=click.IntRange(min=1),
+              help="Number of scans; scan i goes into subset i % 10.")
 @click.option("--seed", default=0, type=int, help="Random seed; the same seed gives byte-identical files.")
 @click.option("--full-size", is_flag=True, help="512x512 in-plane, ~300 slices (for benchmarks).")
 @click.option("--difficulty", type=click.Choice(["easy", "luna"]), default="easy",
@@ -49,7 +51,8 @@ def synth(out, scans, seed, full_size, difficulty):
               help="LUNA16 folder holding subset0..subset9 and the CSVs.")
 @_field("--subsets", field=f"{BUILD}.subsets", type=SubsetsType(), help="Subsets to build: 0-9, 3, 0,2,5 or 0-3,7.")
 @click.option("--out", default=DEFAULT_STORE, type=click.Path(file_okay=False), help="Zarr store to write.")
-@click.option("--workers", default=2, type=click.IntRange(min=0), help="Local Dask worker processes (0: run in this process).")
+@click.option("--workers", default=2, type=click.IntRange(min=0),
+              help="Local Dask worker processes (0: run in this process).")
 @click.option("--scheduler", default=None, help="Existing Dask scheduler: tcp://host:port, or a scheduler .json file.")
 @click.option("--scheduler-file", default=None, type=click.Path(dir_okay=False),
               help="Existing Dask scheduler's file (dask scheduler --scheduler-file, dask-jobqueue, SLURM).")
@@ -57,7 +60,8 @@ def synth(out, scans, seed, full_size, difficulty):
         help="Patch edge lengths in voxels.")
 @_field("--spacing", field=f"{BUILD}.spacing_mm", type=click.FloatRange(min=0, min_open=True),
         help="Isotropic voxel size in mm.")
-@_field("--hu-window", field=f"{BUILD}.hu_window", type=HuWindowType(), help="HU clipped to LOW,HIGH then scaled to [0,1].")
+@_field("--hu-window", field=f"{BUILD}.hu_window", type=HuWindowType(),
+        help="HU clipped to LOW,HIGH then scaled to [0,1].")
 @_field("--seed", field=f"{BUILD}.seed", type=int, help="Seed of jitter and negative sampling.")
 @click.option("--annotations", default=None, type=click.Path(dir_okay=False),
               help="annotations.csv  [default: DATA_ROOT/annotations.csv]")
@@ -94,7 +98,8 @@ def synth(out, scans, seed, full_size, difficulty):
 @click.option("--dashboard", is_flag=True, help="Serve the local Dask cluster's dashboard (port 8787 or the next free "
               "one; needs bokeh: pip install .[dashboard]) and print its address; with --scheduler, print that one's.")
 @click.option("--name", default=None, help="Dataset card name  [default: the store's name without .zarr]")
-@click.option("--manifests-dir", default="manifests", envvar="LUNA_PREP_MANIFESTS_DIR", type=click.Path(file_okay=False),
+@click.option("--manifests-dir", default="manifests", envvar="LUNA_PREP_MANIFESTS_DIR",
+              type=click.Path(file_okay=False),
               help="Where the dataset card NAME.json is written (env LUNA_PREP_MANIFESTS_DIR).")
 @click.option("--no-card", is_flag=True, help="Do not write a dataset card.")
 def build(data_root, subsets, out, workers, scheduler, scheduler_file, scales, spacing, hu_window, seed, annotations,
@@ -155,8 +160,8 @@ def preview(store, out, samples, seed):
 @main.command()
 @click.argument("store", default=DEFAULT_STORE, type=click.Path(file_okay=False, exists=True))
 @click.option("--name", default=None, help="Card name  [default: the store's name without .zarr]")
-@click.option("--manifests-dir", default="manifests", envvar="LUNA_PREP_MANIFESTS_DIR", type=click.Path(file_okay=False),
-              help="Where NAME.json is written.")
+@click.option("--manifests-dir", default="manifests", envvar="LUNA_PREP_MANIFESTS_DIR",
+              type=click.Path(file_okay=False), help="Where NAME.json is written.")
 def card(store, name, manifests_dir):
     """(Re)write the dataset card of a local STORE: counts, configuration, sha256 of every file."""
     from luna_prep.sharing.cards import write_card

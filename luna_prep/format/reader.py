@@ -106,7 +106,8 @@ class PatchStore:
         try:
             return pq.read_table(io.BytesIO(data), page_checksum_verification=True).to_pandas()
         except Exception as exc:
-            raise FormatError(f"{self.root}/{name}: not a readable Parquet table ({type(exc).__name__}: {exc})") from exc
+            raise FormatError(f"{self.root}/{name}: not a readable Parquet table "
+                              f"({type(exc).__name__}: {exc})") from exc
 
     def _conformed(self, name: str, columns: dict[str, str]) -> pd.DataFrame:
         where = f"{self.root}/{name}"

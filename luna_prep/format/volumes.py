@@ -83,7 +83,8 @@ def check_volume(meta: dict, path: str, dtype: str, shape_zyx, require_checksum:
         raise FormatError(f"{path}: fill value {fill!r}")
     order = "<" if codecs.endian == "little" else ">"
     return VolumeArray(path=path, shape=shape, chunks=chunks, dtype=np.dtype(dtype).newbyteorder(order),
-                       codecs=codecs, fill_value=fill, separator=separator, attributes=dict(meta.get("attributes") or {}))
+                       codecs=codecs, fill_value=fill, separator=separator,
+                       attributes=dict(meta.get("attributes") or {}))
 
 
 def open_volume(location: StoreLocation, path: str, dtype: str, shape_zyx, require_checksum: bool) -> VolumeArray:

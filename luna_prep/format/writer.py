@@ -91,16 +91,18 @@ def write_shard(root: str | Path, path: str, start: int, patches: np.ndarray, cf
     """Encode one shard file of a luna-patches array directly, in :mod:`~luna_prep.format.shard_layout`.
 
     Chunks (one patch each) are Blosc-compressed and end with the crc32c of the compressed bytes
-    (zarr's ``crc32c`` codec: the same bytes zarr-python writes for the array's metadata); all-zero chunks are not stored, and an all-empty
-    shard is no file at all, as zarr does by default. Going through zarr-python cost ~1 ms per
-    chunk on top of the compression (0.8 s of a full-size scan's 6 s). The file is written to a
-    temporary name and renamed, so a killed build never leaves a truncated shard.
+    (zarr's ``crc32c`` codec: the same bytes zarr-python writes for the array's metadata); all-zero
+    chunks are not stored, and an all-empty shard is no file at all, as zarr does by default. Going
+    through zarr-python cost ~1 ms per chunk on top of the compression (0.8 s of a full-size scan's
+    6 s). The file is written to a temporary name and renamed, so a killed build never leaves a
+    truncated shard.
     """
     layout = ShardIndex(cfg.shard_patches)
     if start % layout.n_chunks or len(patches) > layout.n_chunks:
         raise ValueError(f"{path}: rows {start}..{start + len(patches)} are not within one shard of {layout.n_chunks}")
     codec = numcodecs.Blosc(cname=cfg.codec, clevel=cfg.clevel, blocksize=0,
-                            shuffle=numcodecs.Blosc.BITSHUFFLE if patches.dtype.itemsize == 1 else numcodecs.Blosc.SHUFFLE)
+                            shuffle=(numcodecs.Blosc.BITSHUFFLE if patches.dtype.itemsize == 1
+                                     else numcodecs.Blosc.SHUFFLE))
     chunks = [bytes(_CRC.encode(codec.encode(np.ascontiguousarray(p, dtype=p.dtype.newbyteorder("<")))))
               if p.any() else None for p in patches]
     parts = layout.pack(chunks)

@@ -34,7 +34,8 @@ def read_on_grid(path: str | Path, grid: ScanGeometry) -> sitk.Image:
     image = read_scan(path)
     geo = ScanGeometry.from_image(image)
     same = (tuple(geo.size) == tuple(grid.size) and np.allclose(geo.spacing, grid.spacing, atol=1e-3)
-            and np.allclose(geo.origin, grid.origin, atol=1e-3) and np.allclose(geo.direction, grid.direction, atol=1e-4))
+            and np.allclose(geo.origin, grid.origin, atol=1e-3)
+            and np.allclose(geo.direction, grid.direction, atol=1e-4))
     if not same:
         raise ScanReadError(f"{path}: mask grid (size {list(geo.size)}, spacing {list(geo.spacing)}, origin "
                             f"{list(geo.origin)}) differs from its scan's (size {list(grid.size)}, spacing "

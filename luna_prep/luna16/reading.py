@@ -121,8 +121,8 @@ def check_mhd_files(path: Path) -> None:
         actual, what = data.stat().st_size, "is"
     if actual != expected:
         more = " at least" if what == "inflates to" and actual > expected else ""
-        raise ScanReadError(f"{path}: data file {data.name} {what}{more} {actual:,} bytes, header says {expected:,} bytes "
-                            f"({shape})")
+        raise ScanReadError(f"{path}: data file {data.name} {what}{more} {actual:,} bytes, "
+                            f"header says {expected:,} bytes ({shape})")
 
 
 def _itk_cause(exc: RuntimeError) -> str:

@@ -66,8 +66,8 @@ def resample_isotropic(image: sitk.Image, spacing: float, fill_hu: float = AIR_H
 def encode_hu(hu: np.ndarray, window: tuple[float, float], image_dtype: str, slab: int = 16) -> np.ndarray:
     """HU clipped to ``window``, scaled to [0, 1] and encoded as the store's ``image_dtype``.
 
-    Stored values are those of :func:`luna_prep.format.spec.encode_image`. Works slab by slab so temporaries stay in cache: about 9x
-    faster than whole-volume numpy passes on a 512x512x300 scan.
+    Stored values are those of :func:`luna_prep.format.spec.encode_image`. Works slab by slab so
+    temporaries stay in cache: about 9x faster than whole-volume numpy passes on a 512x512x300 scan.
     """
     lo, hi = float(window[0]), float(window[1])
     if hi <= lo:

@@ -61,7 +61,8 @@ def planned_counts(n_nodules: int, n_class0: int, cfg: SamplingConfig) -> dict[s
     return {"nodule": n_pos, "candidate": n_cand, "random": n_neg - n_cand}
 
 
-def nodule_centres(nodules: list[Nodule], cfg: SamplingConfig, spacing_mm: float, rng: np.random.Generator) -> list[SampleCentre]:
+def nodule_centres(nodules: list[Nodule], cfg: SamplingConfig, spacing_mm: float,
+                   rng: np.random.Generator) -> list[SampleCentre]:
     """Per nodule: the centred sample, then ``jitter_copies`` jittered ones (non-zero offsets)."""
     half_min = min(cfg.scales) // 2
     out: list[SampleCentre] = []
@@ -76,7 +77,8 @@ def nodule_centres(nodules: list[Nodule], cfg: SamplingConfig, spacing_mm: float
                 off = rng.integers(-limit, limit + 1, size=3)
             offsets.append(off)
         for off in offsets:
-            out.append(SampleCentre("nodule", tuple(int(v) for v in centre + off), nod.annotation_index, nod.diameter_mm))
+            out.append(SampleCentre("nodule", tuple(int(v) for v in centre + off), nod.annotation_index,
+                                    nod.diameter_mm))
     return out
 
 
@@ -97,7 +99,8 @@ def inside(centres_zyx: np.ndarray, shape_zyx: tuple[int, ...]) -> np.ndarray:
     return np.all((c >= 0) & (c < np.asarray(shape_zyx)), axis=-1)
 
 
-def candidate_centres(candidates_zyx: np.ndarray, n: int, shape_zyx: tuple[int, ...], rng: np.random.Generator) -> list[SampleCentre]:
+def candidate_centres(candidates_zyx: np.ndarray, n: int, shape_zyx: tuple[int, ...],
+                      rng: np.random.Generator) -> list[SampleCentre]:
     """A seeded random subset of ``n`` class-0 candidate locations that lie inside the volume."""
     cands = np.rint(np.asarray(candidates_zyx, dtype=np.float64).reshape(-1, 3)).astype(int)
     cands = cands[inside(cands, shape_zyx)]

@@ -78,7 +78,8 @@ def _nodules(plan: ScanPlan, job: ScanJob, original: ScanGeometry, vol: Resample
     return nodules, {"n_lidc_masks": len(masks), "n_sphere_masks": len(fallback)}
 
 
-def _centres(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules: list[Nodule], lungs, rng) -> list[SampleCentre]:
+def _centres(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules: list[Nodule], lungs,
+             rng) -> list[SampleCentre]:
     shape = vol.array.shape
     centres = nodule_centres(nodules, job.sampling, vol.spacing, rng)
     cand_world = np.asarray(plan.class0_candidates, dtype=np.float64).reshape(-1, 3)

@@ -48,7 +48,7 @@ def build_summary(report) -> str:
                      f"(first: {uids[0]})")
     for warning in report.warnings:
         lines.append(f"WARNING {warning}")
-    for path, error in report.failures:
+    for _path, error in report.failures:
         lines.append(f"FAILED {error}")
     return "\n".join(lines)
 
@@ -82,7 +82,8 @@ def store_summary(store: PatchStore) -> str:
     ok = int((scans["status"] == "ok").sum())
     lines = [
         f"store: {store.root}",
-        f"format: {FORMAT_NAME} v{a.format_version}, written by luna-prep {a.software_version}; config hash {a.config_hash[:12]}",
+        f"format: {FORMAT_NAME} v{a.format_version}, written by luna-prep {a.software_version}; "
+        f"config hash {a.config_hash[:12]}",
         f"spacing: {a.spacing_mm} mm; HU window: {list(a.hu_window)}; scales: {list(a.scales)}; "
         f"image dtype: {a.image_dtype}; {a.shard_patches} patches per shard",
         f"scans: {ok} ok, {len(scans) - ok} failed; subsets: {sorted(scans['subset'].unique().tolist())}",

@@ -91,9 +91,9 @@ class VerifyReport:
         lines += [f"ALTERED {p}" for p in self.altered]
         lines += [f"UNEXPECTED {p}" for p in self.unexpected]
         lines += [f"PROBLEM {p}" for p in self.problems]
+        n_problems = len(self.missing) + len(self.altered) + len(self.unexpected) + len(self.problems)
         lines.append(f"OK: the store is intact and follows {FORMAT_NAME} v{self.format_version}" if self.ok
-                     else f"FAILED: {len(self.missing) + len(self.altered) + len(self.unexpected) + len(self.problems)} "
-                          "problem(s)")
+                     else f"FAILED: {n_problems} problem(s)")
         return "\n".join(lines)
 
 
@@ -187,7 +187,8 @@ def check_arrays(location: StoreLocation, meta: dict, attrs: StoreAttributes, re
             if array_meta.get("data_type") != dtype:
                 report.problems.append(f"{path}: data type {array_meta.get('data_type')!r}, expected {dtype!r}")
             if arr.shard_len != attrs.shard_patches:
-                report.problems.append(f"{path}: {arr.shard_len} patches per shard, attributes say {attrs.shard_patches}")
+                report.problems.append(f"{path}: {arr.shard_len} patches per shard, "
+                                       f"attributes say {attrs.shard_patches}")
             arrays[(s, name)] = arr
     return arrays
 
@@ -365,7 +366,8 @@ def verify(target: str, store_url: str | None = None, deep: bool = False) -> Ver
         return report
     report.format_version = attrs.format_version
     if card is not None and card.get("config_hash") != attrs.config_hash:
-        report.problems.append(f"zarr.json: config hash {attrs.config_hash[:12]} != card {str(card.get('config_hash'))[:12]}")
+        report.problems.append(f"zarr.json: config hash {attrs.config_hash[:12]} "
+                               f"!= card {str(card.get('config_hash'))[:12]}")
     if not attrs.scales or attrs.capacity < 0 or attrs.shard_patches < 1:
         report.problems.append(f"zarr.json: bad scales/capacity/shard_patches "
                                f"({list(attrs.scales)}, {attrs.capacity}, {attrs.shard_patches})")

@@ -113,7 +113,8 @@ def candidates(rng: np.random.Generator, chest: LunaChest, n0: int) -> list[tupl
             q = _pleura_point(rng, chest)
         else:
             q = chest.lungs[int(rng.integers(len(chest.lungs)))].random_point(rng, 0.9)
-        if chest.in_lung(q) and all(np.linalg.norm(q - np.asarray(les.center)) > les.reach + 3.0 for les in chest.lesions):
+        if chest.in_lung(q) and all(np.linalg.norm(q - np.asarray(les.center)) > les.reach + 3.0
+                                    for les in chest.lesions):
             rows.append((q, 0))
             n_have += 1
     return [rows[i] for i in rng.permutation(len(rows))]

@@ -3,7 +3,8 @@
 A lesion is a star-shaped body r(u) = r0 (1 + sum_k A_k exp((u . v_k - 1) / w_k)) (lobes; none for
 ``round``), optionally with spicules (thin tapered tubes from its surface outward). ``r0`` is set so
 that the body's volume equals that of a ball of the drawn diameter. Its voxels' rendered fraction
-(1 inside, 0.5 on the surface, 0 outside, ramping over the edge width) is what the scan shows and, thresholded at 0.5, its mask.
+(1 inside, 0.5 on the surface, 0 outside, ramping over the edge width) is what the scan shows and,
+thresholded at 0.5, its mask.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def make_lesion(rng: np.random.Generator, center, diameter: float, kind: str, lo
     hu = float(rng.uniform(*SOLID_HU)) if kind != "ground-glass" else float(rng.uniform(*GGO_HU))
     core_hu, core_frac = hu, 0.0
     if kind == "part-solid":
-        hu, core_hu, core_frac = float(rng.uniform(*GGO_HU)), float(rng.uniform(vessel_hu, 60.0)), float(rng.uniform(0.3, 0.6))
+        hu, core_hu, core_frac = (float(rng.uniform(*GGO_HU)), float(rng.uniform(vessel_hu, 60.0)),
+                                  float(rng.uniform(0.3, 0.6)))
     elif kind == "calcified":
         core_hu, core_frac = float(rng.uniform(*CALCIFIED_HU)), float(rng.uniform(0.4, 0.9))
     spicules = []

@@ -196,7 +196,8 @@ def render_luna(geom: ScanGeometry, chest: LunaChest, rng: np.random.Generator) 
     for lung in chest.lungs:
         cy, sy = lung.center[1], lung.semi[1]
         _blend_ellipsoid(vol, geom, lung,
-                         lambda x, y, z, cy=cy, sy=sy: chest.lung_hu + LUNG_GRADIENT_HU * (y - cy) / sy + texture(x, y, z))
+                         lambda x, y, z, cy=cy, sy=sy: (chest.lung_hu + LUNG_GRADIENT_HU * (y - cy) / sy
+                                                        + texture(x, y, z)))
     _blend_ellipsoid(vol, geom, chest.heart_fat, lambda x, y, z: HU_FAT)
     _blend_ellipsoid(vol, geom, chest.heart, lambda x, y, z: HU_HEART)
     for e in chest.emphysema:

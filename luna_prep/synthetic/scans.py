@@ -225,7 +225,8 @@ def _luna_scan(seed: int, i: int, full_size: bool, n_scans: int):
     for j, (lo, m) in enumerate(masks):
         sub = labels[lo[2]:lo[2] + m.shape[0], lo[1]:lo[1] + m.shape[1], lo[0]:lo[0] + m.shape[2]]
         sub[m & (sub == 0)] = j + 1
-    nodules = tuple(SynthNodule(les.center, les.diameter_mm, les.kind, les.location, les.shape) for les in chest.lesions)
+    nodules = tuple(SynthNodule(les.center, les.diameter_mm, les.kind, les.location, les.shape)
+                    for les in chest.lesions)
     return geom, volume, nodules, cands, labels
 
 

@@ -79,7 +79,7 @@ def grow_tree(rng: np.random.Generator, spec: TreeSpec, inside: Callable[[np.nda
             continue
         length = r * rng.uniform(*LENGTH_PER_RADIUS)
         end = None
-        for attempt in range(4):
+        for _attempt in range(4):
             q = p + length * d
             if inside(q) and inside(p + 0.5 * length * d):
                 end = q

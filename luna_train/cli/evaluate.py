@@ -19,10 +19,12 @@ from luna_train.cli.options import PROBABILITY, model_options, resolve_store, su
               help="Tune post-processing on the run's validation subsets, freeze it into RUN_DIR/postprocess.json "
                    "(detect and predict then use it), report raw and post-processed metrics.")
 @model_options
-@click.option("--threshold", type=PROBABILITY, default=None, help="Raw probability threshold [default: the run's train.threshold].")
+@click.option("--threshold", type=PROBABILITY, default=None,
+              help="Raw probability threshold [default: the run's train.threshold].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Patches per forward pass [default: the run's eval batch size].")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the results as JSON here.")
 def evaluate(run_dir, dataset, subsets, postprocess_tune, tta, ensemble, checkpoint, threshold, batch_size, json_out):
     """Patch metrics of a trained run: per-patch and pooled Dice, precision, recall (at eval_scale, as training)."""
     from luna_train.evaluation.patch_eval import evaluate_run, format_report, freeze_postprocess

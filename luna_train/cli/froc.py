@@ -25,13 +25,16 @@ def format_froc(d: dict) -> str:
 
 @click.command("froc")
 @click.argument("submission", type=click.Path(exists=True, dir_okay=False))
-@click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False), help="LUNA16 annotations.csv.")
+@click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="LUNA16 annotations.csv.")
 @click.option("--excluded", type=click.Path(exists=True, dir_okay=False), default=None,
               help="LUNA16 annotations_excluded.csv (findings whose candidates are ignored).")
 @click.option("--seriesuids", required=True, type=click.Path(exists=True, dir_okay=False),
               help="seriesuids.csv: the scans evaluated (the FP rate is per scan of this list).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the summary as JSON here.")
-@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="Write the FROC plot (PNG) here.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the summary as JSON here.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the FROC plot (PNG) here.")
 @click.option("--bootstrap", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Bootstrap samples (scans resampled) of the 95% band.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")

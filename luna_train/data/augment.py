@@ -32,11 +32,11 @@ class AugmentConfig:
 def build_train_transform(cfg: AugmentConfig):
     """A MONAI ``Compose`` on ``{"image", "label"}`` of (1, S, S, S) tensors, or None when disabled.
 
-    Order: optional random crop to ``crop_size``, optional small affine (rotation +-10 degrees, scale +-10%; label nearest), flips on each
-    axis, random 90-degree rotations in each of the three planes (patches are resampled to
-    isotropic voxels and nodules have no preferred orientation, so the full cube symmetry group is
-    valid), then intensity shift and scale on the image only. Flips and rotations are exact
-    permutations of voxels, so image and label stay aligned voxel for voxel.
+    Order: optional random crop to ``crop_size``, optional small affine (rotation +-10 degrees,
+    scale +-10%; label nearest), flips on each axis, random 90-degree rotations in each of the three
+    planes (patches are resampled to isotropic voxels and nodules have no preferred orientation, so
+    the full cube symmetry group is valid), then intensity shift and scale on the image only. Flips
+    and rotations are exact permutations of voxels, so image and label stay aligned voxel for voxel.
     """
     if not cfg.enabled:
         return None

@@ -90,7 +90,8 @@ class WeightedPatchSampler(torch.utils.data.Sampler):
         f = self.cfg.fg_fraction
         w_fg, w_bg = w[self.fg].sum(), w[~self.fg].sum()
         if (w_fg == 0 and f > 0) or (w_bg == 0 and f < 1):
-            warnings.warn(f"fg_fraction {f} unreachable: foreground weight {w_fg}, background weight {w_bg}")
+            warnings.warn(f"fg_fraction {f} unreachable: foreground weight {w_fg}, background weight {w_bg}",
+                          stacklevel=2)
             return w / w.sum()
         p = np.zeros_like(w)
         if w_fg > 0:
@@ -109,7 +110,8 @@ class WeightedPatchSampler(torch.utils.data.Sampler):
         key = (self.epoch, self.epoch_boosted.tobytes())
         if self._cache is None or self._cache[0] != key:
             n = self.per_rank * self.num_replicas
-            positions = np.random.default_rng([self.seed, self.epoch]).choice(len(self.base), size=n, p=self.probabilities())
+            positions = np.random.default_rng([self.seed, self.epoch]).choice(len(self.base), size=n,
+                                                                              p=self.probabilities())
             seeds = np.random.default_rng([self.seed, self.epoch, _AUG_STREAM]).integers(0, 2**31 - 1, size=n)
             self._cache = (key, positions, seeds)
         return self._cache[1], self._cache[2]
@@ -158,7 +160,8 @@ class WeightedPatchSampler(torch.utils.data.Sampler):
 
     def load_state_dict(self, d: dict) -> None:
         if int(d.get("num_replicas", self.num_replicas)) != self.num_replicas:
-            warnings.warn(f"resuming a {d['num_replicas']}-replica sampler state on {self.num_replicas} replicas")
+            warnings.warn(f"resuming a {d['num_replicas']}-replica sampler state on {self.num_replicas} replicas",
+                          stacklevel=2)
         self.epoch = int(d["epoch"])
         self.consumed = min(self.per_rank, int(d["consumed"]))
         self.boosted = np.asarray(d.get("boosted", []), dtype=np.int64)

@@ -62,7 +62,8 @@ def split_manifest(manifest: pd.DataFrame, cfg: SplitConfig) -> dict[str, pd.Dat
     for name in SETS:
         for uid in pd.unique(out[name]["seriesuid"]):
             if uid in owner and owner[uid] != name:
-                raise InputError(f"seriesuid {uid} would be in both {owner[uid]!r} and {name!r} (listed under two subsets)")
+                raise InputError(f"seriesuid {uid} would be in both {owner[uid]!r} and {name!r} "
+                                 "(listed under two subsets)")
             owner[uid] = name
     return out
 

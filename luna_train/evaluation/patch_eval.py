@@ -227,12 +227,13 @@ def _fmt(v: Any) -> str:
 def format_report(res: dict[str, Any]) -> str:
     """A readable table of an :func:`evaluate_run` result."""
     cols = ["n_patches", "n_foreground", "dice", "pooled_dice", "precision", "recall", "tp", "fp", "fn"]
-    rows = [("raw (p >= %g)" % res["threshold"], res)]
+    rows = [(f"raw (p >= {res['threshold']:g})", res)]
     if "postprocessed" in res:
         rows.append(("post-processed", res["postprocessed"]))
+    tta_text = f"on ({res['tta_transforms']:d} transforms)" if res["tta"] else "off"
     head = [f"run {res['run_dir']} ({res['checkpoint']}), dataset {res['dataset']}",
             f"subsets {res['subsets']}, scale {res['eval_scale']} -> {res['train_size']}, "
-            f"TTA {'on (%d transforms)' % res['tta_transforms'] if res['tta'] else 'off'}, "
+            f"TTA {tta_text}, "
             f"models {len(res['ensemble'])}"]
     if len(res["ensemble"]) > 1:
         head.append("ensemble: " + ", ".join(res["ensemble"]))

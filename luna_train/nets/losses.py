@@ -85,7 +85,8 @@ class DeepSupervisionLoss(nn.Module):
         weights = [self.decay ** i for i in range(len(outs))]
         total = 0.0
         for w, out in zip(weights, outs):
-            tgt = target if out.shape[2:] == target.shape[2:] else F.interpolate(target, size=out.shape[2:], mode="nearest")
+            tgt = (target if out.shape[2:] == target.shape[2:]
+                   else F.interpolate(target, size=out.shape[2:], mode="nearest"))
             total = total + w * self.base(out.float(), tgt)
         return total / sum(weights)
 

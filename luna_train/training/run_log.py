@@ -141,7 +141,7 @@ def _optional(kind: str, make) -> Tracker | None:
         return make()
     except ImportError as exc:
         warnings.warn(f"logging.{kind} is set but {exc.name or kind} is not installed "
-                      f"(pip install 'luna-patches[{kind}]'); skipping it")
+                      f"(pip install 'luna-patches[{kind}]'); skipping it", stacklevel=2)
         return None
 
 

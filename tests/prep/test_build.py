@@ -23,7 +23,8 @@ SCALES = (32, 48)
 
 def small_config(data_root, out, **kw) -> BuildConfig:
     kw.setdefault("subsets", (0, 1, 2))
-    return BuildConfig(data_root=str(data_root), out=str(out), sampling=SamplingConfig(scales=SCALES, jitter_copies=2), **kw)
+    return BuildConfig(data_root=str(data_root), out=str(out), sampling=SamplingConfig(scales=SCALES, jitter_copies=2),
+                       **kw)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,8 @@ def test_negatives_hold_no_nodule_and_random_ones_lie_in_the_lungs(store):
     assert len(rand) > 0 and (rand["fg_voxels"] == 0).all()
     for r in rand.itertuples():
         assert arrays[r.scale][1][r.index].sum() == 0
-    centre_values = [arrays[r.scale][0][r.index][(r.scale // 2,) * 3] for r in rand[rand["scale"] == SCALES[0]].itertuples()]
+    centre_values = [arrays[r.scale][0][r.index][(r.scale // 2,) * 3]
+                     for r in rand[rand["scale"] == SCALES[0]].itertuples()]
     assert np.median(centre_values) < 0.3 * 255  # lung parenchyma (-850 HU -> 0.11), not soft tissue
     # fg_voxels agrees with the stored masks for every patch
     fg = [int(arrays[r.scale][1][r.index].sum()) for r in m.itertuples()]
@@ -162,7 +164,8 @@ def test_rerun_with_other_config_refuses_unless_overwrite(synth3, store, tmp_pat
 def test_killed_build_resumes_to_identical_output(synth3, store, tmp_path):
     out = tmp_path / "killed.zarr"
     cmd = [sys.executable, "-m", "luna_prep.cli", "build", "--data-root", str(synth3.root), "--subsets", "0-2",
-           "--out", str(out), "--scales", ",".join(map(str, SCALES)), "--jitter-copies", "2", "--workers", "0", "--quiet"]
+           "--out", str(out), "--scales", ",".join(map(str, SCALES)), "--jitter-copies", "2", "--workers", "0",
+           "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done = out / BUILD_DIR / "done"
     deadline = time.time() + 120
@@ -193,8 +196,9 @@ def test_bad_inputs_are_reported_and_the_rest_is_built(synth3, tmp_path):
     ann.loc[len(ann)] = [s1.seriesuid, 5000.0, 5000.0, 5000.0, 6.0]
     ann.to_csv(root / "annotations.csv", index=False)
     out = tmp_path / "bad.zarr"
-    cmd = [sys.executable, "-m", "luna_prep.cli", "build", "--data-root", str(root), "--subsets", "0-2", "--out", str(out),
-           "--scales", ",".join(map(str, SCALES)), "--jitter-copies", "2", "--workers", "0", "--quiet"]
+    cmd = [sys.executable, "-m", "luna_prep.cli", "build", "--data-root", str(root), "--subsets", "0-2",
+           "--out", str(out), "--scales", ",".join(map(str, SCALES)), "--jitter-copies", "2", "--workers", "0",
+           "--quiet"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 1
     assert "1 ok, 2 failed" in result.stdout

@@ -30,7 +30,8 @@ def test_label_masks_are_the_rendered_shapes(luna2, tmp_path):
     store = PatchStore(tmp_path / "p.zarr")
     m = store.manifest
     centred = m[(m["kind"] == "nodule") & (m["scale"] == 48)]
-    assert len(centred) == sum(len(s.nodules) for s in luna2.scans) and set(centred["mask_source"]) <= {"label", "mixed"}
+    assert len(centred) == sum(len(s.nodules) for s in luna2.scans)
+    assert set(centred["mask_source"]) <= {"label", "mixed"}
     for scan in luna2.scans:
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(luna2.root / "masks" / f"subset{scan.subset}"
                                                            / f"{scan.seriesuid}.mhd")))

@@ -51,7 +51,8 @@ def test_dashboard_note_names_the_link_or_the_reason(monkeypatch):
 @pytest.mark.slow
 def test_build_prints_the_dashboard_or_why_not(tmp_path):
     data = synthesize(tmp_path / "luna16", n_scans=1, seed=5)
-    res = CliRunner().invoke(main, ["build", "--data-root", str(data.root), "--subsets", "0", "--scales", "24", "--out", str(tmp_path / "p.zarr"),
+    res = CliRunner().invoke(main, ["build", "--data-root", str(data.root), "--subsets", "0", "--scales", "24",
+                                    "--out", str(tmp_path / "p.zarr"),
                                     "--workers", "1", "--dashboard", "--quiet", "--no-card"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     problem = build_module.dashboard_problem()
@@ -63,6 +64,7 @@ def test_build_prints_the_dashboard_or_why_not(tmp_path):
 
 def test_workers_0_has_no_dashboard(tmp_path):
     data = synthesize(tmp_path / "luna16", n_scans=1, seed=5)
-    res = CliRunner().invoke(main, ["build", "--data-root", str(data.root), "--subsets", "0", "--scales", "24", "--out", str(tmp_path / "p.zarr"),
+    res = CliRunner().invoke(main, ["build", "--data-root", str(data.root), "--subsets", "0", "--scales", "24",
+                                    "--out", str(tmp_path / "p.zarr"),
                                     "--workers", "0", "--dashboard", "--quiet", "--no-card"])
     assert res.exit_code == 0 and "no Dask dashboard with --workers 0" in res.stderr

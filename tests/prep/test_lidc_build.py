@@ -61,5 +61,6 @@ def test_lidc_masks_follow_the_readers_contours(tmp_path):
     assert abs(diameter / ann.loc[0, "diameter_mm"] - 1) < 0.3
     assert int(centre["fg_voxels"]) == int(mask.sum())
     # not a sphere: the readers' outline differs from the ball of the same diameter
-    sphere = np.sum(np.linalg.norm(np.indices((48,) * 3).reshape(3, -1).T - 24, axis=1) <= ann.loc[0, "diameter_mm"] / 2)
+    sphere = np.sum(np.linalg.norm(np.indices((48,) * 3).reshape(3, -1).T - 24, axis=1)
+                    <= ann.loc[0, "diameter_mm"] / 2)
     assert mask.sum() != sphere

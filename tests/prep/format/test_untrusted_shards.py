@@ -67,7 +67,8 @@ def test_an_offset_past_the_end_of_the_file_is_refused_locally_and_over_http(sto
             read()
     with serve_directory(tmp_path) as (base, _):  # the size is not known: the short read is caught
         remote = PatchStore(f"{base}/s.zarr")
-        with pytest.raises(FormatError, match=rf"{SHARD} \(row 3\): the file ends inside the chunk \(0 of [\d,]+ bytes\)"):
+        with pytest.raises(FormatError,
+                           match=rf"{SHARD} \(row 3\): the file ends inside the chunk \(0 of [\d,]+ bytes\)"):
             remote.read_patch(16, 3)
         with pytest.raises(FormatError, match=rf"{SHARD} \(row 3\): the file ends inside the chunk"):
             remote.read_stored_many(16, [3])

@@ -58,7 +58,8 @@ def test_reader_masks_cluster_annotations_into_nodules():
 def test_consensus_level_changes_volume_monotonically():
     geo, rows = _scan(UID_235)
     db = LidcDatabase(DB)
-    volumes = [db.consensus_masks(UID_235, geo, rows, level=lv)[0][rows[0][0]].mask.sum() for lv in (0.25, 0.5, 0.75, 1.0)]
+    volumes = [db.consensus_masks(UID_235, geo, rows, level=lv)[0][rows[0][0]].mask.sum()
+               for lv in (0.25, 0.5, 0.75, 1.0)]
     assert all(a >= b for a, b in zip(volumes, volumes[1:])) and volumes[0] > volumes[-1]
 
 
@@ -98,7 +99,8 @@ def _square(lo: int, hi: int) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("flip_z", [False, True])
 def test_holes_are_subtracted_and_outlines_lie_outside(tmp_path, flip_z):
     direction = (1, 0, 0, 0, 1, 0, 0, 0, -1) if flip_z else (1, 0, 0, 0, 1, 0, 0, 0, 1)
-    geo = ScanGeometry(origin=(0.0, 0.0, 10.0 if flip_z else 0.0), spacing=(1.0, 1.0, 2.0), direction=direction, size=(40, 40, 8))
+    geo = ScanGeometry(origin=(0.0, 0.0, 10.0 if flip_z else 0.0), spacing=(1.0, 1.0, 2.0), direction=direction,
+                       size=(40, 40, 8))
     z_mm = 6.0 if flip_z else 4.0  # voxel z = 2 either way
     path = _synthetic_db(tmp_path / "s.sqlite", [(1, True, z_mm, _square(10, 20)), (1, False, z_mm, _square(13, 17))])
     for include_outline, expected in ((False, 9 * 9 - 5 * 5), (True, 11 * 11 - 5 * 5)):
@@ -113,7 +115,8 @@ def test_holes_are_subtracted_and_outlines_lie_outside(tmp_path, flip_z):
 
 
 def test_consensus_needs_half_the_readers(tmp_path):
-    geo = ScanGeometry(origin=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 1.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), size=(40, 40, 8))
+    geo = ScanGeometry(origin=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 1.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
+                       size=(40, 40, 8))
     squares = [(1, _square(10, 20)), (2, _square(10, 16)), (3, _square(12, 22))]  # three overlapping readers
     path = _synthetic_db(tmp_path / "s.sqlite", [(a, True, 3.0, sq) for a, sq in squares])
     db = LidcDatabase(path)

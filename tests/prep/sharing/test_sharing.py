@@ -224,7 +224,8 @@ def test_verify_a_good_store_and_card(built):
     out, card_file = built
     report = verify(str(card_file), deep=True)
     assert report.ok, report.format()
-    assert report.files_checked == len(load_card(card_file)["files"]) and report.rows_checked == len(PatchStore(out).manifest)
+    assert report.files_checked == len(load_card(card_file)["files"])
+    assert report.rows_checked == len(PatchStore(out).manifest)
     assert report.patches_read == report.rows_checked
     assert verify(str(out)).ok
     result = CliRunner().invoke(cli, ["verify", str(card_file), "--deep"])

@@ -121,7 +121,9 @@ def test_rendered_masks_sit_at_the_annotations(ds):
             tol += 0.2 * n.diameter_mm if n.location == "juxta-pleural" else 0.0  # and the pleura cuts it
             assert np.linalg.norm(world - n.world_xyz) < tol, (s.subset, n)
             expected = np.pi / 6 * n.diameter_mm ** 3
-            assert (0.4 if n.location == "juxta-pleural" else 0.6) * expected < volume < (1.6 if n.shape != "spiculated" else 2.5) * expected, (s.subset, n, volume)
+            low = 0.4 if n.location == "juxta-pleural" else 0.6
+            high = 1.6 if n.shape != "spiculated" else 2.5
+            assert low * expected < volume < high * expected, (s.subset, n, volume)
 
 
 def test_nodule_types_have_their_hu(ds, volumes):

@@ -43,7 +43,8 @@ def test_fg_fraction_on_target(target, kinds, scales):
 def test_default_epoch_length_and_zero_scale_weight():
     rows = make_rows()
     assert len(WeightedPatchSampler(rows, SamplerConfig())) == 300  # distinct samples
-    sampler = WeightedPatchSampler(rows, SamplerConfig(scale_weights={48: 1.0, 64: 0.0, 96: 2.0}, samples_per_epoch=3000))
+    sampler = WeightedPatchSampler(rows, SamplerConfig(scale_weights={48: 1.0, 64: 0.0, 96: 2.0},
+                                                       samples_per_epoch=3000))
     scales = set(rows["scale"].to_numpy()[drawn(sampler)].tolist())
     assert scales == {48, 96}
 

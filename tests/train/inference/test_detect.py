@@ -36,7 +36,8 @@ class BrightBlobModel:
         return self.config.data.eval_scale / self.config.data.train_size
 
     def probabilities(self, x):
-        return torch.nn.functional.avg_pool3d(x, 3, stride=1, padding=1, count_include_pad=False).sub(0.6).mul(8).clamp(0, 1)
+        pooled = torch.nn.functional.avg_pool3d(x, 3, stride=1, padding=1, count_include_pad=False)
+        return pooled.sub(0.6).mul(8).clamp(0, 1)
 
 
 def _volume_with_balls(centres_zyx, radius=4.0, shape=(60, 70, 80)) -> ScanVolume:
@@ -84,7 +85,8 @@ def test_detection_on_synthetic_scans_scores_a_perfect_froc(tmp_path):
               progress=False)
     store = PatchStore(out)
     model = BrightBlobModel()
-    parts = [detect_volume(model, store.read_volume(s.seriesuid), DetectConfig(postprocess=PostprocessConfig(0.5, 20)))[0]
+    parts = [detect_volume(model, store.read_volume(s.seriesuid),
+                           DetectConfig(postprocess=PostprocessConfig(0.5, 20)))[0]
              for s in data.scans]
     submission = pd.concat(parts, ignore_index=True)
     ann = pd.read_csv(data.annotations_csv)

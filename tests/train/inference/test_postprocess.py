@@ -82,7 +82,7 @@ def make_validation_case(n: int = 4):
     """Nodule voxels at p=0.42 (an under-confident model), background 0.1 with speckles at 0.45."""
     rng = np.random.default_rng(0)
     probs, targets = [], []
-    for i in range(n):
+    for _ in range(n):
         target = np.zeros((8, 8, 8), dtype=bool)
         target[2:5, 2:6, 3:6] = True
         prob = np.where(target, 0.42, 0.1)

@@ -94,5 +94,6 @@ def test_dicece_positive_weight_scales_the_cross_entropy_of_nodule_voxels():
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     assert float(plain(missed, target)) == pytest.approx(float(bce(missed, target)), rel=1e-5)
     fg = target.mean()  # share of nodule voxels: their CE term is multiplied by 50
-    expected = (1 - fg) * bce(torch.tensor(-4.0), torch.tensor(0.0)) + 50 * fg * bce(torch.tensor(-4.0), torch.tensor(1.0))
+    expected = ((1 - fg) * bce(torch.tensor(-4.0), torch.tensor(0.0))
+                + 50 * fg * bce(torch.tensor(-4.0), torch.tensor(1.0)))
     assert float(weighted(missed, target)) == pytest.approx(float(expected), rel=1e-5)
