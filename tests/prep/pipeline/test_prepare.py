@@ -3,6 +3,8 @@ volume that ``predict`` feeds the model, on a scan whose direction matrix is fli
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -49,7 +51,8 @@ def _model_input(monkeypatch, scan, store) -> ScanVolume:
     real_detect = detect.detect_volume
     monkeypatch.setattr(detect, "volume_probabilities", probabilities)
     monkeypatch.setattr("luna_train.inference.predict_scan.detect_volume", detect_volume)
-    predict_scan(None, scan.path, PreprocessingSpec.from_store(store.attrs, 24, None), DetectConfig())
+    model = SimpleNamespace(input_size=24, voxel_mm=1.0)  # stands in for a network: probabilities are patched
+    predict_scan(model, scan.path, PreprocessingSpec.from_store(store.attrs, 24, None), DetectConfig())
     assert seen["image"] is seen["volume"].image
     return seen["volume"]
 
