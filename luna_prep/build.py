@@ -16,7 +16,7 @@ import pandas as pd
 
 from luna_prep import __version__
 from luna_prep.errors import LunaError
-from luna_prep.files import sha256_bytes, sha256_file
+from luna_prep.files import is_temporary, sha256_bytes, sha256_file
 from luna_prep.format.spec import (
     BUILD_DIR,
     FORMAT_VERSION,
@@ -153,6 +153,8 @@ def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool
                 f"(config hash {str(attrs.get('config_hash'))[:12]} != {digest[:12]}); "
                 "re-run with --overwrite to replace it"
             )
+        for stale in (p for p in out.glob(".*") if is_temporary(p)):  # a killed table write's temporary
+            stale.unlink()
         return {p.stem for p in (out / BUILD_DIR / "done").glob("*.json")}
     if out.exists() and any(out.iterdir()):
         if not overwrite:

@@ -12,13 +12,24 @@ from typing import BinaryIO
 HASH_BLOCK = 1 << 20
 
 
+def temporary_name(path: Path) -> Path:
+    """Where :func:`atomic_path` writes ``path`` before renaming it: ``.<name>.tmp<pid>`` beside it."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def is_temporary(path: str | Path) -> bool:
+    """Whether ``path`` is an :func:`atomic_path` temporary (one a killed process may leave behind)."""
+    name = Path(path).name
+    return name.startswith(".") and ".tmp" in name and name.rsplit(".tmp", 1)[1].isdigit()
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary name in ``path``'s folder to write to; renamed onto ``path`` when the block ends
     without an error, removed when it raises. Readers never see a half-written ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_name(path)
     try:
         yield tmp
         os.replace(tmp, path)

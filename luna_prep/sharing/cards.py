@@ -29,7 +29,7 @@ import pandas as pd
 
 from luna_prep import __version__
 from luna_prep.errors import LunaError
-from luna_prep.files import sha256_bytes, sha256_file, write_text_atomic
+from luna_prep.files import is_temporary, sha256_bytes, sha256_file, write_text_atomic
 from luna_prep.format.location import (
     StoreLocation,
     UnsafePathError,
@@ -83,12 +83,13 @@ def card_path(name: str, manifests_dir: str | Path = DEFAULT_MANIFESTS_DIR) -> P
 
 
 def store_files(root: str | Path) -> list[str]:
-    """Relative paths of every file of a local store folder, ``_build/`` excluded, sorted."""
+    """Relative paths of every file of a local store folder, sorted; ``_build/`` and temporaries a killed
+    write left behind are not part of the data."""
     root = Path(root)
     out = []
     for p in root.rglob("*"):
         rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel.split("/", 1)[0] != BUILD_DIR:
+        if p.is_file() and rel.split("/", 1)[0] != BUILD_DIR and not is_temporary(p):
             out.append(rel)
     return sorted(out)
 

@@ -84,3 +84,17 @@ def test_intensity_warnings_stay_quiet_on_plausible_ct():
     assert intensity_warnings(sitk.GetImageFromArray(ct), "scan.mhd", (-1000, 400)) == []
     no_air = sitk.GetImageFromArray(np.full((4, 16, 16), 40, np.int16))
     assert len(intensity_warnings(no_air, "scan.mhd", (-1000, 400))) == 1
+
+
+def test_a_killed_table_writes_temporary_is_neither_kept_nor_listed(synth2, tmp_path):
+    from luna_prep.files import is_temporary
+    from luna_prep.sharing.cards import store_files
+
+    out = tmp_path / "p.zarr"
+    assert run_build(config(synth2, out), workers=0, progress=False).ok
+    stale = out / ".manifest.parquet.tmp4242"  # what a write killed between open and rename leaves
+    stale.write_bytes(b"partial")
+    assert is_temporary(stale) and not is_temporary(out / "manifest.parquet")
+    assert ".manifest.parquet.tmp4242" not in store_files(out)
+    assert run_build(config(synth2, out), workers=0, progress=False).skipped == 2  # a re-run cleans it up
+    assert not stale.exists()
