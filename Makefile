@@ -18,15 +18,15 @@ venv: $(BIN)/luna-prep
 
 demo: venv
 	rm -rf $(DEMO)
-	$(BIN)/luna-prep synth --out $(DEMO)/luna16 --scans 30 --seed 0
+	$(BIN)/luna-prep synth --out $(DEMO)/luna16 --scans 50 --seed 0
 	$(BIN)/luna-prep build --data-root $(DEMO)/luna16 --subsets 0-9 --out $(DEMO)/patches.zarr --volumes \
 		--workers 2 --quiet --manifests-dir $(DEMO)/manifests
 	$(BIN)/luna-prep info $(DEMO)/patches.zarr
 	$(BIN)/luna-prep preview $(DEMO)/patches.zarr --out $(DEMO)/preview.png
 	$(BIN)/luna-train run --config configs/demo.yaml --dataset $(DEMO)/patches.zarr --out $(DEMO)/run \
 		--set logging.progress=false
-	$(BIN)/luna-train evaluate $(DEMO)/run --subsets 9 --tta --postprocess --json $(DEMO)/evaluate.json
-	$(BIN)/luna-train detect $(DEMO)/run --subsets 9 --out $(DEMO)/submission.csv --plots $(DEMO)/detections \
+	$(BIN)/luna-train evaluate $(DEMO)/run --subsets 6,8,9 --tta --postprocess --json $(DEMO)/evaluate.json
+	$(BIN)/luna-train detect $(DEMO)/run --subsets 6,8,9 --out $(DEMO)/submission.csv --plots $(DEMO)/detections \
 		--annotations $(DEMO)/luna16/annotations.csv
 	$(BIN)/luna-train froc $(DEMO)/submission.csv --annotations $(DEMO)/luna16/annotations.csv \
 		--seriesuids $(DEMO)/submission_seriesuids.csv --json $(DEMO)/froc.json --plot $(DEMO)/froc.png
