@@ -19,7 +19,11 @@ class ImageScale:
         """The scale of a :class:`~luna_prep.format.reader.PatchStore` or a store path."""
         from luna_prep.format.reader import PatchStore
 
-        attrs = (store if isinstance(store, PatchStore) else PatchStore(store)).attrs
+        return cls.of_attrs((store if isinstance(store, PatchStore) else PatchStore(store)).attrs)
+
+    @classmethod
+    def of_attrs(cls, attrs) -> ImageScale:
+        """The scale of a store's :class:`~luna_prep.format.spec.StoreAttributes`."""
         return cls(hu_window=tuple(attrs.hu_window), spacing_mm=float(attrs.spacing_mm))
 
     def window_text(self) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from luna_prep.errors import InputError
+from luna_prep.format.spec import StoreAttributes
 from luna_prep.sharing.cards import open_dataset
 
 SETS = ("train", "val", "test")
@@ -75,6 +76,7 @@ class RunData:
     train: pd.DataFrame
     val: pd.DataFrame
     test: pd.DataFrame
+    attrs: StoreAttributes | None = None  # the store's (spacing, HU window, dtype...): read once, here
 
 
 def select_rows(dataset: str, split: SplitConfig, scale_weights: Mapping, eval_scale: int,
@@ -99,4 +101,5 @@ def select_rows(dataset: str, split: SplitConfig, scale_weights: Mapping, eval_s
     train = sets["train"][sets["train"]["scale"].isin(train_scales)]
     val = sets["val"][sets["val"]["scale"] == eval_scale]
     test = sets["test"][sets["test"]["scale"] == eval_scale]
-    return RunData(*(df.sort_values(["scale", "index"]).reset_index(drop=True) for df in (train, val, test)))
+    return RunData(*(df.sort_values(["scale", "index"]).reset_index(drop=True) for df in (train, val, test)),
+                   attrs=store.attrs)

@@ -11,9 +11,8 @@ from typing import Any
 import torch
 
 from luna_prep.report.figure import ImageScale
-from luna_prep.sharing.cards import open_dataset
 from luna_train.config import TrainConfig
-from luna_train.run_dir import SUMMARY_FILE, RunDir, spec_of_store
+from luna_train.run_dir import SUMMARY_FILE, PreprocessingSpec, RunDir
 from luna_train.training import distributed as D
 from luna_train.training.assemble import RunParts
 from luna_train.training.checkpoint import BEST, LAST, load_checkpoint
@@ -68,12 +67,13 @@ def finalize(cfg: TrainConfig, run_dir: Path, info: D.DistInfo, parts: RunParts,
     if info.is_main and cfg.logging.plots:
         plot_panel(val.panel, run_dir / PANEL_FILE, f"validation, best model (epoch {state.best_epoch + 1}): "
                    f"ground truth (green), prediction (red); Dice {val.dice:.3f}",
-                   ImageScale.of_store(open_dataset(cfg.data.dataset)))
+                   ImageScale.of_attrs(parts.rows.attrs))
     samples = D.all_gather_object(state.samples_seen)
     summary = summarize(cfg, run_dir, info, parts, state, outcome, val, test, time.perf_counter() - t0, samples)
     if info.is_main:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-        RunDir(run_dir).write_preprocessing(spec_of_store(cfg.data.dataset, cfg.data.eval_scale, cfg.data.train_size))
+        spec = PreprocessingSpec.from_store(parts.rows.attrs, cfg.data.eval_scale, cfg.data.train_size)
+        RunDir(run_dir).write_preprocessing(spec)
     logger.log_scalars({k: summary[k] for k in ("test_dice", "test_pooled_dice") if summary[k] is not None},
                        state.step, "final/")
     logger.close()

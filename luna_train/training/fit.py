@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from luna_prep.report.figure import ImageScale
-from luna_prep.sharing.cards import open_dataset
 from luna_train.config import TrainConfig, to_dict
 from luna_train.data.sampler import WeightedPatchSampler
 from luna_train.training import distributed as D
@@ -98,7 +97,6 @@ class Fit:
         self.on_step = on_step
         self.loss_mark = start.state.loss_sum  # train-loss sum at the last step: the next step's loss is the rise
         self.epoch_walls: list[float] = []  # wall seconds of the epochs run by this process (for the ETA)
-        self.image_scale: ImageScale | None = None
         tc = cfg.train
         self.train_parts = TrainParts(
             model=net, loss_fn=parts.loss_fn, optimizer=parts.optimizer, scheduler=parts.scheduler,
@@ -225,10 +223,9 @@ class Fit:
             return
         plot_curves(self.state.history, self.run_dir / CURVES_FILE, self.state.best_epoch)
         if improved and res is not None:
-            if self.image_scale is None:
-                self.image_scale = ImageScale.of_store(open_dataset(self.cfg.data.dataset))
             panel = plot_panel(res.panel, self.run_dir / PANEL_FILE, f"validation, epoch {epoch + 1}: ground truth "
-                               f"(green), prediction (red); Dice {res.dice:.3f}", self.image_scale)
+                               f"(green), prediction (red); Dice {res.dice:.3f}",
+                               ImageScale.of_attrs(self.parts.rows.attrs))
             self.logger.log_image("validation/panel", panel, self.state.step)
 
 
