@@ -59,6 +59,7 @@ ModelName = Literal["unet", "attention_unet", "dynunet"]
 LossName = Literal["dicefocal", "dicece", "dice", "tversky", "combo"]
 Precision = Literal["bf16", "fp16", "none"]
 Schedule = Literal["cosine", "constant"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,11 @@ class TrainLoopConfig:
     checkpoint_every_steps: NonNegativeInt = 0  # also write last.pt every N steps (0: only at epoch end)
     stop_after_steps: PositiveInt | None = None  # simulate an interruption: save last.pt and exit after N steps
     threshold: Probability = 0.5  # probability above which a voxel is predicted foreground
-    compile: bool = False  # torch.compile the model (CUDA)
+    # step speed (docs/benchmarks.md, GPU training step); None = on for CUDA, off on the CPU
+    compile: bool | None = None  # torch.compile the training module (checkpoints keep the plain module's keys)
+    compile_mode: CompileMode = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs
+    channels_last: bool | None = None  # channels_last_3d memory format for the model and its input batches
+    fused_optimizer: bool | None = None  # AdamW's fused kernel (None: fused on CUDA, foreach elsewhere)
 
 
 @dataclass(frozen=True)

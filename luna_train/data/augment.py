@@ -94,15 +94,36 @@ def augment_batch_on_device(batch: dict, cfg: AugmentConfig, generator: torch.Ge
     image, label = batch["image"], batch["label"]
     n = image.shape[0]
     dev = generator.device
-    flips = (torch.rand((n, 3), generator=generator, device=dev) < cfg.flip_prob).tolist()
-    rots = (torch.rand((n, 3), generator=generator, device=dev) < cfg.rot90_prob).tolist()
-    ks = torch.randint(1, 4, (n, 3), generator=generator, device=dev).tolist()
+    flips = torch.rand((n, 3), generator=generator, device=dev) < cfg.flip_prob
+    rots = torch.rand((n, 3), generator=generator, device=dev) < cfg.rot90_prob
+    ks = torch.randint(1, 4, (n, 3), generator=generator, device=dev)
     use_shift = torch.rand(n, generator=generator, device=dev) < cfg.intensity_prob
     use_scale = torch.rand(n, generator=generator, device=dev) < cfg.intensity_prob
     shift = (torch.rand(n, generator=generator, device=dev) * 2 - 1) * cfg.intensity_shift * use_shift
     scale = 1 + (torch.rand(n, generator=generator, device=dev) * 2 - 1) * cfg.intensity_scale * use_scale
+    whole_batch = image.is_cuda and len(set(image.shape[2:])) == 1
+    permute = permute_batch if whole_batch else permute_items
+    img, lbl = permute(image, label, flips.cpu(), rots.cpu(), ks.cpu())
+    out = dict(batch)
+    view = (n,) + (1,) * (image.dim() - 1)
+    if cfg.intensity_prob > 0 and (cfg.intensity_shift > 0 or cfg.intensity_scale > 0):
+        img = (img + _to(shift, img).view(view)) * _to(scale, img).view(view)
+    out["image"], out["label"] = random_crop(img, lbl, cfg.crop_size, generator)
+    return out
+
+
+def _to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A few per-item numbers onto ``like``'s device and dtype without waiting for its queue."""
+    return values.to(like.device, like.dtype, non_blocking=True)
+
+
+def permute_items(image: torch.Tensor, label: torch.Tensor, flips: torch.Tensor, rots: torch.Tensor,
+                  ks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip then rot90 each item of (B, C, D, H, W) ``image`` and ``label`` as drawn (``flips`` and ``rots``
+    (B, 3) bool per axis / plane, ``ks`` (B, 3) quarter turns), item by item."""
+    flips, rots, ks = flips.tolist(), rots.tolist(), ks.tolist()
     images, labels = [], []
-    for b in range(n):
+    for b in range(image.shape[0]):
         x, y = image[b], label[b]
         dims = [1 + a for a in range(3) if flips[b][a]]
         if dims:
@@ -112,13 +133,32 @@ def augment_batch_on_device(batch: dict, cfg: AugmentConfig, generator: torch.Ge
                 x, y = torch.rot90(x, ks[b][p], (1 + a0, 1 + a1)), torch.rot90(y, ks[b][p], (1 + a0, 1 + a1))
         images.append(x)
         labels.append(y)
-    out = dict(batch)
-    view = (n,) + (1,) * (image.dim() - 1)
-    img = torch.stack(images)
-    if cfg.intensity_prob > 0 and (cfg.intensity_shift > 0 or cfg.intensity_scale > 0):
-        img = (img + shift.to(img).view(view)) * scale.to(img).view(view)
-    out["image"], out["label"] = random_crop(img, torch.stack(labels), cfg.crop_size, generator)
-    return out
+    return torch.stack(images), torch.stack(labels)
+
+
+def permute_batch(image: torch.Tensor, label: torch.Tensor, flips: torch.Tensor, rots: torch.Tensor,
+                  ks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :func:`permute_items` gives, as a few whole-batch operations on cubic patches: each flip or
+    quarter turn is applied to the batch and kept (``torch.where``) for the items that drew it.
+
+    A GPU runs these as ~20 large kernels instead of ~10 small ones per item, with no host round trip.
+    """
+    n = image.shape[0]
+
+    def choose(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask.to(a.device, non_blocking=True).view((n,) + (1,) * (a.dim() - 1)), a, b)
+
+    x, y = image, label
+    for a in range(3):
+        if bool(flips[:, a].any()):
+            x, y = choose(flips[:, a], x.flip(2 + a), x), choose(flips[:, a], y.flip(2 + a), y)
+    for p, (a0, a1) in enumerate(PLANES):
+        for k in (1, 2, 3):
+            picked = rots[:, p] & (ks[:, p] == k)
+            if bool(picked.any()):
+                dims = (2 + a0, 2 + a1)
+                x, y = choose(picked, torch.rot90(x, k, dims), x), choose(picked, torch.rot90(y, k, dims), y)
+    return x.contiguous(), y.contiguous()
 
 
 def random_crop(image: torch.Tensor, label: torch.Tensor, size: int | None,

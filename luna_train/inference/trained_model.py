@@ -7,7 +7,7 @@ and gets one from :func:`load_model_like`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +18,8 @@ from luna_prep.errors import InputError
 from luna_train.config import TrainConfig, from_dict
 from luna_train.nets.models import build_model, main_output
 from luna_train.training.checkpoint import BEST, checkpoint_file, load_checkpoint
+from luna_train.training.loop import amp_context
+from luna_train.training.speed import StepOptions, format_batch, format_model, plain_state_dict
 
 
 class ProbabilityModel(Protocol):
@@ -43,12 +45,18 @@ class ProbabilityModel(Protocol):
 
 @dataclass
 class TrainedModel:
-    """A network in eval mode with the config it was trained with."""
+    """A network in eval mode with the config it was trained with.
+
+    On CUDA it predicts as it trained: under the run's mixed precision (``train.amp``) and, when
+    ``train.channels_last`` resolves to on, with channels-last 3D weights and inputs; probabilities
+    are float32 either way.
+    """
 
     model: nn.Module
     config: TrainConfig
     run_dir: Path
     device: torch.device
+    options: StepOptions = field(default_factory=StepOptions)
 
     @property
     def input_size(self) -> int | None:
@@ -68,7 +76,10 @@ class TrainedModel:
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Sigmoid probabilities (B, 1, D, H, W) of a (B, 1, D, H, W) batch."""
-        return torch.sigmoid(main_output(self.model(x.to(self.device))).float())
+        x = format_batch(x.to(self.device, non_blocking=True), self.options)
+        with amp_context(self.device, self.config.train.amp):
+            logits = main_output(self.model(x))
+        return torch.sigmoid(logits.float())
 
 
 def default_device() -> torch.device:
@@ -85,8 +96,14 @@ def load_trained_model(run_dir: str | Path, checkpoint: str = BEST, device: torc
     cfg = from_dict(TrainConfig, ckpt["config"], where=str(path))
     device = device or default_device()
     model = build_model(cfg.model)
-    model.load_state_dict(ckpt["model"])
-    return TrainedModel(model.to(device).eval(), cfg, run_dir, device)
+    model.load_state_dict(plain_state_dict(ckpt["model"]))
+    options = inference_options(cfg, device)
+    return TrainedModel(format_model(model.to(device), options).eval(), cfg, run_dir, device, options)
+
+
+def inference_options(cfg: TrainConfig, device: torch.device) -> StepOptions:
+    """The run's memory format for ``device`` (no compile: a one-off compile costs more than a scan takes)."""
+    return StepOptions(channels_last=StepOptions.of(cfg.train, device).channels_last)
 
 
 class Ensemble:

@@ -29,6 +29,7 @@ from luna_train.training import distributed as D
 from luna_train.training.loop import make_scaler
 from luna_train.training.run_log import RunLogger
 from luna_train.training.schedule import build_scheduler
+from luna_train.training.speed import StepOptions, build_optimizer, compile_module, format_model
 
 
 @dataclass
@@ -47,11 +48,16 @@ class RunParts:
     scheduler: Any
     scaler: torch.amp.GradScaler
     augment_on_device: Callable[[dict, int, int], dict] | None  # (batch, epoch, step) -> batch
+    options: StepOptions  # compile / channels-last / fused optimizer, resolved for the device
 
 
 @dataclass(frozen=True)
 class DeviceAugment:
-    """Flip / rot90 / intensity augmentation of whole batches where they lie, seeded per (seed, rank, epoch, step)."""
+    """Flip / rot90 / intensity augmentation of whole batches where they lie, seeded per (seed, rank, epoch, step).
+
+    The random choices are drawn on the CPU (a handful of numbers per item): drawn on the GPU, reading
+    them back would stall the GPU's queue at every step. The voxels are permuted on the batch's device.
+    """
 
     cfg: AugmentConfig
     seed: int
@@ -59,7 +65,7 @@ class DeviceAugment:
     device: torch.device
 
     def __call__(self, batch: dict, epoch: int, step: int) -> dict:
-        generator = batch_generator(self.seed * 1000 + self.rank, epoch, step, self.device)
+        generator = batch_generator(self.seed * 1000 + self.rank, epoch, step, "cpu")
         return augment_batch_on_device(batch, self.cfg, generator)
 
 
@@ -96,24 +102,23 @@ def assemble(cfg: TrainConfig, info: D.DistInfo) -> RunParts:
     loader.generator = torch.Generator().manual_seed(tc.seed)  # iterators must not draw from the global RNG
     val_loader, test_loader = eval_loader(cfg, rows.val, info), eval_loader(cfg, rows.test, info)
 
-    model = build_model(cfg.model).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                  weight_decay=cfg.optim.weight_decay)
+    options = StepOptions.of(tc, device)
+    model = format_model(build_model(cfg.model).to(device), options)
+    optimizer = build_optimizer(model.parameters(), cfg.optim, options)
     scheduler = build_scheduler(optimizer, cfg.optim, math.ceil(len(sampler) / bs), tc.epochs)
     scaler = make_scaler(device, tc.amp)
     loss_fn = build_loss(cfg.loss).to(device)
     return RunParts(
         rows=rows, sampler=sampler, loader=loader, val_loader=val_loader, test_loader=test_loader, model=model,
         n_params=count_parameters(model), loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-        augment_on_device=DeviceAugment(cfg.augment, tc.seed, info.rank, device) if on_device else None)
+        augment_on_device=DeviceAugment(cfg.augment, tc.seed, info.rank, device) if on_device else None,
+        options=options)
 
 
 def training_module(model: nn.Module, cfg: TrainConfig, info: D.DistInfo) -> nn.Module:
-    """What the training steps call: ``model`` under DDP when distributed, compiled when asked (CUDA only)."""
-    net = D.wrap_model(model, info)
-    if cfg.train.compile and info.device.type == "cuda":
-        net = torch.compile(net)
-    return net
+    """What the training steps call: ``model`` under DDP when distributed, compiled when ``train.compile``
+    resolves to on (:mod:`~luna_train.training.speed`); checkpoints keep saving the plain ``model``."""
+    return compile_module(D.wrap_model(model, info), StepOptions.of(cfg.train, info.device))
 
 
 def open_logger(cfg: TrainConfig, run_dir: Path, info: D.DistInfo) -> RunLogger:

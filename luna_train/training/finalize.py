@@ -20,6 +20,7 @@ from luna_train.training.fit import FitOutcome
 from luna_train.training.loop import LoopState, ValidationResult, validate
 from luna_train.training.plots import PANEL_FILE, plot_panel
 from luna_train.training.run_log import RunLogger
+from luna_train.training.speed import plain_state_dict
 
 __all__ = ["SUMMARY_FILE", "finalize", "summarize", "load_best_model"]
 
@@ -29,7 +30,7 @@ def load_best_model(parts: RunParts, run_dir: Path, info: D.DistInfo) -> None:
     best = None
     if info.is_main or info.world_size == 1:
         best = load_checkpoint(run_dir / BEST if (run_dir / BEST).exists() else run_dir / LAST, map_location="cpu")
-    parts.model.load_state_dict(D.broadcast_object(best["model"] if best is not None else None))
+    parts.model.load_state_dict(plain_state_dict(D.broadcast_object(best["model"] if best is not None else None)))
 
 
 def summarize(cfg: TrainConfig, run_dir: Path, info: D.DistInfo, parts: RunParts, state: LoopState,

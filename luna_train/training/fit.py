@@ -34,6 +34,7 @@ from luna_train.training.loop import (
 )
 from luna_train.training.plots import CURVES_FILE, PANEL_FILE, plot_curves, plot_panel
 from luna_train.training.run_log import RunLogger
+from luna_train.training.speed import plain_state_dict
 
 log = logging.getLogger("luna_train")
 
@@ -67,7 +68,7 @@ def checkpoint_payload(parts: RunParts, state: LoopState, cfg: TrainConfig, per_
 
 def restore(parts: RunParts, ckpt: dict, rank: int) -> Start:
     """Load a checkpoint's states into ``parts``; this rank's counters, hard-mining scores and RNG come back."""
-    parts.model.load_state_dict(ckpt["model"])
+    parts.model.load_state_dict(plain_state_dict(ckpt["model"]))
     parts.optimizer.load_state_dict(ckpt["optimizer"])
     parts.scheduler.load_state_dict(ckpt["scheduler"])
     parts.scaler.load_state_dict(ckpt["scaler"])
@@ -95,14 +96,15 @@ class Fit:
         self.cfg, self.run_dir, self.info, self.parts, self.logger = cfg, run_dir, info, parts, logger
         self.state, self.hard, self.pending_rng = start.state, start.hard, start.rng
         self.on_step = on_step
-        self.loss_mark = start.state.loss_sum  # train-loss sum at the last step: the next step's loss is the rise
+        # (train-loss sum, step) at the last logged step: the logged loss is the mean since then
+        self.loss_mark = (start.state.loss_sum, start.state.step)
         self.epoch_walls: list[float] = []  # wall seconds of the epochs run by this process (for the ETA)
         tc = cfg.train
         self.train_parts = TrainParts(
             model=net, loss_fn=parts.loss_fn, optimizer=parts.optimizer, scheduler=parts.scheduler,
             scaler=parts.scaler, sampler=parts.sampler, loader=parts.loader, device=info.device, amp=tc.amp,
             grad_clip=cfg.optim.grad_clip, batch_size=cfg.data.batch_size, augment_on_device=parts.augment_on_device,
-            hard_mining=cfg.sampler.hard_mining_every > 0)
+            hard_mining=cfg.sampler.hard_mining_every > 0, options=parts.options, sync_at=self.sync_due)
 
     # hooks of train_epoch -------------------------------------------------------------------------
 
@@ -110,6 +112,12 @@ class Fit:
         """Put back the RNG states of the checkpoint (once the loader's iterator exists)."""
         if self.pending_rng is not None:
             set_rng_state(self.pending_rng)
+
+    def sync_due(self, step: int) -> bool:
+        """Whether the loss sums come to the host after ``step``: a logged, checkpointed or final step."""
+        every, stop = self.cfg.train.checkpoint_every_steps, self.cfg.train.stop_after_steps
+        return (step % self.cfg.logging.step_every == 0 or bool(every and step % every == 0)
+                or (stop is not None and step >= stop))
 
     def after_step(self, st: LoopState) -> None:
         """Checkpoint every ``train.checkpoint_every_steps``; raise Interrupted after ``train.stop_after_steps``."""
@@ -201,14 +209,17 @@ class Fit:
         state.history.append(row)
         self.logger.log_epoch(row)
         state.epoch, state.step_in_epoch, state.loss_sum, state.epoch_seconds = epoch + 1, 0, 0.0, 0.0
-        self.loss_mark = 0.0
+        self.loss_mark = (0.0, state.step)
 
     def _log_step(self, st: LoopState) -> None:
-        """This rank's train loss of the step and the learning rate, every ``logging.step_every`` steps."""
-        loss, self.loss_mark = st.loss_sum - self.loss_mark, st.loss_sum
-        if st.step % self.cfg.logging.step_every == 0:
-            self.logger.log_scalars({"train_loss": loss, "lr": self.parts.scheduler.get_last_lr()[0]}, st.step,
-                                    "step/")
+        """This rank's mean train loss of the steps since the last log, and the learning rate, every
+        ``logging.step_every`` steps (the loss sums are on the host then, see :meth:`sync_due`)."""
+        if st.step % self.cfg.logging.step_every != 0:
+            return
+        mark_sum, mark_step = self.loss_mark
+        loss = (st.loss_sum - mark_sum) / max(st.step - mark_step, 1)
+        self.loss_mark = (st.loss_sum, st.step)
+        self.logger.log_scalars({"train_loss": loss, "lr": self.parts.scheduler.get_last_lr()[0]}, st.step, "step/")
 
     def _report(self, wall: float) -> None:
         """One persistent line per epoch on the ``luna_train`` logger (rank 0): losses, Dice, best, lr, time, ETA."""

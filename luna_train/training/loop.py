@@ -18,6 +18,7 @@ from luna_train.evaluation.metrics import batch_counts, binarize, dice_from_coun
 from luna_train.nets.losses import per_sample_soft_dice_loss
 from luna_train.nets.models import main_output
 from luna_train.training import distributed as D
+from luna_train.training.speed import StepOptions, format_batch
 
 
 class Interrupted(RuntimeError):
@@ -78,6 +79,52 @@ class TrainParts:
     batch_size: int = 8
     augment_on_device: Callable[[dict, int, int], dict] | None = None  # (batch, epoch, step) -> batch
     hard_mining: bool = False
+    options: StepOptions = field(default_factory=StepOptions)
+    # after which steps (run-wide count) the device-side sums come to the host; None = every step
+    sync_at: Callable[[int], bool] | None = None
+
+
+class DeviceSums:
+    """The epoch's train loss and hard-mining scores, summed where they are computed and brought to
+    the host only at sync points: a ``float(loss)`` every step would stall the GPU's queue each step."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.positions: list[int] = []
+        self.scores: list[torch.Tensor] = []
+
+    def add(self, loss: torch.Tensor, positions: list[int] | None = None, scores: torch.Tensor | None = None):
+        self.loss += loss.detach().double()
+        if scores is not None:
+            self.positions.extend(positions or [])
+            self.scores.append(scores.detach().float())
+
+    def flush(self, state: LoopState, hard: dict | None) -> None:
+        """Add what was summed since the last flush to ``state.loss_sum`` (and ``hard``); one sync."""
+        state.loss_sum += float(self.loss)
+        self.loss.zero_()
+        if hard is not None and self.scores:
+            hard["positions"].extend(self.positions)
+            hard["scores"].extend(float(s) for s in torch.cat(self.scores).cpu())
+        self.positions, self.scores = [], []
+
+
+def train_step(parts: TrainParts, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """One optimizer step on a decoded batch; returns (loss, model output), both still on the device."""
+    model = parts.model
+    image, label = format_batch(image, parts.options), format_batch(label, parts.options)
+    with amp_context(parts.device, parts.amp):
+        out = model(image)
+        loss = parts.loss_fn(out, label)
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()
+    if parts.grad_clip > 0:
+        parts.scaler.unscale_(parts.optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), parts.grad_clip, foreach=True)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.scheduler.step()
+    return loss, out
 
 
 def train_epoch(parts: TrainParts, state: LoopState, *, restore_rng: Callable[[], None] | None = None,
@@ -87,8 +134,9 @@ def train_epoch(parts: TrainParts, state: LoopState, *, restore_rng: Callable[[]
 
     ``restore_rng`` runs after the loader's iterator is created (creating one draws from torch's
     RNG), so a resumed run continues the exact random stream. ``on_step`` runs after every
-    optimizer step (checkpointing, interruption). ``hard`` collects (positions, scores) for
-    hard-negative mining when ``parts.hard_mining``; ``seen`` collects the positions trained on.
+    optimizer step (checkpointing, interruption); ``state.loss_sum`` and ``hard`` are up to date
+    after the steps ``parts.sync_at`` names and at the epoch's end. ``hard`` collects (positions,
+    scores) for hard-negative mining when ``parts.hard_mining``; ``seen`` the positions trained on.
     """
     from tqdm import tqdm
 
@@ -98,8 +146,9 @@ def train_epoch(parts: TrainParts, state: LoopState, *, restore_rng: Callable[[]
     iterator = iter(parts.loader)
     if restore_rng is not None:
         restore_rng()
-    model = parts.model
-    model.train()
+    parts.model.train()
+    sums = DeviceSums(parts.device)
+    mining = parts.hard_mining and hard is not None
     bar = tqdm(total=n_batches, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}", disable=not progress,
                leave=False, dynamic_ncols=True)
     start = time.perf_counter() - state.epoch_seconds
@@ -109,31 +158,20 @@ def train_epoch(parts: TrainParts, state: LoopState, *, restore_rng: Callable[[]
         if parts.augment_on_device is not None:
             aug = parts.augment_on_device({"image": image, "label": label}, state.epoch, state.step)
             image, label = aug["image"], aug["label"]
-        with amp_context(parts.device, parts.amp):
-            out = model(image)
-            loss = parts.loss_fn(out, label)
-        parts.optimizer.zero_grad(set_to_none=True)
-        parts.scaler.scale(loss).backward()
-        if parts.grad_clip > 0:
-            parts.scaler.unscale_(parts.optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), parts.grad_clip)
-        parts.scaler.step(parts.optimizer)
-        parts.scaler.update()
-        parts.scheduler.step()
-        if parts.hard_mining and hard is not None:
-            scores = per_sample_soft_dice_loss(main_output(out).detach(), label)
-            hard["positions"].extend(int(p) for p in batch["position"])
-            hard["scores"].extend(float(s) for s in scores.cpu())
+        loss, out = train_step(parts, image, label)
+        positions = batch["position"].tolist() if (mining or seen is not None) else None
+        sums.add(loss, positions, per_sample_soft_dice_loss(main_output(out).detach(), label) if mining else None)
         if seen is not None:
-            seen.extend(int(p) for p in batch["position"])
-        state.loss_sum += float(loss.detach())
+            seen.extend(positions)
         state.step += 1
         state.step_in_epoch += 1
         state.samples_seen += int(image.shape[0])
-        state.epoch_seconds = time.perf_counter() - start
         bar.update(1)
-        bar.set_postfix(loss=f"{state.loss_sum / state.step_in_epoch:.4f}",
-                        lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
+        if parts.sync_at is None or parts.sync_at(state.step) or state.step_in_epoch == n_batches:
+            sums.flush(state, hard)
+            state.epoch_seconds = time.perf_counter() - start
+            bar.set_postfix(loss=f"{state.loss_sum / state.step_in_epoch:.4f}",
+                            lr=f"{parts.scheduler.get_last_lr()[0]:.2e}")
         if on_step is not None:
             on_step(state)
     bar.close()

@@ -86,3 +86,20 @@ def test_transform_crop():
     image, label = torch.as_tensor(out["image"]), torch.as_tensor(out["label"])
     assert image.shape == label.shape == (1, 8, 8, 8)
     assert torch.equal(label, (image > 0.6).float())
+
+
+def test_whole_batch_permutation_equals_item_by_item():
+    """The GPU path (whole-batch flips / quarter turns kept per item) moves every voxel as the per-item path."""
+    from luna_train.data.augment import permute_batch, permute_items
+
+    size = 6
+    grid = torch.arange(size ** 3, dtype=torch.float32).reshape(1, 1, size, size, size)
+    image = grid.repeat(16, 1, 1, 1, 1) + torch.arange(16).view(16, 1, 1, 1, 1) * 1000.0
+    label = image + 0.5
+    g = batch_generator(3, 0, 0)
+    flips, rots = torch.rand((16, 3), generator=g) < 0.5, torch.rand((16, 3), generator=g) < 0.5
+    ks = torch.randint(1, 4, (16, 3), generator=g)
+    want_x, want_y = permute_items(image, label, flips, rots, ks)
+    got_x, got_y = permute_batch(image, label, flips, rots, ks)
+    assert torch.equal(got_x, want_x) and torch.equal(got_y, want_y)
+    assert sum(not torch.equal(want_x[b], image[b]) for b in range(16)) >= 10  # the draws did permute
