@@ -69,6 +69,7 @@ def bench_config(store: str, overrides: list[str], batch: int, steps: int, warmu
     cfg = load_config(ROOT / "configs" / "luna16.yaml", [
         f"data.dataset={store}", f"data.batch_size={batch}", f"split.train_subsets={subsets}",
         "split.val_subsets=[]", "split.test_subsets=[]", "split.fold=null", "logging.progress=false",
+        "data.num_workers=0",  # the loaders that run are built per measurement (end_to_end)
         f"sampler.samples_per_epoch={batch * (steps + warmup)}", *overrides])
     return cfg
 

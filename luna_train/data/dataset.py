@@ -55,12 +55,17 @@ def resize_label(mask: torch.Tensor, size: int) -> torch.Tensor:
     A nodule too small to reach 0.5 anywhere keeps its strongest voxels (a foreground patch
     stays foreground, so the sampler's class balance holds).
     """
-    soft = resize_linear(mask, size)
+    return resize_labels(mask[None], size)[0]
+
+
+def resize_labels(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """:func:`resize_label` of each item of a batch ``(B, ...)`` at once, without a host round trip."""
+    soft = resize_linear(masks, size)
     hard = soft >= 0.5
-    if not bool(hard.any()) and bool(mask.any()):
-        peak = soft.max()
-        hard = soft >= peak * (1 - 1e-6)
-    return hard.to(torch.float32)
+    view = (-1,) + (1,) * (soft.dim() - 1)
+    lost = (~hard.flatten(1).any(1) & (masks.flatten(1) > 0).any(1)).view(view)
+    peak = soft.flatten(1).amax(1).view(view)
+    return torch.where(lost, soft >= peak * (1 - 1e-6), hard).to(torch.float32)
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -76,6 +81,10 @@ class PatchDataset(torch.utils.data.Dataset):
     the device; it is a no-op on float batches, so the training loop always calls it. A batch that
     mixes stored patches with resized ones is decoded whole to float32 (:func:`uniform_items`).
 
+    With ``resize_on_device=True`` as well (training on a GPU), patches of other scales also come as
+    stored, at their native size, and :func:`collate_patches` groups a batch by scale: the resizing to
+    ``train_size`` then happens in :func:`decode_batch`, on the device, instead of in the workers.
+
     Items are addressed by ``position`` (0..len-1, the row's place in ``rows``) or by
     ``(position, aug_seed)``: the transform's random state is then seeded from ``aug_seed``, so
     the same pair gives the same sample in any process. The store is opened lazily in the process
@@ -83,9 +92,11 @@ class PatchDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, store: str | Path, rows: pd.DataFrame, train_size: int | None = 64,
-                 transform: Callable[[dict], dict] | None = None, stored: bool = False):
+                 transform: Callable[[dict], dict] | None = None, stored: bool = False,
+                 resize_on_device: bool = False):
         self.store = str(store)
         self.stored = bool(stored)
+        self.resize_on_device = bool(resize_on_device)
         self.scales = rows["scale"].to_numpy(dtype=np.int64).copy()
         self.indices = rows["index"].to_numpy(dtype=np.int64).copy()
         self.train_size = None if train_size is None else int(train_size)
@@ -116,10 +127,11 @@ class PatchDataset(torch.utils.data.Dataset):
         """A whole batch: stored patches come from one batch of ranged reads (concurrent over
         HTTP or object storage), everything else item by item. The DataLoader calls this."""
         positions = [int(it[0]) if isinstance(it, (tuple, list)) else int(it) for it in items]
-        fast = self.stored and self.transform is None and all(
-            self.train_size in (None, int(self.scales[p])) for p in positions)
+        native = [self.train_size in (None, int(self.scales[p])) for p in positions]
+        fast = self.stored and self.transform is None and (self.resize_on_device or all(native))
         if not fast:
             return uniform_items([self[it] for it in items])
+        resize = {} if all(native) else {"size": self.train_size}  # collate_patches groups these by scale
         reader = self._open()
         out: list[dict[str, Any] | None] = [None] * len(positions)
         for scale in sorted({int(self.scales[p]) for p in positions}):
@@ -127,7 +139,7 @@ class PatchDataset(torch.utils.data.Dataset):
             images, masks = reader.read_stored_many(scale, [int(self.indices[positions[k]]) for k in ks])
             for k, image, mask in zip(ks, images, masks):
                 out[k] = {"image": torch.from_numpy(image)[None], "label": torch.from_numpy(mask)[None],
-                          "position": positions[k], "scale": scale}
+                          "position": positions[k], "scale": scale, **resize}
         return out
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
@@ -189,6 +201,8 @@ def collate_patches(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
     Items of mixed representations (stored next to resized patches) are first made uniform by
     :func:`uniform_items`, so a batch has one dtype and value range whatever scales it holds."""
+    if items and "size" in items[0]:
+        return grouped_batch(items)
     items = uniform_items(items)
     in_worker = torch.utils.data.get_worker_info() is not None
     batch: dict[str, torch.Tensor] = {}
@@ -204,16 +218,48 @@ def collate_patches(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def decode_batch(batch: dict, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image float32 in [0, 1], label float32) of a batch, moved to ``device`` first (stored dtypes
-    cross the bus at their small size and are converted there)."""
-    image = batch["image"].to(device, non_blocking=True)
-    label = batch["label"].to(device, non_blocking=True)
+def grouped_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch of stored patches of several sizes, to be resized on the device (:func:`decode_batch`):
+    ``groups`` (one ``{"image", "label"}`` batch per patch size), ``order`` (item i is row ``order[i]`` of
+    the groups concatenated), ``size`` (the edge to resize to), and ``position`` / ``scale`` per item."""
+    shapes = sorted({tuple(item["image"].shape) for item in items})
+    groups, order = [], [0] * len(items)
+    for shape in shapes:
+        members = [i for i, item in enumerate(items) if tuple(item["image"].shape) == shape]
+        for j, i in enumerate(members):
+            order[i] = sum(len(g["image"]) for g in groups) + j
+        groups.append(collate_patches([{k: items[i][k] for k in ("image", "label")} for i in members]))
+    return {"groups": groups, "order": torch.as_tensor(order), "size": torch.as_tensor(int(items[0]["size"])),
+            "position": torch.as_tensor([item["position"] for item in items]),
+            "scale": torch.as_tensor([item["scale"] for item in items])}
+
+
+def _decode(image: torch.Tensor, label: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    image = image.to(device, non_blocking=True)
+    label = label.to(device, non_blocking=True)
     if image.dtype == torch.uint8:
         image = image.float().mul_(1.0 / UINT8_FULL_SCALE)
     elif image.dtype != torch.float32:
         image = image.float()
     return image, label.float() if label.dtype != torch.float32 else label
+
+
+def decode_batch(batch: dict, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image float32 in [0, 1], label float32) of a batch, moved to ``device`` first (stored dtypes
+    cross the bus at their small size and are converted there; a :func:`grouped_batch` is resized
+    there too, as :class:`PatchDataset` resizes items, and put back in the batch's order)."""
+    if "groups" not in batch:
+        return _decode(batch["image"], batch["label"], device)
+    size = int(batch["size"])
+    images, labels = [], []
+    for group in batch["groups"]:
+        image, label = _decode(group["image"], group["label"], device)
+        if image.shape[-1] != size:
+            image, label = resize_linear(image, size), resize_labels(label, size)
+        images.append(image)
+        labels.append(label)
+    order = batch["order"].to(images[0].device, non_blocking=True)
+    return torch.cat(images).index_select(0, order), torch.cat(labels).index_select(0, order)
 
 
 def _plain(value: Any) -> Any:

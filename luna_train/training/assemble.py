@@ -83,7 +83,8 @@ def augments_on_device(cfg: TrainConfig, device: torch.device) -> bool:
 
 def eval_loader(cfg: TrainConfig, rows: pd.DataFrame, info: D.DistInfo):
     """A loader over this rank's share of ``rows`` (row k goes to rank k % world_size)."""
-    ds = PatchDataset(cfg.data.dataset, rows, train_size=cfg.data.train_size, stored=True)
+    ds = PatchDataset(cfg.data.dataset, rows, train_size=cfg.data.train_size, stored=True,
+                      resize_on_device=info.device.type == "cuda")
     shard = list(range(info.rank, len(rows), info.world_size))
     return make_loader(ds, sampler=shard, batch_size=cfg.data.val_batch_size or cfg.data.batch_size,
                        num_workers=cfg.data.num_workers, persistent_workers=False)
@@ -95,8 +96,9 @@ def assemble(cfg: TrainConfig, info: D.DistInfo) -> RunParts:
     rows = run_rows(cfg)
     on_device = augments_on_device(cfg, device)
     transform = None if on_device else build_train_transform(cfg.augment)
+    # on a GPU, workers only read: patches cross as stored (uint8) and are resized and augmented there
     train_ds = PatchDataset(cfg.data.dataset, rows.train, train_size=cfg.data.train_size, transform=transform,
-                            stored=True)
+                            stored=True, resize_on_device=device.type == "cuda")
     sampler = WeightedPatchSampler(rows.train, cfg.sampler, seed=tc.seed, num_replicas=info.world_size, rank=info.rank)
     loader = make_loader(train_ds, sampler=sampler, batch_size=bs, num_workers=cfg.data.num_workers)
     loader.generator = torch.Generator().manual_seed(tc.seed)  # iterators must not draw from the global RNG

@@ -1,8 +1,10 @@
-"""benchmarks/gpu_step.py runs past one epoch of a small store (it once stopped at step 1)."""
+"""benchmarks/gpu_step.py runs past one epoch of a small store (it once stopped at step 1) and reports the
+baseline, model-only and end-to-end figures of one run, with the ratios the targets are stated in."""
 
 import importlib.util
 import json
 
+import pytest
 from conftest import write_tiny_store
 from paths import REPO
 
@@ -17,10 +19,21 @@ def _gpu_step():
 def test_gpu_step_runs_more_steps_than_the_store_holds(tmp_path):
     store = write_tiny_store(tmp_path / "s.zarr", scales=(48, 64, 96), n_scans=2, samples_per_scan=4)  # 8 samples
     out = tmp_path / "step.json"
-    result = _gpu_step().main(["--store", store, "--steps", "5", "--warmup", "1", "--workers", "1", "--batch", "4",
-                               "--set", "model.channels=[4, 8]", "--set", "model.strides=[2]",
-                               "--set", "model.num_res_units=1", "--json", str(out)])
-    assert result["steps"] == 5 and result["batch"] == 4 and result["workers"] == 1  # 24 draws from 8 samples
-    assert result["channels"] == [4, 8] and result["input"] == 64
-    assert result["patches_per_s"] > 0 and 0.0 <= result["data_wait_share"] <= 1.0
+    result = _gpu_step().main(["--store", store, "--steps", "5", "--warmup", "1", "--workers", "1", "--workers", "0",
+                               "--batch", "4", "--set", "model.channels=[4, 8]", "--set", "model.strides=[2]",
+                               "--set", "model.num_res_units=1", "--set", "data.train_size=32",
+                               "--set", "train.channels_last=true", "--json", str(out)])
+    assert result["batch"] == 4 and result["device"] == "cpu"  # 6 draws of 4 from 8 samples, per measurement
+    assert result["channels"] == [4, 8] and result["input"] == 32
+    assert result["options"]["channels_last"] and not result["baseline_model_only"]["options"]["channels_last"]
+    assert [e["workers"] for e in result["end_to_end"]] == [1, 0]
+    for m in (result["baseline_model_only"], result["model_only"], *result["end_to_end"]):
+        assert m["steps"] == 5 and m["patches_per_s"] == pytest.approx(4 * 5 / (m["step_ms"] * 5 / 1000))
+    for e in result["end_to_end"]:
+        assert 0.0 <= e["data_wait_share"] <= 1.0
+        assert result["end_to_end_over_model_only"][str(e["workers"])] == pytest.approx(
+            e["patches_per_s"] / result["model_only"]["patches_per_s"])
+    assert result["speedup_over_baseline"] == pytest.approx(
+        result["model_only"]["patches_per_s"] / result["baseline_model_only"]["patches_per_s"])
+    assert set(result["targets"]) == {"end_to_end_over_model_only_ge_0.9", "data_wait_lt_5pct", "speedup_ge_2"}
     assert json.loads(out.read_text()) == result

@@ -76,3 +76,46 @@ def test_collate_unifies_items_given_one_by_one(multi_scale):
     assert batch["image"].dtype == torch.float32
     np.testing.assert_allclose(batch["image"].numpy(), image.numpy(), atol=1e-6)
     assert torch.equal(batch["label"], label)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_mixed_scales_resized_on_the_device_equal_the_workers_resizing(multi_scale, workers):
+    """With resize_on_device, a mixed batch crosses as stored patches grouped by scale; decode_batch resizes
+    them where the batch lands and gives back the batch the workers would have made, in its order."""
+    root, manifest = multi_scale
+    positions = _mixed_positions(manifest)
+    positions = positions[3:] + positions[:3]  # 48, 96, 96, 64, 64, 48: the groups interleave
+    ds = PatchDataset(root, manifest, train_size=64, stored=True, resize_on_device=True)
+    loader = make_loader(ds, sampler=positions, batch_size=len(positions), num_workers=workers,
+                         persistent_workers=False)
+    batch = next(iter(loader))
+    stored_dtype = torch.uint8 if PatchStore(root).attrs.image_dtype == "uint8" else torch.float16
+    assert [tuple(g["image"].shape[2:]) for g in batch["groups"]] == [(48,) * 3, (64,) * 3, (96,) * 3]
+    assert all(g["image"].dtype == stored_dtype and g["label"].dtype == torch.uint8 for g in batch["groups"])
+    assert batch["scale"].tolist() == [48, 96, 96, 64, 64, 48] and int(batch["size"]) == 64
+    image, label = decode_batch(batch, "cpu")
+    expected_image, expected_label = _expected(root, manifest, positions)
+    np.testing.assert_allclose(image.numpy(), expected_image.numpy(), atol=1e-6)
+    assert torch.equal(label, expected_label)
+    one_scale = collate_patches(ds.__getitems__(positions[3:5]))  # all 64^3 = train_size: a plain stored batch
+    assert "groups" not in one_scale and one_scale["image"].dtype == stored_dtype
+
+
+def test_batched_label_resize_keeps_every_item_foreground():
+    """resize_labels treats items one by one: a speck too small for 0.5 keeps its strongest voxels."""
+    from luna_train.data.dataset import resize_labels, resize_linear
+
+    def one_by_one(mask, size):  # the item-wise rule
+        soft = resize_linear(mask, size)
+        hard = soft >= 0.5
+        if not bool(hard.any()) and bool(mask.any()):
+            hard = soft >= soft.max() * (1 - 1e-6)
+        return hard.float()
+
+    masks = torch.zeros(3, 1, 24, 24, 24)
+    masks[0, 0, 12, 12, 12] = 1  # one voxel: lost at 0.5 when shrunk
+    masks[1, 0, 8:16, 8:16, 8:16] = 1
+    out = resize_labels(masks, 10)
+    for b in range(3):
+        assert torch.equal(out[b], one_by_one(masks[b], 10))
+    assert out[0].sum() >= 1 and out[1].sum() > 0 and out[2].sum() == 0
