@@ -173,6 +173,39 @@ def measure(store: str, overrides: list[str], batch: int, steps: int, warmup: in
     return result
 
 
+def loader_only(store: str, overrides: list[str], batch: int, batches: int, workers: list[int],
+                resize_on_device: bool) -> dict:
+    """Patches/s the training loader delivers alone (no model, batches left on the host), per worker count:
+    what N workers can feed. ``resize_on_device``: workers only read (as on a GPU) or also resize (as on
+    the CPU)."""
+    from luna_train.data.dataset import PatchDataset
+    from luna_train.data.sampler import WeightedPatchSampler
+    from luna_train.training.assemble import run_rows
+
+    warmup = 3
+    cfg = bench_config(store, overrides, batch, batches, warmup)
+    rows = run_rows(cfg).train
+    out = {"device": "host", "cpu_cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
+           "batch": batch, "batches": batches, "resize_on_device": resize_on_device, "overrides": overrides,
+           "loader": []}
+    for epoch, n_workers in enumerate(workers):
+        ds = PatchDataset(store, rows, train_size=cfg.data.train_size, stored=True, resize_on_device=resize_on_device)
+        sampler = WeightedPatchSampler(rows, cfg.sampler, seed=0)
+        sampler.set_epoch(epoch)
+        loader = make_loader(ds, sampler=sampler, batch_size=batch, num_workers=n_workers, persistent_workers=False)
+        it = iter(loader)
+        for _ in range(warmup):
+            next(it)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        wall = time.perf_counter() - t0
+        del it
+        out["loader"].append({"workers": n_workers, "patches_per_s": batch * batches / wall,
+                              "patches_per_s_per_worker": batch * batches / wall / max(n_workers, 1)})
+    return out
+
+
 def input_size(cfg: TrainConfig) -> int:
     """The edge of the patches the model trains on."""
     return cfg.augment.crop_size or cfg.data.train_size or cfg.data.eval_scale
@@ -211,13 +244,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workers", type=int, action="append", help="loader workers; repeat for several [8]")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--no-baseline", action="store_true", help="skip the eager baseline")
+    ap.add_argument("--loader-only", choices=["device-resize", "worker-resize"],
+                    help="measure only what the loader delivers per --workers (--steps batches): workers that "
+                         "only read (GPU training) or that also resize (CPU training)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of configs/luna16.yaml (e.g. model.channels=[8,16])")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     store = args.store or synthetic_store()
-    result = measure(store, args.overrides, args.batch, args.steps, args.warmup, args.workers or [8],
-                     baseline=not args.no_baseline)
+    if args.loader_only:
+        result = loader_only(store, args.overrides, args.batch, args.steps, args.workers or [8],
+                             args.loader_only == "device-resize")
+    else:
+        result = measure(store, args.overrides, args.batch, args.steps, args.warmup, args.workers or [8],
+                         baseline=not args.no_baseline)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

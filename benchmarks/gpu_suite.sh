@@ -7,9 +7,11 @@
 #   CPU:    bash benchmarks/gpu_suite.sh --quick         # the same steps with tiny sizes (checks the script)
 #
 # Steps, each under its own time limit so a slow one still leaves the others' JSON: install the wheels
-# (if torch's python lacks them), write the stores (benchmarks/suite_stores.py), gpu_step.py (eager baseline,
+# (if torch's python lacks them), write the stores (benchmarks/suite_stores.py), the loader alone with 1, 4, 8
+# and cores - 2 workers, gpu_step.py (eager baseline,
 # optimized model only, end to end with 8 and with the recommended loader workers), a short luna-train run
-# of configs/luna16.yaml, then `luna-train detect --json` over 3 full-size scans. JSON and logs go to $OUT.
+# of configs/luna16.yaml, then `luna-train detect --json` over 3 full-size scans. $OUT gets 5 files: suite.txt,
+# logs.txt, loader.json, gpu_step.json, detect.json.
 set -uo pipefail
 QUICK=0
 DIR=.gpu_suite
@@ -23,6 +25,7 @@ OUT=${OUT:-$PWD/gpu_suite_out}
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
+rm -f "$OUT/logs.txt"
 export PYTHONUNBUFFERED=1
 if ! "$PY" -c "import monai, zarr, numcodecs" 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$DIR"/whl/*.whl \
@@ -32,7 +35,7 @@ else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 CORES=$(nproc)
-REC=$(( CORES > 3 ? CORES - 2 : 1 ))   # docs/benchmarks.md: cores - 2 workers (the main process and the pin thread)
+REC=$(( CORES > 3 ? CORES - 2 : 1 ))   # all cores but the training process's two (main thread, pin thread)
 if [ $QUICK = 1 ]; then
   STORE_ARGS=(--scans 10 --samples 4); VOL_ARGS=(--scans 2 --shape 96,112,112)
   STEP_ARGS=(--steps 3 --warmup 2 --batch 4 --set 'model.channels=[4,8]' --set 'model.strides=[2]'
@@ -40,26 +43,30 @@ if [ $QUICK = 1 ]; then
   RUN_ARGS=(--set 'model.channels=[4,8]' --set 'model.strides=[2]' --set model.num_res_units=1
             --set data.train_size=32 --set data.eval_scale=48 --set data.batch_size=4 --set data.num_workers=1
             --set sampler.samples_per_epoch=8)
-  WORKERS=(--workers 1 --workers 2); LIMIT=300
+  WORKERS=(--workers 1 --workers 2); LIMIT=300; LOADER_BATCHES=3; LOADER_WORKERS=(--workers 1 --workers 2)
 else
   STORE_ARGS=(--scans 10 --samples 32); VOL_ARGS=(--scans 3)
   STEP_ARGS=(--steps 200 --warmup 20 --batch 32)
   RUN_ARGS=(--set sampler.samples_per_epoch=320 --set data.num_workers=8)
-  WORKERS=(--workers 8 --workers "$REC"); LIMIT=330
+  WORKERS=(--workers 8 --workers "$REC"); LIMIT=330; LOADER_BATCHES=60
+  LOADER_WORKERS=(--workers 1 --workers 4 --workers 8 --workers "$REC")
 fi
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, report the status
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  timeout "$limit" "$@" >"$WORK/$name.log" 2>&1
   local rc=$?
   echo "$name: exit $rc after $(( SECONDS - t0 )) s" | tee -a "$OUT/suite.txt"
-  [ $rc = 0 ] || tail -20 "$OUT/$name.log"
+  { echo "===== $name (exit $rc)"; cat "$WORK/$name.log"; } >>"$OUT/logs.txt"  # the device returns <= 8 files
+  [ $rc = 0 ] || tail -20 "$WORK/$name.log"
   return $rc
 }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; echo "cores $CORES";
   "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } >"$OUT/suite.txt" 2>&1
 step stores 120 bash -c "'$PY' benchmarks/suite_stores.py patches '$WORK/bench.zarr' ${STORE_ARGS[*]} &&
   '$PY' benchmarks/suite_stores.py volumes '$WORK/full.zarr' ${VOL_ARGS[*]}" || exit 1
+step loader 90 "$PY" benchmarks/gpu_step.py --store "$WORK/bench.zarr" --loader-only device-resize \
+  --steps "$LOADER_BATCHES" "${LOADER_WORKERS[@]}" --json "$OUT/loader.json"
 step gpu_step "$LIMIT" "$PY" benchmarks/gpu_step.py --store "$WORK/bench.zarr" "${STEP_ARGS[@]}" "${WORKERS[@]}" \
   --json "$OUT/gpu_step.json"
 step train 150 "$PY" -m luna_train.cli.main run --config configs/luna16.yaml --dataset "$WORK/bench.zarr" \
@@ -81,6 +88,10 @@ if (out / "gpu_step.json").is_file():
         print(f"  end to end, {e['workers']} workers: {e['patches_per_s']:.0f} patches/s "
               f"({e['patches_per_s'] / r['model_only']['patches_per_s']:.2f} of model only), "
               f"data wait {100 * e['data_wait_share']:.1f}%")
+if (out / "loader.json").is_file():
+    r = json.loads((out / "loader.json").read_text())
+    print("loader alone: " + ", ".join(f"{e['workers']} workers {e['patches_per_s']:.0f}" for e in r["loader"])
+          + " patches/s")
 if (out / "detect.json").is_file():
     d = json.loads((out / "detect.json").read_text())
     print(f"detect on {d['device']}, {d['n_scans']} scans, windows per pass {d['sw_batch_size']}:")

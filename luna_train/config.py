@@ -146,7 +146,7 @@ class TrainLoopConfig:
     compile: bool | None = None  # torch.compile the training module (checkpoints keep the plain module's keys)
     compile_mode: CompileMode = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs
     channels_last: bool | None = None  # channels_last_3d memory format for the model and its input batches
-    fused_optimizer: bool | None = None  # AdamW's fused kernel (None: fused on CUDA, foreach elsewhere)
+    fused_optimizer: bool | None = None  # AdamW's fused kernel (None: on CUDA; off: torch's default AdamW)
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ def train_step(parts: TrainParts, image: torch.Tensor, label: torch.Tensor) -> t
     parts.scaler.scale(loss).backward()
     if parts.grad_clip > 0:
         parts.scaler.unscale_(parts.optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), parts.grad_clip, foreach=True)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), parts.grad_clip)
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
     parts.scheduler.step()

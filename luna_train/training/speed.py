@@ -60,9 +60,9 @@ def format_batch(x: torch.Tensor, opts: StepOptions) -> torch.Tensor:
 
 
 def build_optimizer(params: Iterable[nn.Parameter], oc: OptimConfig, opts: StepOptions) -> torch.optim.AdamW:
-    """AdamW of ``oc``: the fused kernel when asked, else the multi-tensor (foreach) one."""
-    kwargs = {"fused": True} if opts.fused_optimizer else {"foreach": True}
-    return torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay, **kwargs)
+    """AdamW of ``oc``: the fused kernel when asked, else torch's default (multi-tensor on CUDA, a loop on the CPU)."""
+    return torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay,
+                             fused=True if opts.fused_optimizer else None)
 
 
 def compile_module(module: nn.Module, opts: StepOptions, backend: str = "inductor") -> nn.Module:
