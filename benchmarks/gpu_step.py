@@ -29,6 +29,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -147,8 +148,9 @@ def end_to_end(parts: TrainParts, workers: int, epoch: int, steps: int, warmup: 
 
 
 def measure(store: str, overrides: list[str], batch: int, steps: int, warmup: int, workers: list[int],
-            baseline: bool = True) -> dict:
-    """Baseline and optimized model-only steps, then end to end with each worker count (see the module doc)."""
+            baseline: bool = True, partial: Callable[[dict], None] = lambda r: None) -> dict:
+    """Baseline and optimized model-only steps, then end to end with each worker count (see the module doc);
+    ``partial`` gets the result so far after each measurement."""
     info = D.DistInfo(device=D.pick_device())
     device = info.device
     torch.backends.cudnn.benchmark = True
@@ -162,13 +164,17 @@ def measure(store: str, overrides: list[str], batch: int, steps: int, warmup: in
         result["baseline_model_only"] = {"options": parts.options.to_dict(),
                                          **model_only(parts, input_size(cfg), steps, warmup)}
         del parts
+        partial(result)
     cfg = bench_config(store, overrides, batch, steps, warmup)
     parts = step_parts(cfg, info)
     result.update(input=input_size(cfg), amp=cfg.train.amp if device.type == "cuda" else "none",
                   model=cfg.model.name, channels=list(cfg.model.channels), step_every=cfg.logging.step_every,
                   parameters=count_parameters(parts.model), options=parts.options.to_dict(),
                   model_only=model_only(parts, input_size(cfg), steps, warmup))
-    result["end_to_end"] = [end_to_end(parts, w, epoch, steps, warmup) for epoch, w in enumerate(workers)]
+    result["end_to_end"] = []
+    for epoch, n_workers in enumerate(workers):
+        partial(result)
+        result["end_to_end"].append(end_to_end(parts, n_workers, epoch, steps, warmup))
     result.update(summary(result))
     return result
 
@@ -252,16 +258,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     store = args.store or synthetic_store()
+
+    def write(result: dict) -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2))
+
     if args.loader_only:
         result = loader_only(store, args.overrides, args.batch, args.steps, args.workers or [8],
                              args.loader_only == "device-resize")
     else:
         result = measure(store, args.overrides, args.batch, args.steps, args.warmup, args.workers or [8],
-                         baseline=not args.no_baseline)
+                         baseline=not args.no_baseline, partial=write)
     print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write(result)
     return result
 
 

@@ -5,6 +5,7 @@ import importlib.util
 import json
 
 import pytest
+
 from conftest import write_tiny_store
 from paths import REPO
 

@@ -5,10 +5,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from paths import REPO
 
 from luna_train.cli.main import main
 from luna_train.inference.from_run import STAGES
+
+from paths import REPO
 
 
 def _volume_store(path, n_scans, shape):

@@ -108,7 +108,8 @@ def test_options_resolve_per_device_and_are_checked():
     cfg = load_config(None, ["train.compile=true", "train.channels_last=false", "train.fused_optimizer=null",
                              "train.compile_mode=max-autotune"])
     assert (cfg.train.compile, cfg.train.channels_last, cfg.train.fused_optimizer) == (True, False, None)
-    for bad, key in (("train.compile_mode=fast", "train.compile_mode"), ("train.channels_last=1", "train.channels_last"),
+    for bad, key in (("train.compile_mode=fast", "train.compile_mode"),
+                     ("train.channels_last=1", "train.channels_last"),
                      ("train.fused_optimizer=maybe", "train.fused_optimizer")):
         with pytest.raises(ConfigError, match=key):
             load_config(None, [bad])
@@ -133,7 +134,7 @@ def test_loss_sums_stay_on_the_device_between_sync_points():
         parts = replace(_parts(StepOptions()), sampler=_Sampler(10), loader=data, batch_size=2, sync_at=sync_at,
                         hard_mining=True)
         state, hard, seen_sums = LoopState(), {"positions": [], "scores": []}, []
-        mean = train_epoch(parts, state, hard=hard, on_step=lambda st: seen_sums.append(st.loss_sum))
+        mean = train_epoch(parts, state, hard=hard, on_step=lambda st, sums=seen_sums: sums.append(st.loss_sum))
         results[name] = (mean, state.loss_sum, seen_sums, hard)
     every, third = results["every"], results["third"]
     assert third[0] == pytest.approx(every[0], rel=1e-12) and third[1] == pytest.approx(every[1], rel=1e-12)
