@@ -158,7 +158,7 @@ class LoggingConfig:
     wandb_project: str = "luna-train"
     mlflow: bool = False  # an MLflow run (extra [mlflow]; MLFLOW_TRACKING_URI, else RUN_DIR/mlruns)
     mlflow_experiment: str = "luna-train"
-    step_every: PositiveInt = 10  # per-step train loss to the trackers every this many steps
+    step_every: PositiveInt = 10  # mean train loss since the last log to the trackers (and a GPU sync) every N steps
     progress: bool = True  # tqdm bar (the per-epoch log line is written either way)
     plots: bool = True  # curves.png, val_panel.png
     panel_patches: NonNegativeInt = 8
