@@ -105,6 +105,8 @@ def assemble(cfg: TrainConfig, info: D.DistInfo) -> RunParts:
     val_loader, test_loader = eval_loader(cfg, rows.val, info), eval_loader(cfg, rows.test, info)
 
     options = StepOptions.of(tc, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input shape all run long: autotune the convolutions once
     model = format_model(build_model(cfg.model).to(device), options)
     optimizer = build_optimizer(model.parameters(), cfg.optim, options)
     scheduler = build_scheduler(optimizer, cfg.optim, math.ceil(len(sampler) / bs), tc.epochs)
