@@ -167,10 +167,18 @@ def measure(store: str, overrides: list[str], batch: int, steps: int, warmup: in
         partial(result)
     cfg = bench_config(store, overrides, batch, steps, warmup)
     parts = step_parts(cfg, info)
+    try:
+        optimized = model_only(parts, input_size(cfg), steps, warmup)
+    except Exception as exc:  # a compiler failure must not cost the rest of a lent GPU's time
+        if not parts.options.compile:
+            raise
+        result["compile_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        cfg = bench_config(store, [*overrides, "train.compile=false"], batch, steps, warmup)
+        parts = step_parts(cfg, info)
+        optimized = model_only(parts, input_size(cfg), steps, warmup)
     result.update(input=input_size(cfg), amp=cfg.train.amp if device.type == "cuda" else "none",
                   model=cfg.model.name, channels=list(cfg.model.channels), step_every=cfg.logging.step_every,
-                  parameters=count_parameters(parts.model), options=parts.options.to_dict(),
-                  model_only=model_only(parts, input_size(cfg), steps, warmup))
+                  parameters=count_parameters(parts.model), options=parts.options.to_dict(), model_only=optimized)
     result["end_to_end"] = []
     for epoch, n_workers in enumerate(workers):
         partial(result)
