@@ -8,12 +8,14 @@ vessel trees branch from each hilum and airway trees from the carina (see ``tree
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from luna_prep.luna16.geometry import ScanGeometry
 from luna_prep.synthetic.anatomy import Ellipsoid
+from luna_prep.synthetic.confounders import Blob
 from luna_prep.synthetic.lesions import Lesion
 from luna_prep.synthetic.trees import TaperedTube, TreeSpec, grow_tree
 
@@ -49,13 +51,21 @@ class LunaChest:
     noise_sigma: float
     slice_mm: float  # partial-volume width across slices
     fov_clip: bool
+    blobs: tuple[Blob, ...] = ()  # lymph nodes and other nodule-like findings that are not nodules
+    plugs: tuple[TaperedTube, ...] = ()  # mucus-filled small airways (soft tissue, no lumen)
 
     def in_lung(self, p, margin: float = 0.0) -> bool:
         """Whether world point p is lung parenchyma, at least about ``margin`` mm from its wall."""
-        p = np.asarray(p, dtype=np.float64)
-        if self.heart_fat.rho(*p) < 1.0 + margin / min(self.heart_fat.semi):
+        x, y, z = (float(v) for v in p)
+        if _rho(self.heart_fat, x, y, z) < 1.0 + margin / min(self.heart_fat.semi):
             return False
-        return any(lung.rho(*p) < 1.0 - margin / min(lung.semi) for lung in self.lungs)
+        return any(_rho(lung, x, y, z) < 1.0 - margin / min(lung.semi) for lung in self.lungs)
+
+
+def _rho(e: Ellipsoid, x: float, y: float, z: float) -> float:
+    """``Ellipsoid.rho`` of one point in plain floats (called for every branch a tree grows)."""
+    (cx, cy, cz), (a, b, c) = e.center, e.semi
+    return math.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 + ((z - cz) / c) ** 2)
 
 
 def sample_geometry(rng: np.random.Generator, full_size: bool, direction) -> ScanGeometry:
