@@ -1,0 +1,64 @@
+"""Time full-size ``luna`` scans against full-size ``easy`` ones (docs/synthetic.md, Speed).
+
+For each repetition and seed, easy then luna: ``synthesize(dir, n_scans=1, seed, full_size=True)``
+into a fresh directory (written files included), wall and CPU (process) time. Prints each scan and,
+per seed, luna's median over the median of all easy scans.
+
+    python benchmarks/synth_speed.py [--seeds 0 1 2 5 14 21 24] [--reps 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from luna_prep.synthetic.scans import synthesize
+
+
+def time_one(seed: int, difficulty: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        w, c = time.perf_counter(), time.process_time()
+        ds = synthesize(tmp, n_scans=1, seed=seed, full_size=True, difficulty=difficulty)
+        wall, cpu = time.perf_counter() - w, time.process_time() - c
+    g = ds.scans[0].geometry
+    return {"seed": seed, "difficulty": difficulty, "slices": g.size[2], "slice_mm": g.spacing[2],
+            "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 5, 14, 21, 24])
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    runs = []
+    print("load average at start", os.getloadavg())
+    for _rep in range(args.reps):
+        for seed in args.seeds:
+            for difficulty in ("easy", "luna"):
+                runs.append(time_one(seed, difficulty))
+                print(json.dumps(runs[-1]), flush=True)
+    print("load average at end", os.getloadavg())
+    easy = [r for r in runs if r["difficulty"] == "easy"]
+    base = {k: float(np.median([r[k] for r in easy])) for k in ("wall_s", "cpu_s")}
+    print(f"easy median: wall {base['wall_s']:.2f} s, CPU {base['cpu_s']:.2f} s")
+    summary = []
+    for seed in args.seeds:
+        mine = [r for r in runs if r["difficulty"] == "luna" and r["seed"] == seed]
+        med = {k: float(np.median([r[k] for r in mine])) for k in ("wall_s", "cpu_s")}
+        summary.append({"seed": seed, "slices": mine[0]["slices"], "slice_mm": mine[0]["slice_mm"], **med,
+                        "ratio_wall": round(med["wall_s"] / base["wall_s"], 2),
+                        "ratio_cpu": round(med["cpu_s"] / base["cpu_s"], 2)})
+        print(json.dumps(summary[-1]))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": runs, "easy": base, "luna": summary}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
