@@ -75,11 +75,11 @@ def place_lesions(rng: np.random.Generator, geom: ScanGeometry, chest: LunaChest
     return out
 
 
-def _vessel_point(rng, vessels, weights: np.ndarray, forks: list) -> np.ndarray:
-    """A point on a vessel's axis (chosen by length x radius), or near a bifurcation (``forks``)."""
+def _vessel_point(rng, vessels, cdf: np.ndarray, forks: list) -> np.ndarray:
+    """A point on a vessel's axis (chosen by length x radius: ``cdf``), or near a bifurcation (``forks``)."""
     if forks:
         return np.asarray(forks[int(rng.integers(len(forks)))]) + rng.normal(0.0, 0.3, 3)
-    v = vessels[int(rng.choice(len(vessels), p=weights))]
+    v = vessels[min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(vessels) - 1)]
     return v.point(rng.random())
 
 
@@ -121,16 +121,16 @@ def candidates(rng: np.random.Generator, chest: LunaChest, n0: int) -> list[tupl
             rows.append((np.asarray(les.center) + u / np.linalg.norm(u) * rng.uniform(0.0, 0.9), 1))
     kinds = list(CANDIDATE_MIX)
     p = np.array([CANDIDATE_MIX[k] for k in kinds])
-    w = np.array([v.length * v.ra for v in chest.vessels])
-    w /= w.sum()
+    cdf = np.cumsum([v.length * v.ra for v in chest.vessels])
     forks = bifurcations(chest.vessels)
+    centres = np.array([les.center for les in chest.lesions]).reshape(-1, 3)
+    keep_off = np.array([les.reach + 3.0 for les in chest.lesions])
     n_have = 0
-    for _ in range(50 * n0):
+    for kind in np.asarray(kinds)[rng.choice(len(kinds), size=50 * n0, p=p / p.sum())].tolist():
         if n_have == n0:
             break
-        kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
         if kind in ("bifurcation", "vessel"):
-            q = _vessel_point(rng, chest.vessels, w, forks if kind == "bifurcation" else [])
+            q = _vessel_point(rng, chest.vessels, cdf, forks if kind == "bifurcation" else [])
         elif kind == "airway":
             q = _airway_wall_point(rng, chest)
         elif kind == "pleura":
@@ -141,8 +141,7 @@ def candidates(rng: np.random.Generator, chest: LunaChest, n0: int) -> list[tupl
             q = _confounder_point(rng, chest)
         else:
             q = chest.lungs[int(rng.integers(len(chest.lungs)))].random_point(rng, 0.9)
-        if chest.in_lung(q) and all(np.linalg.norm(q - np.asarray(les.center)) > les.reach + 3.0
-                                    for les in chest.lesions):
+        if chest.in_lung(q) and np.all(np.linalg.norm(centres - q, axis=1) > keep_off):
             rows.append((q, 0))
             n_have += 1
     return [rows[i] for i in rng.permutation(len(rows))]

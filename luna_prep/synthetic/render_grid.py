@@ -62,9 +62,9 @@ class Grid:
         """The box cut to slices [k0, k1), or None."""
         if box is None:
             return None
-        lo, hi = np.array(box[0]), np.array(box[1])
+        lo, hi = [int(v) for v in box[0]], [int(v) for v in box[1]]
         lo[2], hi[2] = max(lo[2], k0), min(hi[2], k1)
-        return None if np.any(hi <= lo) else (lo, hi)
+        return None if hi[0] <= lo[0] or hi[1] <= lo[1] or hi[2] <= lo[2] else (lo, hi)
 
     def slab_z_range(self, k0: int, k1: int):
         """World z range of slices [k0, k1) when slices are planes of constant z, else None."""
@@ -80,7 +80,7 @@ class TubePieces:
     def __init__(self, grid: Grid, tubes: Sequence[TaperedTube], wall: Callable[[np.ndarray], np.ndarray]):
         if not tubes:
             self.lo = self.hi = np.zeros((0, 3), dtype=np.int64)
-            self.rows, self.grow = [], np.zeros(0)
+            self.rows, self.grow, self.boxes = [], np.zeros(0), []
             return
         a = np.array([t.a for t in tubes], dtype=np.float64)
         b = np.array([t.b for t in tubes], dtype=np.float64)
@@ -99,6 +99,7 @@ class TubePieces:
         inv_dd = 1.0 / np.maximum(np.einsum("ij,ij->i", d, d), 1e-12)
         self.rows = np.column_stack([pa, d, inv_dd, r0, r1 - r0]).tolist()
         self._valid = np.all(self.hi > self.lo, axis=1)
+        self.boxes = list(zip(self.lo.tolist(), self.hi.tolist()))
 
     def in_slab(self, k0: int, k1: int) -> np.ndarray:
         if not self.rows:
@@ -114,7 +115,8 @@ def tube_distance(xyz, row, fn):
     t = rx * d0 + ry * d1
     t = t + rz * d2
     t *= inv_dd
-    np.clip(t, 0.0, 1.0, out=t)
+    np.maximum(t, 0.0, out=t)
+    np.minimum(t, 1.0, out=t)
     ex, ey, ez = rx - t * d0, ry - t * d1, rz - t * d2
     dist = ex * ex
     dist += ey * ey

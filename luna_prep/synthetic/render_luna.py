@@ -23,7 +23,6 @@ from luna_prep.synthetic.anatomy import (
     HU_FAT,
     HU_OUTSIDE_FOV,
     HU_TISSUE,
-    NOISE_POOL,
     Ellipsoid,
 )
 from luna_prep.synthetic.lesions import lesion_fraction
@@ -38,6 +37,7 @@ NOISE_CORRELATION_MM = 0.6
 TEXTURE_HU = 25.0  # parenchyma: a smooth random field (2 mm grain) tiled every TEXTURE_TILE mm
 TEXTURE_TILE = 64
 SLAB_VOXELS = 8_000_000  # float32 buffer: 32 MB
+NOISE_POOL_VOXELS = 1 << 22  # noise is added from this pool at random offsets, a chunk at a time
 SLAB_MM = 20.0  # at least this thick (fewer tube pieces cut by slab boundaries)
 
 LesionMask = tuple[np.ndarray, np.ndarray]  # (lo_xyz of mask[0, 0, 0], bool mask (z, y, x))
@@ -103,7 +103,7 @@ def _blend(sub, xyz, e: Ellipsoid, hu, edge: float) -> None:
     k = min(a, b, c) / edge
     w *= -k
     w += k + 0.5
-    np.clip(w, 0.0, 1.0, out=w)
+    _unit_clip(w)
     h = (hu(x, y, z) if callable(hu) else np.float32(hu)) - sub
     h *= w
     sub += h
@@ -177,28 +177,34 @@ class _Bodies:
 def _tubes(buf, k0: int, k1: int, grid: Grid, pieces: TubePieces, hu: float, fn, lumen: bool) -> None:
     """Max-composite the pieces at ``hu``; with ``lumen``, tissue walls of width ``grow`` round air."""
     hu_air = float(HU_AIR)
-    for i in pieces.in_slab(k0, k1):
-        lo, hi = grid.clip_box((pieces.lo[i], pieces.hi[i]), k0, k1)
+    for i in pieces.in_slab(k0, k1).tolist():
+        lo, hi = grid.clip_box(pieces.boxes[i], k0, k1)
         sub = buf[lo[2] - k0:hi[2] - k0, lo[1]:hi[1], lo[0]:hi[0]]
         rd, inv_edge = tube_distance(grid.coords(lo, hi), pieces.rows[i], fn)  # rd: radius - distance
         f = (rd + float(pieces.grow[i])) * inv_edge if lumen else rd * inv_edge
         f += 0.5
-        np.clip(f, 0.0, 1.0, out=f)
+        _unit_clip(f)
         f *= hu - hu_air
         f += hu_air
         np.maximum(sub, f, out=sub)
         if lumen:
             rd *= inv_edge
             rd += 0.5
-            np.clip(rd, 0.0, 1.0, out=rd)
+            _unit_clip(rd)
             rd *= hu_air - sub
             sub += rd
 
 
-def _noise(geom: ScanGeometry, rng: np.random.Generator, sigma: float, slab_voxels: int) -> np.ndarray:
-    """A pool of at least 2**23 voxels (and more than one slab) of in-plane correlated noise."""
+def _unit_clip(a: np.ndarray) -> None:
+    """a = clip(a, 0, 1) in place (two ufuncs: np.clip's wrapper costs more on small arrays)."""
+    np.maximum(a, 0.0, out=a)
+    np.minimum(a, 1.0, out=a)
+
+
+def _noise(geom: ScanGeometry, rng: np.random.Generator, sigma: float) -> np.ndarray:
+    """A pool of at least NOISE_POOL_VOXELS voxels (whole slices) of in-plane correlated noise."""
     nx, ny, _ = geom.size
-    n_slices = max(NOISE_POOL // (nx * ny), slab_voxels // (nx * ny) + 1)
+    n_slices = max(2, -(-NOISE_POOL_VOXELS // (nx * ny)))
     pool = rng.standard_normal((n_slices, ny, nx), dtype=np.float32)
     s = NOISE_CORRELATION_MM / geom.spacing[0]
     ndimage.gaussian_filter(pool, (0.0, s, s), output=pool, truncate=3.0)
@@ -234,7 +240,8 @@ def render_luna(geom: ScanGeometry, chest: LunaChest, rng: np.random.Generator) 
     plugs = TubePieces(grid, chest.plugs, lambda r: 0.0)
     bodies = _Bodies(grid, chest, fn)
     slab = _slab_slices(geom)
-    pool = _noise(geom, rng, chest.noise_sigma, slab * nx * ny)
+    pool = _noise(geom, rng, chest.noise_sigma)
+    chunk = max(1, pool.size // (2 * nx * ny))  # slices per noise draw
     buffer = np.empty((slab, ny, nx), dtype=np.float32)
     out = np.empty((nz, ny, nx), dtype=np.int16)
     jj, ii = np.mgrid[0:ny, 0:nx]
@@ -252,8 +259,10 @@ def render_luna(geom: ScanGeometry, chest: LunaChest, rng: np.random.Generator) 
         _tubes(buf, k0, k1, grid, airways, HU_TISSUE, fn, lumen=True)
         _tubes(buf, k0, k1, grid, plugs, HU_TISSUE, fn, lumen=False)
         bodies.draw(buf, k0, k1)
-        start = int(rng.integers(0, pool.size - buf.size + 1))
-        buf += pool[start:start + buf.size].reshape(buf.shape)
+        for c0 in range(0, k1 - k0, chunk):
+            part = buf[c0:c0 + chunk]
+            start = int(rng.integers(0, pool.size - part.size + 1))
+            part += pool[start:start + part.size].reshape(part.shape)
         np.rint(buf, out=buf)
         np.clip(buf, HU_CLIP[0], HU_CLIP[1], out=buf)
         if chest.fov_clip:
