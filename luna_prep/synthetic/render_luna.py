@@ -138,61 +138,84 @@ def _body_fraction(grid: Grid, center, semi, rotation, edge: float, lo, hi) -> n
     return np.clip((1.0 - np.sqrt(rho)) * (min(semi) / edge) + 0.5, 0.0, 1.0)
 
 
-class _Bodies:
-    """Lesions and other blobs, rendered once in their boxes, max-composited slab by slab."""
+class _Layer:
+    """Shapes rendered once in their index boxes as HU values, max-composited slab by slab."""
 
-    def __init__(self, grid: Grid, chest: LunaChest, fn):
-        self.items: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (lo, hi, HU values)
-        self.masks: list[LesionMask] = []
-        for les in chest.lesions:
-            reach = les.reach + EDGE_MM + grid.geom.spacing[2]
-            c = np.asarray(les.center)
-            box = grid.index_box(c - reach, c + reach)
-            lo, hi = box
-            xyz = grid.coords(lo, hi)
-            body, core = lesion_fraction(les, *xyz, fn)
-            if les.location == "juxta-pleural":  # flattened against the pleura: what is drawn is in the lung
-                inside = np.max([np.clip((1.0 - e.rho(*xyz)) * (min(e.semi) / LUNG_EDGE_MM) + 0.5, 0.0, 1.0)
-                                 for e in chest.lungs], axis=0)
-                body, core = np.minimum(body, inside), np.minimum(core, inside)
-            value = np.maximum(HU_AIR + body * (les.hu - HU_AIR), HU_AIR + core * (les.core_hu - HU_AIR))
-            self.items.append((lo, hi, value.astype(np.float32)))
-            self.masks.append((lo, body >= 0.5))
-        for blob in chest.blobs:
-            reach = max(blob.semi) + EDGE_MM + grid.geom.spacing[2]
-            box = grid.index_box(np.asarray(blob.center) - reach, np.asarray(blob.center) + reach)
-            if box is None:
-                continue
-            f = _body_fraction(grid, blob.center, blob.semi, blob.rotation, EDGE_MM, *box)
-            self.items.append((box[0], box[1], (HU_AIR + f * (blob.hu - HU_AIR)).astype(np.float32)))
+    def __init__(self):
+        self.items: list[tuple[list[int], list[int], np.ndarray]] = []  # (lo, hi, HU values (z, y, x))
+        self._z: np.ndarray | None = None
+
+    def add(self, lo, hi, values: np.ndarray) -> None:
+        self.items.append(([int(v) for v in lo], [int(v) for v in hi], values.astype(np.float32, copy=False)))
+        self._z = None
 
     def draw(self, buf: np.ndarray, k0: int, k1: int) -> None:
-        for lo, hi, value in self.items:
+        if self._z is None:
+            self._z = np.array([(lo[2], hi[2]) for lo, hi, _ in self.items]).reshape(-1, 2)
+        for i in np.flatnonzero((self._z[:, 0] < k1) & (self._z[:, 1] > k0)).tolist():
+            lo, hi, value = self.items[i]
             z0, z1 = max(lo[2], k0), min(hi[2], k1)
-            if z0 < z1:
-                sub = buf[z0 - k0:z1 - k0, lo[1]:hi[1], lo[0]:hi[0]]
-                np.maximum(sub, value[z0 - lo[2]:z1 - lo[2]], out=sub)
+            sub = buf[z0 - k0:z1 - k0, lo[1]:hi[1], lo[0]:hi[0]]
+            np.maximum(sub, value[z0 - lo[2]:z1 - lo[2]], out=sub)
 
 
-def _tubes(buf, k0: int, k1: int, grid: Grid, pieces: TubePieces, hu: float, fn, lumen: bool) -> None:
-    """Max-composite the pieces at ``hu``; with ``lumen``, tissue walls of width ``grow`` round air."""
-    hu_air = float(HU_AIR)
+def _bodies(grid: Grid, chest: LunaChest, fn) -> tuple[_Layer, list[LesionMask]]:
+    """Lesions and other blobs as a layer, and each lesion's rendered mask."""
+    layer, masks = _Layer(), []
+    for les in chest.lesions:
+        reach = les.reach + EDGE_MM + grid.geom.spacing[2]
+        c = np.asarray(les.center)
+        lo, hi = grid.index_box(c - reach, c + reach)
+        xyz = grid.coords(lo, hi)
+        body, core = lesion_fraction(les, *xyz, fn)
+        if les.location == "juxta-pleural":  # flattened against the pleura: what is drawn is in the lung
+            inside = np.max([np.clip((1.0 - e.rho(*xyz)) * (min(e.semi) / LUNG_EDGE_MM) + 0.5, 0.0, 1.0)
+                             for e in chest.lungs], axis=0)
+            body, core = np.minimum(body, inside), np.minimum(core, inside)
+        layer.add(lo, hi, np.maximum(HU_AIR + body * (les.hu - HU_AIR), HU_AIR + core * (les.core_hu - HU_AIR)))
+        masks.append((lo, body >= 0.5))
+    for blob in chest.blobs:
+        reach = max(blob.semi) + EDGE_MM + grid.geom.spacing[2]
+        box = grid.index_box(np.asarray(blob.center) - reach, np.asarray(blob.center) + reach)
+        if box is not None:
+            f = _body_fraction(grid, blob.center, blob.semi, blob.rotation, EDGE_MM, *box)
+            layer.add(box[0], box[1], HU_AIR + f * (blob.hu - HU_AIR))
+    return layer, masks
+
+
+def _tube_layer(grid: Grid, pieces: TubePieces, hu: float, fn) -> _Layer:
+    """Solid tubes (vessels, mucus-filled airways) at ``hu``, each piece computed once in its whole box."""
+    layer, hu_air = _Layer(), float(HU_AIR)
+    for i in pieces.in_slab(0, grid.geom.size[2]).tolist():
+        lo, hi = pieces.boxes[i]
+        f, inv_edge = tube_distance(grid.coords(lo, hi), pieces.rows[i], fn)  # radius - distance
+        f *= inv_edge
+        f += 0.5
+        _unit_clip(f)
+        f *= hu - hu_air
+        f += hu_air
+        layer.add(lo, hi, f)
+    return layer
+
+
+def _airways(buf, k0: int, k1: int, grid: Grid, pieces: TubePieces, fn) -> None:
+    """Airways: tissue walls of width ``grow`` max-composited, then their air lumen blended in."""
+    hu_air, hu = float(HU_AIR), float(HU_TISSUE)
     for i in pieces.in_slab(k0, k1).tolist():
         lo, hi = grid.clip_box(pieces.boxes[i], k0, k1)
         sub = buf[lo[2] - k0:hi[2] - k0, lo[1]:hi[1], lo[0]:hi[0]]
         rd, inv_edge = tube_distance(grid.coords(lo, hi), pieces.rows[i], fn)  # rd: radius - distance
-        f = (rd + float(pieces.grow[i])) * inv_edge if lumen else rd * inv_edge
+        f = (rd + float(pieces.grow[i])) * inv_edge
         f += 0.5
         _unit_clip(f)
         f *= hu - hu_air
         f += hu_air
         np.maximum(sub, f, out=sub)
-        if lumen:
-            rd *= inv_edge
-            rd += 0.5
-            _unit_clip(rd)
-            rd *= hu_air - sub
-            sub += rd
+        rd *= inv_edge
+        rd += 0.5
+        _unit_clip(rd)
+        rd *= hu_air - sub
+        sub += rd
 
 
 def _unit_clip(a: np.ndarray) -> None:
@@ -235,10 +258,10 @@ def render_luna(geom: ScanGeometry, chest: LunaChest, rng: np.random.Generator) 
     nx, ny, nz = geom.size
     grid, fn = Grid(geom), edge_fn(chest.slice_mm)
     body, regions = _Body(grid, chest), _regions(chest, _texture(rng))
-    vessels = TubePieces(grid, chest.vessels, lambda r: 0.0)
+    vessels = _tube_layer(grid, TubePieces(grid, chest.vessels, lambda r: 0.0), float(chest.vessel_hu), fn)
     airways = TubePieces(grid, chest.airways, lambda r: 0.3 + 0.2 * r)
-    plugs = TubePieces(grid, chest.plugs, lambda r: 0.0)
-    bodies = _Bodies(grid, chest, fn)
+    plugs = _tube_layer(grid, TubePieces(grid, chest.plugs, lambda r: 0.0), HU_TISSUE, fn)
+    bodies, masks = _bodies(grid, chest, fn)
     slab = _slab_slices(geom)
     pool = _noise(geom, rng, chest.noise_sigma)
     chunk = max(1, pool.size // (2 * nx * ny))  # slices per noise draw
@@ -255,9 +278,9 @@ def render_luna(geom: ScanGeometry, chest: LunaChest, rng: np.random.Generator) 
             if box is not None:
                 lo, hi = box
                 _blend(buf[lo[2] - k0:hi[2] - k0, lo[1]:hi[1], lo[0]:hi[0]], grid.coords(lo, hi), e, hu, edge)
-        _tubes(buf, k0, k1, grid, vessels, float(chest.vessel_hu), fn, lumen=False)
-        _tubes(buf, k0, k1, grid, airways, HU_TISSUE, fn, lumen=True)
-        _tubes(buf, k0, k1, grid, plugs, HU_TISSUE, fn, lumen=False)
+        vessels.draw(buf, k0, k1)
+        _airways(buf, k0, k1, grid, airways, fn)
+        plugs.draw(buf, k0, k1)
         bodies.draw(buf, k0, k1)
         for c0 in range(0, k1 - k0, chunk):
             part = buf[c0:c0 + chunk]
@@ -268,5 +291,5 @@ def render_luna(geom: ScanGeometry, chest: LunaChest, rng: np.random.Generator) 
         if chest.fov_clip:
             buf[:, outside_fov] = HU_OUTSIDE_FOV
         np.copyto(out[k0:k1], buf, casting="unsafe")
-    return out, bodies.masks
+    return out, masks
 
