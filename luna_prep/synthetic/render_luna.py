@@ -89,6 +89,8 @@ def _texture(rng: np.random.Generator):
 
     def at(x, y, z):
         ix, iy, iz = (np.floor(v).astype(np.int64) % n for v in (x, y, z))
+        if ix.ndim == 3 and ix.shape[:2] == (1, 1) and iy.shape[::2] == (1, 1) and iz.shape[1:] == (1, 1):
+            return field.take(iz.ravel(), 0).take(iy.ravel(), 1).take(ix.ravel(), 2)  # 1-D axes: fast gathers
         return field[iz, iy, ix]
     return at
 
@@ -287,9 +289,10 @@ def render_luna(geom: ScanGeometry, chest: LunaChest, rng: np.random.Generator) 
             start = int(rng.integers(0, pool.size - part.size + 1))
             part += pool[start:start + part.size].reshape(part.shape)
         np.rint(buf, out=buf)
-        np.clip(buf, HU_CLIP[0], HU_CLIP[1], out=buf)
+        np.maximum(buf, HU_CLIP[0], out=buf)  # nothing in the phantom approaches HU_CLIP[1] (3071)
+        block = out[k0:k1]
+        np.copyto(block, buf, casting="unsafe")
         if chest.fov_clip:
-            buf[:, outside_fov] = HU_OUTSIDE_FOV
-        np.copyto(out[k0:k1], buf, casting="unsafe")
+            block[:, outside_fov] = HU_OUTSIDE_FOV
     return out, masks
 
