@@ -43,7 +43,8 @@ def findings_mosaic(ds, out: Path) -> None:
     used: set[int] = set()
     for ax, (col, value) in zip(axes.ravel(), FINDINGS):
         ax.axis("off")
-        rows = nod[(nod[col] == value) & (nod.diameter_mm >= (8 if col == "shape" else 5)) & ~nod.index.isin(used)]
+        big = 8 if col == "shape" and value != "lidc" else 5  # shapes show from 8 mm; real shapes are rarer
+        rows = nod[(nod[col] == value) & (nod.diameter_mm >= big) & ~nod.index.isin(used)]
         if rows.empty:
             continue
         r = rows.iloc[0]
