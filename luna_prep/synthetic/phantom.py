@@ -24,7 +24,7 @@ SLICE_SPACINGS = {0.625: 0.12, 0.7: 0.05, 1.0: 0.1, 1.25: 0.3, 1.8: 0.05, 2.0: 0
 IN_PLANE_MM = (0.7, 0.08, 0.5, 0.98)  # normal mean, sd, clipped to [lo, hi]
 REAL_FOV_MM = 360.0  # in-plane field of view the anatomy's absolute sizes are made for
 VESSEL_ROOT_RADIUS_MM = 4.0
-VESSEL_MIN_RADIUS_MM = 0.35
+VESSEL_MIN_RADIUS_MM = 0.45  # branches start at >= 0.9 mm across and end at >= 0.83 mm: under 1 mm
 AIRWAY_ROOT_RADIUS_MM = 5.0
 AIRWAY_MIN_RADIUS_MM = 0.8
 TRACHEA_RADIUS_MM = 8.0

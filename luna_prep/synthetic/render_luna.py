@@ -37,7 +37,7 @@ NOISE_CORRELATION_MM = 0.6
 TEXTURE_HU = 25.0  # parenchyma: a smooth random field (2 mm grain) tiled every TEXTURE_TILE mm
 TEXTURE_TILE = 64
 SLAB_VOXELS = 8_000_000  # float32 buffer: 32 MB
-NOISE_POOL_VOXELS = 1 << 22  # noise is added from this pool at random offsets, a chunk at a time
+NOISE_POOL_VOXELS = 1 << 21  # noise is added from this pool at random offsets, a chunk at a time
 SLAB_MM = 20.0  # at least this thick (fewer tube pieces cut by slab boundaries)
 
 LesionMask = tuple[np.ndarray, np.ndarray]  # (lo_xyz of mask[0, 0, 0], bool mask (z, y, x))
