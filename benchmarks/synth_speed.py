@@ -1,6 +1,7 @@
 """Time full-size ``luna`` scans against full-size ``easy`` ones (docs/synthetic.md, Speed).
 
-For each repetition and seed, easy then luna: ``synthesize(dir, n_scans=1, seed, full_size=True)``
+For each repetition and seed, easy then luna (luna then easy in odd repetitions):
+``synthesize(dir, n_scans=1, seed, full_size=True)``
 into a fresh directory (written files included), wall and CPU (process) time. Prints each scan and,
 per seed, luna's median over the median of all easy scans.
 
@@ -78,9 +79,9 @@ def main() -> None:
         return
     runs = []
     print("load average at start", os.getloadavg())
-    for _rep in range(args.reps):
-        for seed in args.seeds:
-            for difficulty in ("easy", "luna"):
+    for rep in range(args.reps):
+        for seed in args.seeds:  # alternate which goes first: each run profits from memory its predecessor freed
+            for difficulty in ("easy", "luna") if rep % 2 == 0 else ("luna", "easy"):
                 runs.append(time_one(seed, difficulty))
                 print(json.dumps(runs[-1]), flush=True)
     print("load average at end", os.getloadavg())
