@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from luna_prep.pipeline.lungmask import lung_mask
 from luna_prep.pipeline.resampling import encode_hu, resample_isotropic
+from luna_prep.synthetic.phantom import sample_chest, sample_geometry
 from luna_prep.synthetic.scans import synthesize
 
 WINDOW = (-1000.0, 400.0)
@@ -42,7 +43,8 @@ def findings_mosaic(ds, out: Path) -> None:
     used: set[int] = set()
     for ax, (col, value) in zip(axes.ravel(), FINDINGS):
         ax.axis("off")
-        rows = nod[(nod[col] == value) & (nod.diameter_mm >= (8 if col == "shape" else 5)) & ~nod.index.isin(used)]
+        big = 8 if col == "shape" and value != "lidc" else 5  # shapes show from 8 mm; real shapes are rarer
+        rows = nod[(nod[col] == value) & (nod.diameter_mm >= big) & ~nod.index.isin(used)]
         if rows.empty:
             continue
         r = rows.iloc[0]
@@ -56,6 +58,40 @@ def findings_mosaic(ds, out: Path) -> None:
         ax.contour(np.abs(lab.array[(z, *sl[1:])] - j) < 0.5, [0.5], colors="r", linewidths=0.6)
         ax.set_title(f"{value if value != 'lidc' else 'LIDC shape'}\n{r.kind}, {r.location}, {r.diameter_mm:.1f} mm",
                      fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+
+
+def _chest(seed: int, i: int, scan):
+    """Scan i's chest as ``scans._luna_scan`` draws it (small scans), checked against its geometry."""
+    rng = np.random.default_rng([seed, i, 0, 2])
+    geom = sample_geometry(rng, False, scan.geometry.direction)
+    if geom != scan.geometry:
+        raise RuntimeError("the chest's random stream no longer matches scans._luna_scan")
+    return sample_chest(rng, geom, False)
+
+
+def confounders_mosaic(ds, seed: int, out: Path) -> None:
+    """A 40 mm crop (5 mm slab maximum) around one confounder of each kind (not nodules, not annotated)."""
+    wanted = {"hilar node": None, "intrapulmonary node": None, "atelectasis": None, "bud": None}
+    for i, s in enumerate(ds.scans):
+        for b in _chest(seed, i, s).blobs:
+            if wanted.get(b.kind, 0) is None and (b.kind == "bud" or min(b.semi) > 1.0 or b.kind == "atelectasis"):
+                wanted[b.kind] = (s, b)
+    fig, axes = plt.subplots(1, 4, figsize=(8.4, 2.5))
+    titles = {"hilar node": "hilar lymph node", "intrapulmonary node": "intrapulmonary lymph node",
+              "atelectasis": "plate-like atelectasis", "bud": "mucus-filled airways,\ntree-in-bud"}
+    for ax, (kind, found) in zip(axes, wanted.items()):
+        ax.axis("off")
+        if found is None:
+            continue
+        s, b = found
+        vol = _iso(s.path)
+        z, y, x = np.rint(vol.world_to_zyx(b.center)).astype(int)
+        sl = (slice(z - 2, z + 3), slice(max(y - 20, 0), y + 20), slice(max(x - 20, 0), x + 20))
+        ax.imshow(vol.array[sl].max(axis=0), **GRAY)
+        ax.set_title(f"{titles[kind]}, {2 * max(b.semi):.1f} mm", fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=80)
     plt.close(fig)
@@ -129,6 +165,7 @@ def main() -> None:
         luna = synthesize(Path(tmp) / "luna", n_scans=args.scans, seed=args.seed, difficulty="luna")
         easy = synthesize(Path(tmp) / "easy", n_scans=1, seed=args.seed)
         findings_mosaic(luna, out / "synth_findings.png")
+        confounders_mosaic(luna, args.seed, out / "synth_confounders.png")
         easy_vs_luna(easy, luna, out / "synth_easy_vs_luna.png")
         full = synthesize(Path(tmp) / "full", n_scans=1, seed=args.seed, full_size=True, difficulty="luna")
         vessel_mip(full.scans[0].path, out / "synth_vessels_mip.png")

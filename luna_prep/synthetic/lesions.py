@@ -24,7 +24,7 @@ from luna_prep.synthetic.trees import TaperedTube, _turn
 LUNA16_DIAMETER_QUANTILES = (3.25, 4.09, 4.4, 4.67, 4.9, 5.11, 5.31, 5.63, 5.9, 6.17, 6.43, 6.87, 7.3, 7.92,
                              8.72, 9.7, 11.07, 12.86, 15.48, 18.95, 30.0)
 KINDS = {"solid": 0.6, "part-solid": 0.12, "ground-glass": 0.16, "calcified": 0.12}
-LOCATIONS = {"isolated": 0.45, "juxta-pleural": 0.3, "juxta-vascular": 0.25}
+LOCATIONS = {"isolated": 0.35, "juxta-pleural": 0.35, "juxta-vascular": 0.3}
 SHAPES = {"round": 0.25, "lobulated": 0.35, "spiculated": 0.25, "lidc": 0.15}  # lidc: a real shape (shape_bank)
 GGO_HU = (-700.0, -300.0)
 SOLID_HU = (0.0, 60.0)

@@ -8,12 +8,14 @@ vessel trees branch from each hilum and airway trees from the carina (see ``tree
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from luna_prep.luna16.geometry import ScanGeometry
 from luna_prep.synthetic.anatomy import Ellipsoid
+from luna_prep.synthetic.confounders import Blob, hilum, sample_confounders
 from luna_prep.synthetic.lesions import Lesion
 from luna_prep.synthetic.trees import TaperedTube, TreeSpec, grow_tree
 
@@ -22,7 +24,7 @@ SLICE_SPACINGS = {0.625: 0.12, 0.7: 0.05, 1.0: 0.1, 1.25: 0.3, 1.8: 0.05, 2.0: 0
 IN_PLANE_MM = (0.7, 0.08, 0.5, 0.98)  # normal mean, sd, clipped to [lo, hi]
 REAL_FOV_MM = 360.0  # in-plane field of view the anatomy's absolute sizes are made for
 VESSEL_ROOT_RADIUS_MM = 4.0
-VESSEL_MIN_RADIUS_MM = 0.35
+VESSEL_MIN_RADIUS_MM = 0.45  # branches start at >= 0.9 mm across and end at >= 0.83 mm: under 1 mm
 AIRWAY_ROOT_RADIUS_MM = 5.0
 AIRWAY_MIN_RADIUS_MM = 0.8
 TRACHEA_RADIUS_MM = 8.0
@@ -49,13 +51,21 @@ class LunaChest:
     noise_sigma: float
     slice_mm: float  # partial-volume width across slices
     fov_clip: bool
+    blobs: tuple[Blob, ...] = ()  # lymph nodes and other nodule-like findings that are not nodules
+    plugs: tuple[TaperedTube, ...] = ()  # mucus-filled small airways (soft tissue, no lumen)
 
     def in_lung(self, p, margin: float = 0.0) -> bool:
         """Whether world point p is lung parenchyma, at least about ``margin`` mm from its wall."""
-        p = np.asarray(p, dtype=np.float64)
-        if self.heart_fat.rho(*p) < 1.0 + margin / min(self.heart_fat.semi):
+        x, y, z = (float(v) for v in p)
+        if _rho(self.heart_fat, x, y, z) < 1.0 + margin / min(self.heart_fat.semi):
             return False
-        return any(lung.rho(*p) < 1.0 - margin / min(lung.semi) for lung in self.lungs)
+        return any(_rho(lung, x, y, z) < 1.0 - margin / min(lung.semi) for lung in self.lungs)
+
+
+def _rho(e: Ellipsoid, x: float, y: float, z: float) -> float:
+    """``Ellipsoid.rho`` of one point in plain floats (called for every branch a tree grows)."""
+    (cx, cy, cz), (a, b, c) = e.center, e.semi
+    return math.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 + ((z - cz) / c) ** 2)
 
 
 def sample_geometry(rng: np.random.Generator, full_size: bool, direction) -> ScanGeometry:
@@ -112,9 +122,9 @@ def _vessel_trees(rng, chest_lungs, in_lung, scale) -> list[TaperedTube]:
     out = []
     for lung in chest_lungs:
         medial = 1.0 if lung.center[0] < np.mean([other.center[0] for other in chest_lungs]) else -1.0
-        hilum = np.asarray(lung.center) + np.array([0.55 * medial * lung.semi[0], 0.0, 0.1 * lung.semi[2]])
+        root = hilum(lung, chest_lungs)
         for d in ((0.0, 0.0, 1.0), (-medial, -0.6, 0.3), (-medial, 0.6, 0.0), (-medial, -0.4, -0.6), (0.0, 0.3, -1.0)):
-            spec = TreeSpec(tuple(hilum + rng.normal(0.0, 2.0, 3)), d,
+            spec = TreeSpec(tuple(root + rng.normal(0.0, 2.0, 3)), d,
                             VESSEL_ROOT_RADIUS_MM * max(scale, 0.6) * rng.uniform(0.85, 1.1), VESSEL_MIN_RADIUS_MM)
             out += grow_tree(rng, spec, lambda p: in_lung(p, 1.0), lambda lung=lung: lung.random_point(rng, 0.85))
     return out
@@ -125,19 +135,19 @@ def _airway_trees(rng, lungs, in_lung, body_center, b, top_z, scale) -> list[Tap
     r_t = TRACHEA_RADIUS_MM * scale
     out = [TaperedTube((carina[0], carina[1], top_z), tuple(carina), r_t, r_t, 0)]
     for lung in lungs:
-        hilum = np.asarray(lung.center) + np.array([0.6 * np.sign(carina[0] - lung.center[0]) * lung.semi[0], 0,
-                                                    0.15 * lung.semi[2]])
+        bronchus_end = np.asarray(lung.center) + np.array([0.6 * np.sign(carina[0] - lung.center[0]) * lung.semi[0],
+                                                           0, 0.15 * lung.semi[2]])
         r_main = AIRWAY_ROOT_RADIUS_MM * scale
-        out.append(TaperedTube(tuple(carina), tuple(hilum), 0.8 * r_t, r_main, 0))
+        out.append(TaperedTube(tuple(carina), tuple(bronchus_end), 0.8 * r_t, r_main, 0))
         for d in ((0.0, 0.2, 1.0), (np.sign(lung.center[0] - carina[0]), 0.0, -0.2), (0.0, 0.2, -1.0)):
-            spec = TreeSpec(tuple(hilum), d, 0.8 * r_main,
+            spec = TreeSpec(tuple(bronchus_end), d, 0.8 * r_main,
                             max(AIRWAY_MIN_RADIUS_MM, 0.3 * scale * AIRWAY_ROOT_RADIUS_MM))
             out += grow_tree(rng, spec, lambda p: in_lung(p, 2.0), lambda lung=lung: lung.random_point(rng, 0.8))
     return out
 
 
 def sample_chest(rng: np.random.Generator, geom: ScanGeometry, fov_clip: bool) -> LunaChest:
-    """Everything but the lesions (``lesions`` is empty; see ``placement``)."""
+    """Everything but the lesions (``lesions`` is empty; see ``findings.place_lesions``)."""
     lo, hi = geom.world_bounds()
     ext, ctr = hi - lo, (lo + hi) / 2
     fov = min(ext[0], ext[1])
@@ -157,4 +167,6 @@ def sample_chest(rng: np.random.Generator, geom: ScanGeometry, fov_clip: bool) -
         emph.append(Ellipsoid(tuple(lung.random_point(rng, 0.85)), tuple(rng.uniform(3.0, 12.0, 3) * max(scale, 0.5))))
     vessels = _vessel_trees(rng, lungs, chest.in_lung, scale)
     airways = _airway_trees(rng, lungs, chest.in_lung, body_center, b, hi[2], scale)
-    return replace(chest, emphysema=tuple(emph), vessels=tuple(vessels), airways=tuple(airways))
+    chest = replace(chest, emphysema=tuple(emph), vessels=tuple(vessels), airways=tuple(airways))
+    blobs, plugs = sample_confounders(rng, chest)
+    return replace(chest, blobs=blobs, plugs=plugs)

@@ -8,6 +8,7 @@ minimum. Branches that would leave the lung are turned back toward a random inte
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,11 +53,23 @@ class TaperedTube:
 
 def _turn(rng: np.random.Generator, d: np.ndarray, angle_deg: float) -> np.ndarray:
     """Unit vector at ``angle_deg`` from unit vector d, around a random axis."""
-    u = rng.standard_normal(3)
-    u -= (u @ d) * d
-    u /= np.linalg.norm(u)
-    a = np.deg2rad(angle_deg)
-    return np.cos(a) * d + np.sin(a) * u
+    return np.asarray(_turn3(rng, tuple(float(v) for v in d), angle_deg))
+
+
+def _turn3(rng: np.random.Generator, d: tuple[float, float, float], angle_deg: float) -> tuple[float, float, float]:
+    """``_turn`` in plain floats (called twice for every branch a tree grows)."""
+    u0, u1, u2 = rng.standard_normal(3).tolist()
+    k = u0 * d[0] + u1 * d[1] + u2 * d[2]
+    u0, u1, u2 = u0 - k * d[0], u1 - k * d[1], u2 - k * d[2]
+    n = math.sqrt(u0 * u0 + u1 * u1 + u2 * u2)
+    a = math.radians(angle_deg)
+    c, s = math.cos(a), math.sin(a) / n
+    return c * d[0] + s * u0, c * d[1] + s * u1, c * d[2] + s * u2
+
+
+def _unit(v) -> tuple[float, float, float]:
+    n = math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
+    return v[0] / n, v[1] / n, v[2] / n
 
 
 @dataclass(frozen=True)
@@ -71,8 +84,7 @@ def grow_tree(rng: np.random.Generator, spec: TreeSpec, inside: Callable[[np.nda
               interior_point: Callable[[], np.ndarray]) -> list[TaperedTube]:
     """The segments of one tree; ``inside(p)`` says whether p may hold a branch."""
     out: list[TaperedTube] = []
-    d0 = np.asarray(spec.direction, dtype=np.float64)
-    stack = [(np.asarray(spec.root, dtype=np.float64), d0 / np.linalg.norm(d0), spec.radius, 0)]
+    stack = [(tuple(float(v) for v in spec.root), _unit([float(v) for v in spec.direction]), spec.radius, 0)]
     while stack and len(out) < MAX_SEGMENTS:
         p, d, r, depth = stack.pop()
         if r < spec.min_radius:
@@ -80,20 +92,20 @@ def grow_tree(rng: np.random.Generator, spec: TreeSpec, inside: Callable[[np.nda
         length = r * rng.uniform(*LENGTH_PER_RADIUS)
         end = None
         for _attempt in range(4):
-            q = p + length * d
-            if inside(q) and inside(p + 0.5 * length * d):
+            q = (p[0] + length * d[0], p[1] + length * d[1], p[2] + length * d[2])
+            if inside(q) and inside((p[0] + 0.5 * length * d[0], p[1] + 0.5 * length * d[1],
+                                     p[2] + 0.5 * length * d[2])):
                 end = q
                 break
-            target = interior_point() - p
-            d = d + 1.5 * target / np.linalg.norm(target)
-            d /= np.linalg.norm(d)
+            t = _unit([float(v) - c for v, c in zip(interior_point(), p)])
+            d = _unit([d[0] + 1.5 * t[0], d[1] + 1.5 * t[1], d[2] + 1.5 * t[2]])
             length *= 0.8
         if end is None:
             continue
         rb = r * TAPER
-        out.append(TaperedTube(tuple(p), tuple(end), float(r), float(rb), depth))
-        stack.append((end, _turn(rng, d, rng.uniform(*MAJOR_TURN_DEG)), rb * rng.uniform(*MAJOR_RATIO), depth + 1))
-        stack.append((end, _turn(rng, d, rng.uniform(*MINOR_TURN_DEG)), rb * rng.uniform(*MINOR_RATIO), depth + 1))
+        out.append(TaperedTube(p, end, float(r), float(rb), depth))
+        stack.append((end, _turn3(rng, d, rng.uniform(*MAJOR_TURN_DEG)), rb * rng.uniform(*MAJOR_RATIO), depth + 1))
+        stack.append((end, _turn3(rng, d, rng.uniform(*MINOR_TURN_DEG)), rb * rng.uniform(*MINOR_RATIO), depth + 1))
     return out
 
 
