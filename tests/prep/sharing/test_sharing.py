@@ -499,3 +499,17 @@ def test_http_server_ranges(tmp_path):
         assert get(f"{base}/f.bin", "bytes=100-")[0] == 416
         assert get(f"{base}/missing")[0] == 404
         assert log.count == 7
+
+
+def test_store_files_lists_data_files_only(tmp_path):
+    from luna_prep.sharing.cards import store_files
+
+    for rel in ("zarr.json", "patches/16/c/0", "_build/done/x.json", "volumes/u/_build", "volumes/_build/y",
+                ".manifest.parquet.tmp42", "patches/16/.c.tmp7"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "linked").symlink_to(tmp_path / "patches", target_is_directory=True)  # not entered
+    (tmp_path / "alias").symlink_to(tmp_path / "zarr.json")
+    (tmp_path / "broken").symlink_to(tmp_path / "missing")
+    # only the top _build/ is the build's bookkeeping; temporaries anywhere are left out
+    assert store_files(tmp_path) == ["alias", "patches/16/c/0", "volumes/_build/y", "volumes/u/_build", "zarr.json"]
