@@ -100,9 +100,10 @@ def task_seconds(store: Path) -> pd.Series:
 def batch_root(data: Path, uids: list[str], dest: Path) -> None:
     """A data root of ``uids`` only: links to their files and tables cut to their rows."""
     wanted = set(uids)
+    for k in range(10):  # --subsets 0-9 wants every folder, empty or not
+        (dest / f"subset{k}").mkdir(parents=True, exist_ok=True)
     for mhd in data.glob("subset*/*.mhd"):
         if mhd.stem in wanted:
-            (dest / mhd.parent.name).mkdir(parents=True, exist_ok=True)
             for f in mhd.parent.glob(f"{mhd.stem}.*"):
                 (dest / mhd.parent.name / f.name).symlink_to(f)
     for table in ("annotations.csv", "candidates.csv"):
@@ -210,16 +211,23 @@ def main() -> None:
     ap.add_argument("--kill-fraction", type=float, default=0.1)
     ap.add_argument("--workdir", default=None, help="Keep everything here (default: a temporary folder, removed).")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--reuse-data", action="store_true", help="Keep WORKDIR/data if it is there (synth not timed).")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="luna-scale-"))
     work.mkdir(parents=True, exist_ok=True)
+    for old in work.iterdir():  # earlier results in a kept workdir
+        if old.name != "data" and old.is_dir():
+            shutil.rmtree(old)
+        elif old.name != "data":
+            old.unlink()
     data = work / "data"
     r: dict = {"n_scans": args.scans, "workers": args.workers, "scales": args.scales, "cpus": os.cpu_count(),
                "machine": platform.platform(), "load_before": os.getloadavg()}
     try:
-        r["synth_s"], out = run([str(BIN / "luna-prep"), "synth", "--out", str(data), "--scans", str(args.scans),
-                                 "--size", "tiny", "--workers", str(args.workers)])
-        r["synth"] = out.strip()
+        if not (args.reuse_data and (data / "candidates.csv").exists()):
+            r["synth_s"], out = run([str(BIN / "luna-prep"), "synth", "--out", str(data), "--scans",
+                                     str(args.scans), "--size", "tiny", "--workers", str(args.workers)])
+            r["synth"] = out.strip()
         r["candidate_rows"] = sum(1 for _ in open(data / "candidates.csv")) - 1
         r["build"] = killed_and_resumed(data, work, args.scans, args)
         full = task_seconds(work / "full.zarr")

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -86,29 +85,34 @@ def card_path(name: str, manifests_dir: str | Path = DEFAULT_MANIFESTS_DIR) -> P
 def store_files(root: str | Path) -> list[str]:
     """Relative paths of every file of a local store folder, sorted; ``_build/`` and temporaries a killed
     write left behind are not part of the data."""
-    return sorted(_walk_files(str(root), ""))
+    return sorted(_walk_files(str(root)))
 
 
-def _walk_files(folder: str, prefix: str) -> Iterator[str]:
-    """Files under ``folder`` as ``prefix + relative posix path`` (one scandir per folder, no stat per file;
-    symlinked folders not entered, as ``Path.rglob``); ``_build`` at the top and temporaries left out."""
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            rel = prefix + entry.name
-            if not prefix and entry.name == BUILD_DIR:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                yield from _walk_files(entry.path, rel + "/")
-            elif entry.is_file() and not is_temporary(entry.name):
-                yield rel
+def _walk_files(root: str) -> list[str]:
+    """Files under ``root`` as relative posix paths: one scandir per folder, no stat per file, symlinked folders
+    not entered (as ``Path.rglob``); ``_build`` at the top and temporaries left out."""
+    out, folders = [], [(root, "")]
+    while folders:
+        folder, prefix = folders.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not prefix and entry.name == BUILD_DIR:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append((entry.path, f"{prefix}{entry.name}/"))
+                elif entry.is_file() and not is_temporary(entry.name):
+                    out.append(prefix + entry.name)
+    return out
 
 
-def file_checksums(root: str | Path, threads: int = 4) -> list[dict]:
-    """``[{path, size, sha256}]`` for every file of a local store (hashing in a few threads)."""
+def file_checksums(root: str | Path, threads: int = 4, files_per_task: int = 256) -> list[dict]:
+    """``[{path, size, sha256}]`` for every file of a local store (hashing in a few threads, a batch of files
+    per task: a store has ~25 small files per scan)."""
     root = Path(root)
     rels = store_files(root)
+    batches = [rels[i:i + files_per_task] for i in range(0, len(rels), files_per_task)]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        digests = list(pool.map(lambda rel: sha256_file(root / rel), rels))
+        digests = [d for batch in pool.map(lambda b: [sha256_file(root / rel) for rel in b], batches) for d in batch]
     return [{"path": rel, "size": size, "sha256": digest} for rel, (digest, size) in zip(rels, digests)]
 
 
