@@ -513,3 +513,16 @@ def test_store_files_lists_data_files_only(tmp_path):
     (tmp_path / "broken").symlink_to(tmp_path / "missing")
     # only the top _build/ is the build's bookkeeping; temporaries anywhere are left out
     assert store_files(tmp_path) == ["alias", "patches/16/c/0", "volumes/_build/y", "volumes/u/_build", "zarr.json"]
+
+
+def test_file_checksums_in_batches_keep_each_files_own_digest(tmp_path):
+    from luna_prep.sharing.cards import file_checksums
+
+    for i in range(7):
+        (tmp_path / f"d{i % 3}" / f"f{i}").parent.mkdir(exist_ok=True)
+        (tmp_path / f"d{i % 3}" / f"f{i}").write_bytes(bytes([i]) * (i + 1))
+    rows = file_checksums(tmp_path, threads=3, files_per_task=2)
+    assert [r["path"] for r in rows] == sorted(f"d{i % 3}/f{i}" for i in range(7))
+    for r in rows:
+        data = (tmp_path / r["path"]).read_bytes()
+        assert r["size"] == len(data) and r["sha256"] == hashlib.sha256(data).hexdigest()
