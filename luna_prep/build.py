@@ -391,7 +391,8 @@ def _build(cfg: BuildConfig, workers: int, scheduler: str | None, overwrite: boo
     if manifests_dir is not None:
         from luna_prep.sharing.cards import write_card
 
-        card = write_card(cfg.out, card_name, manifests_dir)
+        known = {rel: digest for r in scan_records for rel, digest in r.get("files", {}).items()}
+        card = write_card(cfg.out, card_name, manifests_dir, known=known)
         phases["card"] = time.perf_counter() - t0 - sum(phases.values())
     return BuildReport(
         store=cfg.out, scans_ok=int((scan_table["status"] == "ok").sum()) if len(scan_table) else 0,

@@ -526,3 +526,15 @@ def test_file_checksums_in_batches_keep_each_files_own_digest(tmp_path):
     for r in rows:
         data = (tmp_path / r["path"]).read_bytes()
         assert r["size"] == len(data) and r["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_file_checksums_take_known_digests_only_where_the_size_still_matches(tmp_path):
+    from luna_prep.sharing.cards import file_checksums
+
+    (tmp_path / "a").write_bytes(b"aaaa")
+    (tmp_path / "b").write_bytes(b"bb")
+    known = {"a": ("recorded-by-the-writer", 4), "b": ("stale", 3), "gone": ("x", 1)}
+    rows = {r["path"]: r for r in file_checksums(tmp_path, known=known)}
+    assert set(rows) == {"a", "b"}
+    assert rows["a"]["sha256"] == "recorded-by-the-writer"  # the writer's digest, the bytes not read again
+    assert rows["b"] == {"path": "b", "size": 2, "sha256": hashlib.sha256(b"bb").hexdigest()}
