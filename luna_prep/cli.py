@@ -33,15 +33,24 @@ def main():
 @click.option("--scans", default=10, type=click.IntRange(min=1),
               help="Number of scans; scan i goes into subset i % 10.")
 @click.option("--seed", default=0, type=int, help="Random seed; the same seed gives byte-identical files.")
-@click.option("--full-size", is_flag=True, help="512x512 in-plane, ~300 slices (for benchmarks).")
+@click.option("--size", type=click.Choice(["tiny", "small", "full"]), default=None,
+              help="small: 192x192 in-plane (the default); full: 512x512, ~300 slices (for benchmarks); tiny "
+                   "(easy only): 64x64, ~90 mm, with LUNA16's nodule and candidate counts per scan (scale rehearsals).")
+@click.option("--full-size", is_flag=True, help="Same as --size full.")
 @click.option("--difficulty", type=click.Choice(["easy", "luna"]), default="easy",
               help="easy: solid balls in a plain chest (fast tests); luna: chest phantom with vessel and airway "
                    "trees, LUNA16-like nodules, spacings, noise and abdominal gas (see docs/synthetic.md).")
-def synth(out, scans, seed, full_size, difficulty):
+@click.option("--workers", default=1, type=click.IntRange(min=1), help="Processes rendering scans (same files).")
+def synth(out, scans, seed, size, full_size, difficulty, workers):
     """Write a synthetic LUNA16-shaped data set: scans (.mhd/.raw), annotations.csv, candidates.csv."""
     from luna_prep.synthetic.scans import synthesize
 
-    ds = synthesize(out, n_scans=scans, seed=seed, full_size=full_size, difficulty=difficulty)
+    if full_size and size not in (None, "full"):
+        raise click.UsageError(f"--full-size contradicts --size {size}")
+    if size == "tiny" and difficulty != "easy":
+        raise click.UsageError("--size tiny exists for --difficulty easy only")
+    ds = synthesize(out, n_scans=scans, seed=seed, full_size=full_size, difficulty=difficulty, size=size,
+                    workers=workers)
     n_nod = sum(len(s.nodules) for s in ds.scans)
     click.echo(f"wrote {len(ds.scans)} scans with {n_nod} nodules to {ds.root}")
 

@@ -172,12 +172,35 @@ class StoreLocation:
 
     def list_files(self) -> dict[str, int]:
         """Every file under the store with its size (not possible over plain HTTP)."""
+        if self._local:
+            return self._local_files()
         out = {}
         for path, info in self.fs.find(self.root or "", detail=True, withdirs=False).items():
             if self._local:
                 self._inside(path)
             rel = path[len(self.root):].lstrip("/") if self.root else path.lstrip("/")
             out[rel] = int(info.get("size") or 0)
+        return out
+
+    def _local_files(self) -> dict[str, int]:
+        """``list_files`` of a local folder as fsspec's ``find`` gives it (a linked folder is an entry, not walked),
+        with one scandir per folder and the outside-the-store check only where a link is met: a store of 888 scans
+        has ~21,000 files, and ``find`` plus a realpath per file took 13 s."""
+        out: dict[str, int] = {}
+        folders = [(self.root, "")]
+        while folders:
+            folder, prefix = folders.pop()
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append((entry.path, f"{prefix}{entry.name}/"))
+                        continue
+                    if entry.is_symlink():
+                        self._inside(entry.path)
+                    try:
+                        out[prefix + entry.name] = entry.stat().st_size
+                    except FileNotFoundError:  # a dangling link
+                        out[prefix + entry.name] = entry.stat(follow_symlinks=False).st_size
         return out
 
     def zarr_store(self):

@@ -15,8 +15,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from luna_prep.files import write_text_atomic
-from luna_prep.format.spec import BUILD_DIR, MANIFEST_COLUMNS, VolumeAttributes, conform
+from luna_prep.files import is_temporary, sha256_file, write_text_atomic
+from luna_prep.format.shard_layout import shard_key
+from luna_prep.format.spec import (
+    BUILD_DIR,
+    IMAGE_ARRAY,
+    MANIFEST_COLUMNS,
+    MASK_ARRAY,
+    VOLUMES_GROUP,
+    VolumeAttributes,
+    array_path,
+    conform,
+)
 from luna_prep.format.writer import StorageConfig, clear_rows, write_rows, write_table, write_volume
 from luna_prep.luna16.geometry import ScanGeometry
 from luna_prep.luna16.label_volumes import find_mask_file, nodule_label_masks
@@ -167,9 +177,24 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
     counts = pd.Series([c.kind for c in centres]).value_counts().to_dict()
     record = _record(plan, "ok", "", time.perf_counter() - t0, original, vol, counts, mask_counts)
     record["warnings"] = list(prepared.warnings)  # in the build's record and summary, not in scans.parquet
+    record["files"] = owned_files(plan, job)  # the card takes these digests instead of reading the bytes again
     json_path, rows_path = done_paths(job.store, plan.seriesuid)
     write_table(conform(pd.DataFrame(rows), MANIFEST_COLUMNS, plan.seriesuid), rows_path)
     write_text_atomic(json_path, json.dumps(record))  # the scan is finished once this file exists
     return record
 
 
+def owned_files(plan: ScanPlan, job: ScanJob) -> dict[str, list]:
+    """``{relative path: [sha256, size]}`` of the files only this scan writes: its shards (its rows own whole
+    shards) and its volume folder, hashed right after writing (still in the page cache, in the scan's own
+    worker). The dataset card uses them, so finishing a build does not read every byte of the store again."""
+    root = Path(job.store)
+    step = job.storage.shard_patches
+    shards = range(plan.first_index // step, (plan.first_index + plan.n_samples - 1) // step + 1)
+    rels = [shard_key(array_path(s, name), k) for s in job.sampling.scales for name in (IMAGE_ARRAY, MASK_ARRAY)
+            for k in shards]
+    rels = [rel for rel in rels if (root / rel).is_file()]  # an all-empty shard is no file
+    volume = root / VOLUMES_GROUP / plan.seriesuid
+    if job.volumes and volume.is_dir():
+        rels += sorted(p.relative_to(root).as_posix() for p in volume.rglob("*") if p.is_file() and not is_temporary(p))
+    return {rel: list(sha256_file(root / rel)) for rel in rels}

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -85,22 +86,42 @@ def card_path(name: str, manifests_dir: str | Path = DEFAULT_MANIFESTS_DIR) -> P
 def store_files(root: str | Path) -> list[str]:
     """Relative paths of every file of a local store folder, sorted; ``_build/`` and temporaries a killed
     write left behind are not part of the data."""
-    root = Path(root)
-    out = []
-    for p in root.rglob("*"):
-        rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel.split("/", 1)[0] != BUILD_DIR and not is_temporary(p):
-            out.append(rel)
-    return sorted(out)
+    return sorted(_walk_files(str(root)))
 
 
-def file_checksums(root: str | Path, threads: int = 4) -> list[dict]:
-    """``[{path, size, sha256}]`` for every file of a local store (hashing in a few threads)."""
+def _walk_files(root: str) -> list[str]:
+    """Files under ``root`` as relative posix paths: one scandir per folder, no stat per file, symlinked folders
+    not entered (as ``Path.rglob``); ``_build`` at the top and temporaries left out."""
+    out, folders = [], [(root, "")]
+    while folders:
+        folder, prefix = folders.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not prefix and entry.name == BUILD_DIR:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append((entry.path, f"{prefix}{entry.name}/"))
+                elif entry.is_file() and not is_temporary(entry.name):
+                    out.append(prefix + entry.name)
+    return out
+
+
+def file_checksums(root: str | Path, threads: int = 4, files_per_task: int = 256,
+                   known: Mapping[str, Sequence] | None = None) -> list[dict]:
+    """``[{path, size, sha256}]`` for every file of a local store (hashing in a few threads, a batch of files
+    per task: a store has ~25 small files per scan). ``known``: ``{path: (sha256, size)}`` hashed by whoever
+    wrote the file (a build's scan tasks); taken where the file still has that size, the rest is read."""
     root = Path(root)
     rels = store_files(root)
+    known = known or {}
+    digests = {rel: (str(known[rel][0]), int(known[rel][1])) for rel in rels
+               if rel in known and os.stat(root / rel).st_size == int(known[rel][1])}
+    todo = [rel for rel in rels if rel not in digests]
+    batches = [todo[i:i + files_per_task] for i in range(0, len(todo), files_per_task)]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        digests = list(pool.map(lambda rel: sha256_file(root / rel), rels))
-    return [{"path": rel, "size": size, "sha256": digest} for rel, (digest, size) in zip(rels, digests)]
+        for batch, found in zip(batches, pool.map(lambda b: [sha256_file(root / rel) for rel in b], batches)):
+            digests.update(zip(batch, found))
+    return [{"path": rel, "size": digests[rel][1], "sha256": digests[rel][0]} for rel in rels]
 
 
 def count_records(manifest: pd.DataFrame) -> list[dict]:
@@ -113,10 +134,11 @@ def count_records(manifest: pd.DataFrame) -> list[dict]:
 
 
 def write_card(store_path: str | Path, name: str | None = None,
-               manifests_dir: str | Path = DEFAULT_MANIFESTS_DIR) -> Path:
+               manifests_dir: str | Path = DEFAULT_MANIFESTS_DIR, known: Mapping[str, Sequence] | None = None) -> Path:
     """Write ``manifests_dir/<name>.json`` describing the local store ``store_path``; return its path.
 
-    Call it once the build has finished (failed scans included: the card records what exists).
+    Call it once the build has finished (failed scans included: the card records what exists). ``known``:
+    digests the build's scan tasks took of the files they wrote (see :func:`file_checksums`).
     """
     root = Path(store_path)
     name = name or default_name(store_path)
@@ -124,7 +146,7 @@ def write_card(store_path: str | Path, name: str | None = None,
     store = PatchStore(root)
     attrs, manifest, scans = store.attrs, store.manifest, store.scans
     status = scans["status"]
-    files = file_checksums(root)
+    files = file_checksums(root, known=known)
     card: dict[str, Any] = {
         "card_format": CARD_FORMAT,
         "card_version": CARD_VERSION,

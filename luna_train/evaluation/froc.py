@@ -155,11 +155,18 @@ def _score_scan(cands: np.ndarray, nodules: np.ndarray, excluded: np.ndarray) ->
     return gt, prob, missed, counts
 
 
-def _roc_curve(y: np.ndarray, score: np.ndarray, w: np.ndarray) -> tuple[
+def _descending(score: np.ndarray) -> np.ndarray:
+    """The order of ``_roc_curve``: stable ascending sort, reversed. Any subset of entries keeps this order."""
+    return np.argsort(score, kind="mergesort")[::-1]
+
+
+def _roc_curve(y: np.ndarray, score: np.ndarray, w: np.ndarray, presorted: bool = False) -> tuple[
         np.ndarray, np.ndarray, np.ndarray]:
-    """``sklearn.metrics.roc_curve(y, score, sample_weight=w)`` with drop_intermediate=True."""
-    order = np.argsort(score, kind="mergesort")[::-1]
-    y, score, w = y[order], score[order], w[order]
+    """``sklearn.metrics.roc_curve(y, score, sample_weight=w)`` with drop_intermediate=True
+    (``presorted``: the entries are already in ``_descending`` order)."""
+    if not presorted:
+        order = _descending(score)
+        y, score, w = y[order], score[order], w[order]
     idx = np.r_[np.where(np.diff(score))[0], y.size - 1]
     tps = np.cumsum(y * w)[idx]
     fps = np.cumsum((1.0 - y) * w)[idx]
@@ -174,16 +181,20 @@ def _roc_curve(y: np.ndarray, score: np.ndarray, w: np.ndarray) -> tuple[
 
 
 def _froc_curve(gt: np.ndarray, prob: np.ndarray, missed: np.ndarray, n_scans: int,
-                w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The official computeFROC on weighted entries (weight = times the scan was drawn)."""
-    total = float(np.sum(gt * w))
+                w: np.ndarray, presorted: bool = False,
+                sums: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The official computeFROC on weighted entries (weight = times the scan was drawn). For the bootstrap:
+    ``presorted``, the entries are in ``_descending`` order of ``prob``; ``sums``, the weighted number of
+    nodules and of entries when missed nodules are left out of the arrays (weights are whole numbers, so
+    every sum is exact in any order)."""
+    total, weight_sum = sums if sums is not None else (float(np.sum(gt * w)), float(np.sum(w)))
     keep = ~missed & (w > 0)
     g, p, ww = gt[keep], prob[keep], w[keep]
     n_detected = float(np.sum(g * ww))
     if n_detected < 1:
         return np.zeros(1), np.zeros(1), np.full(1, np.inf)
-    fpr, tpr, thr = _roc_curve(g, p, ww)
-    if total == float(np.sum(w)):  # no false positive at all: sklearn's fpr is NaN
+    fpr, tpr, thr = _roc_curve(g, p, ww, presorted)
+    if total == weight_sum:  # no false positive at all: sklearn's fpr is NaN
         fps = np.zeros(len(fpr))
     else:
         fps = fpr * (float(np.sum(ww)) - n_detected) / n_scans
@@ -201,6 +212,32 @@ def _band(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     v = np.sort(valid, axis=0)
     pz = (1.0 - CONFIDENCE) / 2.0
     return v[min(int(math.floor(pz * n)), n - 1)], v[min(int(math.floor((1.0 - pz) * n)), n - 1)]
+
+
+def _bootstrap(gt: np.ndarray, prob: np.ndarray, missed: np.ndarray, scan_idx: np.ndarray, n_scans: int,
+               n_bootstrap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """FROC band curves (at BAND_FPS) and operating points of ``n_bootstrap`` scan resamples (NaN rows: no nodule).
+
+    The entries are sorted and the missed nodules set aside once, so each sample costs a few passes over
+    the detected entries, not a sort of them all (888 scans x 100 candidates: a second, not ten)."""
+    nodules_per_scan = np.bincount(scan_idx, weights=gt, minlength=n_scans)
+    entries_per_scan = np.bincount(scan_idx, minlength=n_scans).astype(float)
+    order = _descending(prob)
+    order = order[~missed[order]]
+    gt, prob, scan_idx = gt[order], prob[order], scan_idx[order]
+    not_missed = np.zeros(len(gt), dtype=bool)
+    rng = np.random.default_rng(seed)
+    curves = np.full((n_bootstrap, len(BAND_FPS)), np.nan)
+    boot_points = np.full((n_bootstrap, len(OPERATING_POINTS)), np.nan)
+    for b in range(n_bootstrap):
+        drawn = np.bincount(rng.integers(n_scans, size=n_scans), minlength=n_scans).astype(float)
+        total = float(nodules_per_scan @ drawn)
+        if total == 0:
+            continue  # this draw holds no nodule: its FROC is undefined
+        bf, bs, _ = _froc_curve(gt, prob, not_missed, n_scans, drawn[scan_idx], presorted=True,
+                                sums=(total, float(entries_per_scan @ drawn)))
+        curves[b], boot_points[b] = np.interp(BAND_FPS, bf, bs), np.interp(OPERATING_POINTS, bf, bs)
+    return curves, boot_points
 
 
 def compute_froc(submission: pd.DataFrame, annotations: pd.DataFrame,
@@ -243,15 +280,7 @@ def compute_froc(submission: pd.DataFrame, annotations: pd.DataFrame,
     fps, sens, thr = _froc_curve(gt, prob, missed, n_scans, np.ones(len(gt)))
     points = np.interp(OPERATING_POINTS, fps, sens)
 
-    rng = np.random.default_rng(seed)
-    curves = np.full((n_bootstrap, len(BAND_FPS)), np.nan)
-    boot_points = np.full((n_bootstrap, len(OPERATING_POINTS)), np.nan)
-    for b in range(n_bootstrap):
-        w = np.bincount(rng.integers(n_scans, size=n_scans), minlength=n_scans)[scan_idx]
-        if not np.any(gt * w):
-            continue  # this draw holds no nodule: its FROC is undefined
-        bf, bs, _ = _froc_curve(gt, prob, missed, n_scans, w.astype(float))
-        curves[b], boot_points[b] = np.interp(BAND_FPS, bf, bs), np.interp(OPERATING_POINTS, bf, bs)
+    curves, boot_points = _bootstrap(gt, prob, missed, scan_idx, n_scans, n_bootstrap, seed)
     lower, upper = _band(curves)
     p_lower, p_upper = _band(boot_points)
     c_lower, c_upper = _band(boot_points.mean(axis=1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 from luna_prep.build import BuildConfig, BuildError, run_build
 from luna_prep.format.reader import PatchStore
-from luna_prep.format.spec import BUILD_DIR, MANIFEST_COLUMNS
+from luna_prep.format.spec import BUILD_DIR, MANIFEST_COLUMNS, MANIFEST_FILE, conform
 from luna_prep.pipeline.sampling import SamplingConfig
 from luna_prep.synthetic.scans import synthesize
 
@@ -69,6 +70,43 @@ def test_manifest_follows_the_format(store):
     firsts = m.groupby("seriesuid")["index"].min()
     assert (firsts % store.attrs.shard_patches == 0).all()
     assert store.attrs.image_dtype == "uint8"
+
+
+def test_manifest_is_every_finished_scans_rows_with_the_build_phase_times(synth3, tmp_path):
+    """manifest.parquet (assembled with Arrow) holds exactly the rows each scan task wrote, in order."""
+    out = tmp_path / "p.zarr"
+    report = run_build(small_config(synth3.root, out, subsets=(0, 2)), workers=0, progress=False,
+                       manifests_dir=tmp_path / "cards")
+    assert list(report.phases) == ["planning", "scans", "manifest", "card"]
+    assert all(v >= 0 for v in report.phases.values()) and sum(report.phases.values()) <= report.seconds
+    parts = [pd.read_parquet(p) for p in sorted((out / BUILD_DIR / "done").glob("*.parquet"))]
+    expected = conform(pd.concat(parts, ignore_index=True), MANIFEST_COLUMNS, "manifest")
+    expected = expected.sort_values(["sample_id", "scale"], ignore_index=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / MANIFEST_FILE), expected)
+    assert len(parts) == 2 and set(expected["subset"]) == {0, 2}
+
+
+def test_card_takes_the_scan_tasks_digests_and_they_are_the_files_bytes(synth3, tmp_path):
+    """Each scan task records sha256 and size of the shards and volume it wrote; the card built from them
+    equals the card of a full re-read."""
+    import json
+
+    from luna_prep.sharing.cards import file_checksums
+
+    out = tmp_path / "v.zarr"
+    report = run_build(small_config(synth3.root, out, subsets=(0, 1), volumes=True), workers=0, progress=False,
+                       manifests_dir=tmp_path / "cards")
+    records = [json.loads(p.read_text()) for p in sorted((out / BUILD_DIR / "done").glob("*.json"))]
+    owned = {rel: d for r in records for rel, d in r["files"].items()}
+    assert {rel.split("/")[0] for rel in owned} == {"patches", "volumes"}
+    for r in records:  # a scan's own volume folder and shards only, never a shared metadata file
+        assert all(rel.startswith(f"volumes/{r['seriesuid']}/") or "/c/" in rel for rel in r["files"])
+    for rel, (digest, size) in owned.items():
+        data = (out / rel).read_bytes()
+        assert size == len(data) and digest == hashlib.sha256(data).hexdigest()
+    card = json.loads(report.card.read_text())
+    assert card["files"] == file_checksums(out)
+    assert set(owned) < {f["path"] for f in card["files"]}
 
 
 def test_positive_patches_sit_where_world_coordinates_say(store, synth3):

@@ -122,3 +122,17 @@ def test_version():
 
     res = CliRunner().invoke(main, ["--version"])
     assert res.exit_code == 0 and res.output == f"luna-prep {version('luna-patches')}\n"
+
+
+def test_synth_size_tiny_and_its_conflicts(tmp_path):
+    res = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "t"), "--scans", "3", "--size", "tiny",
+                                    "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    import SimpleITK as sitk
+
+    sizes = {sitk.ReadImage(str(p)).GetSize()[:2] for p in (tmp_path / "t").glob("subset*/*.mhd")}
+    assert sizes == {(64, 64)}
+    res = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "u"), "--size", "tiny", "--full-size"])
+    assert res.exit_code == 2 and "--full-size contradicts --size tiny" in res.output
+    res = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "u"), "--size", "tiny", "--difficulty", "luna"])
+    assert res.exit_code == 2 and "--size tiny exists for --difficulty easy only" in res.output

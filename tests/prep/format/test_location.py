@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,3 +58,15 @@ def test_the_same_store_over_a_server_with_ranges_reads_the_same(tmp_path):
         remote = PatchStore(f"{base}/s.zarr")
         for i in range(4):
             assert all(np.array_equal(a, b) for a, b in zip(local.read_patch(24, i), remote.read_patch(24, i)))
+
+
+def test_local_listing_gives_every_file_and_its_size(tmp_path):
+    root = write_tiny_store(tmp_path / "s.zarr", n_scans=2)
+    os.symlink(f"{root}/manifest.parquet", f"{root}/alias.parquet")  # a link inside the store: listed
+    os.symlink(f"{root}/patches", f"{root}/patches/16/loop")  # a linked folder: an entry, not walked
+    files = StoreLocation.open(root).list_files()
+    expected = {p.relative_to(root).as_posix(): p.stat().st_size for p in Path(root).rglob("*") if p.is_file()}
+    expected["patches/16/loop"] = (Path(root) / "patches").stat().st_size
+    assert files == expected
+    assert files["alias.parquet"] == (Path(root) / "manifest.parquet").stat().st_size
+    assert sum(k.startswith("patches/16/image/") for k in files) >= 1

@@ -499,3 +499,42 @@ def test_http_server_ranges(tmp_path):
         assert get(f"{base}/f.bin", "bytes=100-")[0] == 416
         assert get(f"{base}/missing")[0] == 404
         assert log.count == 7
+
+
+def test_store_files_lists_data_files_only(tmp_path):
+    from luna_prep.sharing.cards import store_files
+
+    for rel in ("zarr.json", "patches/16/c/0", "_build/done/x.json", "volumes/u/_build", "volumes/_build/y",
+                ".manifest.parquet.tmp42", "patches/16/.c.tmp7"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "linked").symlink_to(tmp_path / "patches", target_is_directory=True)  # not entered
+    (tmp_path / "alias").symlink_to(tmp_path / "zarr.json")
+    (tmp_path / "broken").symlink_to(tmp_path / "missing")
+    # only the top _build/ is the build's bookkeeping; temporaries anywhere are left out
+    assert store_files(tmp_path) == ["alias", "patches/16/c/0", "volumes/_build/y", "volumes/u/_build", "zarr.json"]
+
+
+def test_file_checksums_in_batches_keep_each_files_own_digest(tmp_path):
+    from luna_prep.sharing.cards import file_checksums
+
+    for i in range(7):
+        (tmp_path / f"d{i % 3}" / f"f{i}").parent.mkdir(exist_ok=True)
+        (tmp_path / f"d{i % 3}" / f"f{i}").write_bytes(bytes([i]) * (i + 1))
+    rows = file_checksums(tmp_path, threads=3, files_per_task=2)
+    assert [r["path"] for r in rows] == sorted(f"d{i % 3}/f{i}" for i in range(7))
+    for r in rows:
+        data = (tmp_path / r["path"]).read_bytes()
+        assert r["size"] == len(data) and r["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_file_checksums_take_known_digests_only_where_the_size_still_matches(tmp_path):
+    from luna_prep.sharing.cards import file_checksums
+
+    (tmp_path / "a").write_bytes(b"aaaa")
+    (tmp_path / "b").write_bytes(b"bb")
+    known = {"a": ("recorded-by-the-writer", 4), "b": ("stale", 3), "gone": ("x", 1)}
+    rows = {r["path"]: r for r in file_checksums(tmp_path, known=known)}
+    assert set(rows) == {"a", "b"}
+    assert rows["a"]["sha256"] == "recorded-by-the-writer"  # the writer's digest, the bytes not read again
+    assert rows["b"] == {"path": "b", "size": 2, "sha256": hashlib.sha256(b"bb").hexdigest()}

@@ -187,3 +187,44 @@ def test_full_size_scan(tmp_path):
         c = np.asarray(n.world_xyz)
         assert hu_at(s, vol, c) > -200
         assert hu_at(s, vol, c + (n.diameter_mm / 2 + 4.0, 0.0, 0.0)) < -600
+
+
+def test_tiny_scans_carry_luna16_counts(tmp_path):
+    """--size tiny: 64x64 scans of ~90 mm over subset0..9, 0-3 nodules, 700-990 class-0 candidates each."""
+    ds = synthesize(tmp_path, n_scans=40, seed=0, size="tiny")
+    assert [s.subset for s in ds.scans] == [i % 10 for i in range(40)]
+    for s in ds.scans:
+        g = s.geometry
+        assert g.size[:2] == (64, 64) and 1.3 <= g.spacing[0] <= 1.6 and 1.5 <= g.spacing[2] <= 2.5
+        assert 80.0 <= g.size[2] * g.spacing[2] <= 100.0 + g.spacing[2]
+        assert len(s.nodules) <= 3 and all(3.0 <= n.diameter_mm <= 30.0 for n in s.nodules)
+    assert [i for i, s in enumerate(ds.scans) if not s.nodules] == list(range(3, 40, 4))
+    cand = pd.read_csv(ds.candidates_csv)
+    class0 = cand[cand["class"] == 0].groupby("seriesuid").size()
+    assert len(class0) == 40 and class0.between(700, 990).all()
+    class1 = cand[cand["class"] == 1].groupby("seriesuid").size()
+    n_nod = {s.seriesuid: len(s.nodules) for s in ds.scans}
+    assert all(n_nod[u] <= k <= 2 * n_nod[u] for u, k in class1.items())  # 1-2 per nodule
+    vol = sitk.GetArrayFromImage(sitk.ReadImage(str(ds.scans[0].path)))
+    for n in ds.scans[0].nodules:
+        assert hu_at(ds.scans[0], vol, np.asarray(n.world_xyz)) > -200
+
+
+def test_workers_write_the_same_bytes(tmp_path):
+    one = synthesize(tmp_path / "one", n_scans=12, seed=5, size="tiny")
+    two = synthesize(tmp_path / "two", n_scans=12, seed=5, size="tiny", workers=2)
+    files = sorted(p.relative_to(one.root) for p in one.root.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two.root) for p in two.root.rglob("*") if p.is_file())
+    for rel in files:
+        assert (one.root / rel).read_bytes() == (two.root / rel).read_bytes(), rel
+    assert [(s.seriesuid, s.geometry, s.nodules) for s in one.scans] == \
+        [(s.seriesuid, s.geometry, s.nodules) for s in two.scans]
+
+
+def test_size_choices_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="tiny exists for difficulty easy only"):
+        synthesize(tmp_path, n_scans=1, size="tiny", difficulty="luna")
+    with pytest.raises(ValueError, match="size must be one of tiny, small, full"):
+        synthesize(tmp_path, n_scans=1, size="small", full_size=True)
+    with pytest.raises(ValueError, match="size must be one of"):
+        synthesize(tmp_path, n_scans=1, size="huge")

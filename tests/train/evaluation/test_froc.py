@@ -229,3 +229,28 @@ def test_froc_curve_stops_where_the_candidates_stop():
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+def test_bootstrap_sorted_once_equals_a_sort_per_sample():
+    """The bootstrap's entries are sorted once and missed nodules set aside; the band must equal the one of
+    the official way (all entries, sorted again for every sample), ties and missed nodules included."""
+    from luna_train.evaluation.froc import BAND_FPS, _bootstrap, _froc_curve
+
+    rng = np.random.default_rng(3)
+    n_scans, n = 40, 900
+    scan_idx = np.sort(rng.integers(n_scans, size=n))
+    gt = (rng.random(n) < 0.1).astype(float)
+    prob = np.round(rng.random(n), 2)  # many ties
+    missed = (gt == 1) & (rng.random(n) < 0.3)
+    prob[missed] = -1e9
+    curves, points = _bootstrap(gt, prob, missed, scan_idx, n_scans, 60, seed=7)
+    draws = np.random.default_rng(7)
+    for b in range(60):
+        w = np.bincount(draws.integers(n_scans, size=n_scans), minlength=n_scans)[scan_idx]
+        if not np.any(gt * w):
+            assert np.isnan(curves[b]).all() and np.isnan(points[b]).all()
+            continue
+        fps, sens, _ = _froc_curve(gt, prob, missed, n_scans, w.astype(float))
+        np.testing.assert_array_equal(curves[b], np.interp(BAND_FPS, fps, sens))
+        np.testing.assert_array_equal(points[b], np.interp(OPERATING_POINTS, fps, sens))
+    assert not np.isnan(curves).all()
