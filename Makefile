@@ -18,7 +18,7 @@ venv: $(BIN)/luna-prep
 
 demo: venv
 	rm -rf $(DEMO)
-	$(BIN)/luna-prep synth --out $(DEMO)/luna16 --scans 50 --seed 0
+	$(BIN)/luna-prep synth --out $(DEMO)/luna16 --scans 50 --seed 0 --difficulty easy
 	$(BIN)/luna-prep build --data-root $(DEMO)/luna16 --subsets 0-9 --out $(DEMO)/patches.zarr --volumes \
 		--workers 2 --quiet --manifests-dir $(DEMO)/manifests
 	$(BIN)/luna-prep info $(DEMO)/patches.zarr

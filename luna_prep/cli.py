@@ -37,9 +37,10 @@ def main():
               help="small: 192x192 in-plane (the default); full: 512x512, ~300 slices (for benchmarks); tiny "
                    "(easy only): 64x64, ~90 mm, with LUNA16's nodule and candidate counts per scan (scale rehearsals).")
 @click.option("--full-size", is_flag=True, help="Same as --size full.")
-@click.option("--difficulty", type=click.Choice(["easy", "luna"]), default="easy",
-              help="easy: solid balls in a plain chest (fast tests); luna: chest phantom with vessel and airway "
-                   "trees, LUNA16-like nodules, spacings, noise and abdominal gas (see docs/synthetic.md).")
+@click.option("--difficulty", type=click.Choice(["easy", "luna"]), default=None,
+              help="luna (the default; easy for --size tiny): chest phantom with vessel and airway trees, "
+                   "LUNA16-like nodules, confounders, spacings, noise and abdominal gas; easy: solid balls in a "
+                   "plain chest, for fast tests and the CPU demo (see docs/synthetic.md).")
 @click.option("--workers", default=1, type=click.IntRange(min=1), help="Processes rendering scans (same files).")
 def synth(out, scans, seed, size, full_size, difficulty, workers):
     """Write a synthetic LUNA16-shaped data set: scans (.mhd/.raw), annotations.csv, candidates.csv."""
@@ -47,6 +48,8 @@ def synth(out, scans, seed, size, full_size, difficulty, workers):
 
     if full_size and size not in (None, "full"):
         raise click.UsageError(f"--full-size contradicts --size {size}")
+    if difficulty is None:
+        difficulty = "easy" if size == "tiny" else "luna"
     if size == "tiny" and difficulty != "easy":
         raise click.UsageError("--size tiny exists for --difficulty easy only")
     ds = synthesize(out, n_scans=scans, seed=seed, full_size=full_size, difficulty=difficulty, size=size,

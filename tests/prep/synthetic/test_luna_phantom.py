@@ -209,5 +209,10 @@ def test_cli_difficulty_option(tmp_path):
     res = CliRunner().invoke(main, ["synth", "--out", str(tmp_path), "--scans", "1", "--difficulty", "luna"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "nodules.csv").is_file() and list((tmp_path / "masks" / "subset0").glob("*.mhd"))
+    # luna is the default (issue 12): the same files, byte for byte, without the option
+    res = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "d"), "--scans", "1"])
+    assert res.exit_code == 0, res.output
+    for f in sorted(p.relative_to(tmp_path / "d") for p in (tmp_path / "d").rglob("*") if p.is_file()):
+        assert (tmp_path / "d" / f).read_bytes() == (tmp_path / f).read_bytes(), f
     res = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "x"), "--difficulty", "hard"])
     assert res.exit_code != 0 and "hard" in res.output
