@@ -90,6 +90,11 @@ class ModelConfig:
     deep_supervision: bool = True  # DynUNet only
     deep_supr_num: PositiveInt = 2  # DynUNet: auxiliary outputs at decoder levels
     res_block: bool = True  # DynUNet residual blocks
+    # initial foreground probability: the output layer's bias starts at logit(p) (the prior initialisation of
+    # RetinaNet), so training skips the phase of pushing every voxel from 0.5 towards background; None keeps
+    # PyTorch's default (p ~ 0.5). With 0.01 the demo's unweighted DiceCE learns from the first steps
+    # (docs/training.md)
+    init_fg_probability: Annotated[float, Range(gt=0, lt=1)] | None = None
 
 
 @dataclass(frozen=True)

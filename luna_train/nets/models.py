@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import typing
 
 import torch
@@ -27,22 +28,54 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if len(strides) != len(channels) - 1:
         raise ValueError(f"model: {len(channels)} channels need {len(channels) - 1} strides, got {list(strides)}")
     if name == "unet":
-        return UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=channels, strides=strides,
+        net = UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=channels, strides=strides,
                     kernel_size=cfg.kernel_size, num_res_units=cfg.num_res_units, dropout=cfg.dropout)
-    if name == "attention_unet":
-        return AttentionUnet(spatial_dims=3, in_channels=1, out_channels=1, channels=channels, strides=strides,
+    elif name == "attention_unet":
+        net = AttentionUnet(spatial_dims=3, in_channels=1, out_channels=1, channels=channels, strides=strides,
                              kernel_size=cfg.kernel_size, dropout=cfg.dropout)
-    if name == "dynunet":
+    elif name == "dynunet":
         n_up = len(strides)
         supr = int(cfg.deep_supr_num) if cfg.deep_supervision else 1
         if cfg.deep_supervision and not 1 <= supr < n_up:
             raise ValueError(f"model: deep_supr_num must be 1..{n_up - 1} for {n_up} upsampling levels, got {supr}")
-        return DynUNet(spatial_dims=3, in_channels=1, out_channels=1,
+        net = DynUNet(spatial_dims=3, in_channels=1, out_channels=1,
                        kernel_size=[cfg.kernel_size] * len(channels), strides=[1, *strides],
                        upsample_kernel_size=list(strides), filters=list(channels),
                        dropout=cfg.dropout or None, deep_supervision=bool(cfg.deep_supervision),
                        deep_supr_num=supr, res_block=bool(cfg.res_block))
-    raise ValueError(f"unknown model {cfg.name!r}; expected one of {MODELS}")
+    else:
+        raise ValueError(f"unknown model {cfg.name!r}; expected one of {MODELS}")
+    if cfg.init_fg_probability is not None:
+        init_output_prior(net, float(cfg.init_fg_probability))
+    return net
+
+
+def _one_channel_convs(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) and m.out_channels == 1 and m.bias is not None]
+
+
+def init_output_prior(model: nn.Module, probability: float) -> None:
+    """Set the output layers' bias so the initial foreground probability is about ``probability``.
+
+    The output layers are a DynUNet's output block and deep-supervision heads, else the last
+    one-channel convolution (a UNet's or AttentionUnet's final layer). A UNet with residual units
+    adds its last convolution to the transposed convolution before it, whose bias is zeroed so the
+    two do not add up. An AttentionUnet's one-channel attention gates are left alone.
+    """
+    logit = math.log(probability / (1.0 - probability))
+    convs = _one_channel_convs(model)
+    if any(n.startswith("output_block") for n, _ in convs):  # DynUNet
+        outputs = [m for n, m in convs if n.startswith(("output_block", "deep_supervision_heads"))]
+    else:
+        outputs = [convs[-1][1]]
+        top = convs[-1][0].split(".")[:2]  # e.g. model.2: the UNet's top up-block
+        for n, m in convs[:-1]:
+            if n.split(".")[:2] == top and isinstance(m, nn.ConvTranspose3d):
+                nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        for m in outputs:
+            m.bias.fill_(logit)
 
 
 def split_outputs(out: torch.Tensor | list | tuple) -> list[torch.Tensor]:

@@ -29,6 +29,27 @@ def test_model_output_shapes(name):
         assert out.shape == (2, 1, 16, 16, 16)
 
 
+@pytest.mark.parametrize("name, res_units", [("unet", 0), ("unet", 1), ("unet", 2), ("attention_unet", 0),
+                                             ("dynunet", 0)])
+def test_init_fg_probability_sets_the_initial_foreground_probability(name, res_units):
+    """The output bias starts at logit(p): the median initial probability is near p (about 0.5 without it)."""
+    def median_prob(prior):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(name=name, channels=(8, 16, 32), strides=(2, 2), num_res_units=res_units,
+                                        deep_supr_num=1, init_fg_probability=prior)).train()
+        with torch.no_grad():
+            return [float(torch.sigmoid(o).median()) for o in split_outputs(model(X))]
+
+    assert all(0.3 < p < 0.7 for p in median_prob(None))
+    probs = median_prob(0.01)
+    assert len(probs) == (2 if name == "dynunet" else 1)  # every deep-supervision head too
+    assert all(0.003 < p < 0.03 for p in probs), probs
+    if name == "attention_unet":  # its one-channel attention gates keep their default bias
+        model = build_model(ModelConfig(name=name, channels=(8, 16, 32), strides=(2, 2), init_fg_probability=0.01))
+        gates = [m for n, m in model.named_modules() if "psi" in n and isinstance(m, torch.nn.Conv3d)]
+        assert gates and all(abs(float(g.bias)) < 1.0 for g in gates)
+
+
 def test_model_rejects_bad_strides():
     with pytest.raises(ValueError, match="strides"):
         build_model(ModelConfig(channels=(4, 8, 16), strides=(2,)))
