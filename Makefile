@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo
+# make demo: easy synthetic scans, where the CPU recipe's targets are set (docs/training.md);
+# make demo-luna: the same commands on the chest phantom (docs/synthetic.md), much harder
+DIFFICULTY := easy
+MASKS := sphere
 
-.PHONY: venv demo test clean
+.PHONY: venv demo demo-luna test clean
 
 $(BIN)/luna-prep: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +22,9 @@ venv: $(BIN)/luna-prep
 
 demo: venv
 	rm -rf $(DEMO)
-	$(BIN)/luna-prep synth --out $(DEMO)/luna16 --scans 50 --seed 0 --difficulty easy
+	$(BIN)/luna-prep synth --out $(DEMO)/luna16 --scans 50 --seed 0 --difficulty $(DIFFICULTY)
 	$(BIN)/luna-prep build --data-root $(DEMO)/luna16 --subsets 0-9 --out $(DEMO)/patches.zarr --volumes \
-		--workers 2 --quiet --manifests-dir $(DEMO)/manifests
+		--masks $(MASKS) --workers 2 --quiet --manifests-dir $(DEMO)/manifests
 	$(BIN)/luna-prep info $(DEMO)/patches.zarr
 	$(BIN)/luna-prep preview $(DEMO)/patches.zarr --out $(DEMO)/preview.png
 	$(BIN)/luna-train run --config configs/demo.yaml --dataset $(DEMO)/patches.zarr --out $(DEMO)/run \
@@ -35,8 +39,11 @@ demo: venv
 		print(f\"demo: val Dice {s['val_dice']:.3f}, test Dice {s['test_dice']:.3f} raw ({e['postprocessed']['dice']:.3f} with TTA and \" \
 		      f\"post-processing), CPM on the test scans {f['cpm']:.3f}; see $(DEMO)/\")"
 
+demo-luna:
+	$(MAKE) demo DEMO=demo-luna DIFFICULTY=luna MASKS=labels
+
 test: venv
 	$(BIN)/pytest -q
 
 clean:
-	rm -rf $(VENV) $(DEMO)
+	rm -rf $(VENV) $(DEMO) demo-luna

@@ -1,10 +1,13 @@
 """Model quality of a training recipe: train a config, then score it on patches and on whole scans.
 
     python benchmarks/quality.py --config configs/demo.yaml [--store STORE --annotations CSV]
-        [--scans 30] [--seed 0] [--set KEY=VALUE ...] [--out DIR] [--no-detect] [--json OUT]
+        [--scans 30] [--seed 0] [--difficulty luna|easy] [--set KEY=VALUE ...] [--out DIR] [--no-detect]
+        [--json OUT]
 
-Without --store, a store is built first as `make demo` builds its own (synthetic scans of seed 0,
-all subsets, with volumes). The run trains on the config's train subsets, keeps its best
+Without --store, a store is built first from synthetic scans of seed 0 (all subsets, with
+volumes): the chest phantom by default (``--difficulty luna``, its rendered nodule shapes as
+masks), or `make demo`'s easy scans (``--difficulty easy``).
+The run trains on the config's train subsets, keeps its best
 checkpoint by validation Dice, and is then scored on the validation and test subsets:
 
 - per-patch Dice (mean over patches holding a nodule), pooled Dice, precision and recall, with
@@ -48,15 +51,17 @@ ROOT = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
 
 
-def build_demo_store(work: Path, scans: int, seed: int) -> tuple[str, str]:
-    """(store, annotations.csv) of ``scans`` synthetic scans built as `make demo` builds them."""
+def build_demo_store(work: Path, scans: int, seed: int, difficulty: str = "luna") -> tuple[str, str]:
+    """(store, annotations.csv) of ``scans`` synthetic scans of ``difficulty``, built with volumes as `make demo`
+    builds its store; ``luna`` scans with their rendered nodule shapes as masks (``--masks labels``)."""
     from luna_prep.build import BuildConfig, run_build
     from luna_prep.synthetic.scans import synthesize
 
-    data = synthesize(work / "luna16", n_scans=scans, seed=seed)
+    data = synthesize(work / "luna16", n_scans=scans, seed=seed, difficulty=difficulty)
     store = str(work / "patches.zarr")
-    run_build(BuildConfig(data_root=str(data.root), out=store, volumes=True), workers=2, progress=False,
-              manifests_dir=work / "manifests")
+    masks = "labels" if difficulty == "luna" else "sphere"
+    run_build(BuildConfig(data_root=str(data.root), out=store, volumes=True, masks=masks), workers=2,
+              progress=False, manifests_dir=work / "manifests")
     return store, str(data.annotations_csv)
 
 
@@ -206,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--annotations", help="annotations.csv of the store's scans (for the CPM)")
     ap.add_argument("--scans", type=int, default=30, help="synthetic scans when building a store")
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic scans when building a store")
+    ap.add_argument("--difficulty", choices=["luna", "easy"], default="luna",
+                    help="synthetic scans when building a store: the chest phantom (default) or easy (make demo's)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, help="work folder (store, run) [default: a temporary folder]")
     ap.add_argument("--no-detect", action="store_true", help="skip the scan-level detection and CPM")
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     store, annotations = args.store, args.annotations
     if store is None:
-        store, annotations = build_demo_store(work, args.scans, args.seed)
+        store, annotations = build_demo_store(work, args.scans, args.seed, args.difficulty)
     cfg = load_config(args.config, [*args.overrides, f"data.dataset={store}", "logging.progress=false"])
     if (work / "run").exists():
         ap.error(f"{work / 'run'} exists: pass another --out")
