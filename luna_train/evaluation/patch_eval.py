@@ -27,7 +27,7 @@ from luna_train.data.dataset import PatchDataset
 from luna_train.data.loader import make_loader
 from luna_train.data.splits import SplitConfig, select_rows
 from luna_train.evaluation.metrics import Counts, binarize, confusion
-from luna_train.inference.postprocess import PostprocessConfig, postprocess, tune_postprocess
+from luna_train.inference.postprocess import PostprocessConfig, grid_with_threshold, postprocess, tune_postprocess
 from luna_train.inference.trained_model import ProbabilityModel, load_model_like
 from luna_train.inference.tta import tta_predict, tta_transforms
 from luna_train.run_dir import RunDir
@@ -180,7 +180,8 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Se
         val_ds = eval_dataset(cfg, val_subsets, store)
         say(f"tuning post-processing on validation subsets {list(val_subsets)} ({len(val_ds)} patches)")
         vp, vl = predict_patches(model, val_ds, tta, bs, workers)
-        pp_cfg, score = tune_postprocess(vp, vl, grid)
+        # the run's own threshold is always a candidate: a calibrated 0.85 must not lose to the grid's 0.7
+        pp_cfg, score = tune_postprocess(vp, vl, grid_with_threshold(thr, grid))
         out["postprocess"] = {**asdict(pp_cfg), "val_subsets": list(val_subsets), "n_val_patches": len(vp),
                               "val_tuning_score": score,
                               "val_raw": patch_metrics(vp, vl, thr), "val_postprocessed": patch_metrics(vp, vl, pp_cfg)}

@@ -33,6 +33,13 @@ DEFAULT_GRID: dict[str, list[Any]] = {
 }
 
 
+def grid_with_threshold(threshold: float, grid: dict[str, Sequence[Any]] | None = None) -> dict[str, list[Any]]:
+    """``grid`` (default :data:`DEFAULT_GRID`) with ``threshold``, the run's calibrated one, among its thresholds."""
+    out = {k: list(v) for k, v in (DEFAULT_GRID if grid is None else grid).items()}
+    out["threshold"] = sorted({*out.get("threshold", []), float(threshold)})
+    return out
+
+
 @dataclass(frozen=True)
 class PostprocessConfig:
     """Parameters of :func:`postprocess` (the defaults: plain thresholding at 0.5)."""

@@ -127,3 +127,21 @@ def test_tuning_keeps_small_nodules_that_empty_patches_would_vote_away():
     assert cfg.threshold == 0.5 and cfg.min_size == 2
     kept = postprocess(probs[0], cfg)
     assert (kept == targets[0]).all()
+
+
+def test_grid_with_threshold_adds_the_runs_calibrated_threshold_and_lets_it_win():
+    from luna_train.inference.postprocess import DEFAULT_GRID, grid_with_threshold, tune_postprocess
+
+    grid = grid_with_threshold(0.85)
+    assert grid["threshold"] == sorted({*DEFAULT_GRID["threshold"], 0.85})
+    assert grid_with_threshold(0.5)["threshold"] == sorted(DEFAULT_GRID["threshold"])  # already there: once
+    assert DEFAULT_GRID["threshold"] == [0.3, 0.4, 0.5, 0.6, 0.7]  # not modified in place
+    # a model whose nodule voxels sit at 0.9 and whose rim sits at 0.8: only a threshold above 0.8 is exact
+    target = np.zeros((12, 12, 12), bool)
+    target[4:8, 4:8, 4:8] = True
+    prob = np.where(target, 0.9, 0.0)
+    prob[3:9, 3:9, 3:9] = np.maximum(prob[3:9, 3:9, 3:9], 0.8)
+    cfg, score = tune_postprocess([prob], [target], grid)
+    assert cfg.threshold == 0.85 and score == 1.0
+    cfg, score = tune_postprocess([prob], [target])
+    assert cfg.threshold <= 0.7 and score < 1.0
