@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from phantom_samples import placed_chests
 
 from luna_prep.synthetic.confounders import (
     BUD_MM,
@@ -25,13 +28,7 @@ from luna_prep.synthetic.trees import surface_distances
 @pytest.fixture(scope="module")
 def chests():
     """60 small phantom chests with up to 4 lesions each (placed, not rendered)."""
-    out = []
-    for i in range(60):
-        rng = np.random.default_rng([21, i])
-        geom = sample_geometry(rng, False, IDENTITY)
-        chest = sample_chest(rng, geom, False)
-        out.append(chest.__class__(**{**chest.__dict__, "lesions": tuple(place_lesions(rng, geom, chest, 4))}))
-    return out
+    return placed_chests(21, 60)
 
 
 def _of(chest, kind):
@@ -95,7 +92,7 @@ def test_candidates_lie_where_a_detector_fires():
     rng = np.random.default_rng(5)
     geom = sample_geometry(rng, True, IDENTITY)
     chest = sample_chest(rng, geom, False)
-    chest = chest.__class__(**{**chest.__dict__, "lesions": tuple(place_lesions(rng, geom, chest, 3))})
+    chest = replace(chest, lesions=tuple(place_lesions(rng, geom, chest, 3)))
     rows = candidates(rng, chest, 700)
     neg = np.array([p for p, cls in rows if cls == 0])
     assert len(neg) == 700 and sum(cls for _, cls in rows) >= len(chest.lesions)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from phantom_samples import placed_chests
 
-from luna_prep.synthetic.findings import place_lesions
 from luna_prep.synthetic.lesions import (
     KINDS,
     LOCATIONS,
@@ -39,13 +39,7 @@ def volumes(ds):
 @pytest.fixture(scope="module")
 def many_lesions():
     """About 400 lesions placed (not rendered) in 100 phantom chests."""
-    out = []
-    for i in range(100):
-        rng = np.random.default_rng([11, i])
-        geom = sample_geometry(rng, False, IDENTITY)
-        chest = sample_chest(rng, geom, False)
-        out += [(chest, les) for les in place_lesions(rng, geom, chest, 4)]
-    return out
+    return [(chest, les) for chest in placed_chests(11, 100) for les in chest.lesions]
 
 
 def test_diameters_follow_luna16(many_lesions):
