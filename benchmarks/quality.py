@@ -11,12 +11,14 @@ The run trains on the config's train subsets, keeps its best
 checkpoint by validation Dice, and is then scored on the validation and test subsets:
 
 - per-patch Dice (mean over patches holding a nodule), pooled Dice, precision and recall, with
-  :func:`luna_train.evaluation.patch_eval.evaluate_run` (raw: ``prob > threshold``, no TTA);
+  :func:`luna_train.evaluation.patch_eval.evaluate_run` (raw: ``prob >= threshold``, no TTA);
 - on the patches holding a nodule only: pooled precision and recall, the mean symmetric surface
   distance in mm (MONAI's ``compute_average_surface_distance``) and the mean *signed* surface
   distance in model voxels (> 0: the prediction's boundary lies outside the truth's, i.e.
   over-segmentation; < 0: under-segmentation; 0: no boundary bias);
-- the CPM of :func:`luna_train.inference.detect.detect_volume` + :func:`compute_froc` on the test scans.
+- the CPM of :func:`luna_train.inference.detect.detect_volume` + :func:`compute_froc` on the test scans;
+- with ``--calibrate``: the same raw figures at thresholds 0.3-0.95 and at the one chosen on validation
+  (the highest val Dice whose boundary bias is within 0.3 voxel), so recipes compare at their own threshold.
 
 ``--set train.seed=S`` changes the seed of training (sampler, augmentation, initialisation).
 """
@@ -31,7 +33,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ import torch
 from luna_prep.format.reader import PatchStore
 from luna_train.config import TrainConfig, load_config
 from luna_train.evaluation.froc import compute_froc, load_luna_csv
+from luna_train.evaluation.metrics import binarize
 from luna_train.evaluation.patch_eval import MetricAccumulator, eval_dataset, evaluate_run, iter_predictions
 from luna_train.inference.detect import DetectConfig, detect_volume
 from luna_train.inference.trained_model import TrainedModel, load_trained_model
@@ -124,7 +127,7 @@ def nodule_patch_metrics(model: TrainedModel, subsets: Sequence[int], spacing_mm
     for prob, label in iter_predictions(model, dataset, batch_size=cfg.data.val_batch_size or cfg.data.batch_size):
         if not label.any():
             continue
-        pred = prob > thr
+        pred = binarize(prob, thr)
         acc.add(pred, label)
         d_mm, d_signed = surface_distance_mm(pred, label, voxel_mm), signed_surface_distance(pred, label)
         if d_signed is None:
@@ -137,6 +140,60 @@ def nodule_patch_metrics(model: TrainedModel, subsets: Sequence[int], spacing_mm
             "recall": res["recall"], "mean_surface_distance_mm": _mean(asd),
             "mean_signed_surface_distance_voxels": _mean(signed), "voxel_mm": voxel_mm,
             "n_empty_predictions": missed}
+
+
+SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+
+
+def threshold_sweep(pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+                    thresholds: Sequence[float] = SWEEP) -> list[dict[str, Any]]:
+    """Raw figures of (probability, label) patches at each threshold, from one pass over them: per-patch
+    ``dice`` (mean over the patches holding a nodule) and ``pooled_dice`` of all patches; on the patches
+    holding a nodule, pooled ``precision``/``recall`` and the mean ``signed_sd`` (voxels,
+    :func:`signed_surface_distance`)."""
+    every = {t: MetricAccumulator() for t in thresholds}
+    nodule = {t: MetricAccumulator() for t in thresholds}
+    signed: dict[float, list[float]] = {t: [] for t in thresholds}
+    for prob, label in pairs:
+        for t in thresholds:
+            pred = binarize(prob, t)
+            every[t].add(pred, label)
+            if label.any():
+                nodule[t].add(pred, label)
+                d = signed_surface_distance(pred, label)
+                if d is not None:
+                    signed[t].append(d)
+    rows = []
+    for t in thresholds:
+        a, n = every[t].result(), nodule[t].result()
+        rows.append({"threshold": t, "dice": a["dice"], "pooled_dice": a["pooled_dice"],
+                     "precision": n["precision"], "recall": n["recall"], "signed_sd": _mean(signed[t])})
+    return rows
+
+
+def calibrated_threshold(val_rows: Sequence[dict[str, Any]], max_bias: float = 0.3) -> float:
+    """The rule of docs/training.md, on validation only: the highest per-patch Dice among the thresholds whose
+    boundary bias is within ``max_bias`` voxel; if none is, the threshold of the smallest bias."""
+    rows = [r for r in val_rows if r["dice"] is not None and r["signed_sd"] is not None]
+    if not rows:
+        raise ValueError("no threshold predicts any nodule voxel on validation")
+    calm = [r for r in rows if abs(r["signed_sd"]) <= max_bias]
+    best = (max(calm, key=lambda r: r["dice"]) if calm else min(rows, key=lambda r: abs(r["signed_sd"])))
+    return float(best["threshold"])
+
+
+def calibrated_quality(model: TrainedModel, split: dict[str, Sequence[int]]) -> dict[str, Any]:
+    """Threshold sweeps of validation and test, the threshold :func:`calibrated_threshold` picks on
+    validation, and both subsets' figures at it."""
+    def sweep(subsets: Sequence[int]) -> list[dict[str, Any]]:
+        cfg = model.config
+        batch = cfg.data.val_batch_size or cfg.data.batch_size
+        return threshold_sweep(iter_predictions(model, eval_dataset(cfg, subsets), batch_size=batch))
+
+    val, test = sweep(split["val"]), sweep(split["test"])
+    thr = calibrated_threshold(val)
+    pick = lambda rows: next(r for r in rows if r["threshold"] == thr)  # noqa: E731
+    return {"threshold": thr, "val": pick(val), "test": pick(test), "val_sweep": val, "test_sweep": test}
 
 
 def patch_quality(run_dir: Path, model: TrainedModel, subsets: Sequence[int], spacing_mm: float) -> dict[str, Any]:
@@ -165,7 +222,8 @@ def detection_quality(model: TrainedModel, store: str, subsets: Sequence[int], a
 # ----------------------------------------------------------------------------------------------
 
 
-def measure(cfg: TrainConfig, run_dir: Path, annotations: str | None, detect: bool = True) -> dict[str, Any]:
+def measure(cfg: TrainConfig, run_dir: Path, annotations: str | None, detect: bool = True,
+            calibrate: bool = False) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` and score it (see the module docstring)."""
     summary = run_training(cfg, run_dir)
     history = pd.read_csv(run_dir / "metrics.csv")
@@ -184,6 +242,8 @@ def measure(cfg: TrainConfig, run_dir: Path, annotations: str | None, detect: bo
         "test": patch_quality(run_dir, model, split["test"], spacing),
         "run_dir": str(run_dir),
     }
+    if calibrate:
+        result["calibrated"] = calibrated_quality(model, split)
     if detect and annotations:
         result["detection"] = detection_quality(model, cfg.data.dataset, split["test"], annotations)
     return result
@@ -216,6 +276,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, help="work folder (store, run) [default: a temporary folder]")
     ap.add_argument("--no-detect", action="store_true", help="skip the scan-level detection and CPM")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="also sweep thresholds and report val/test at the one chosen on validation")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     work = args.out or Path(tempfile.mkdtemp(prefix="luna-quality-"))
@@ -227,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if (work / "run").exists():
         ap.error(f"{work / 'run'} exists: pass another --out")
     result = {"config": str(args.config), "overrides": args.overrides, "store": store,
-              **measure(cfg, work / "run", annotations, detect=not args.no_detect)}
+              **measure(cfg, work / "run", annotations, detect=not args.no_detect, calibrate=args.calibrate)}
     print(json.dumps(result, indent=2))
     print(headline(result), file=sys.stderr)
     if args.json:

@@ -42,3 +42,32 @@ def test_surface_distance_mm_is_monai_and_scales_with_spacing():
     assert q.surface_distance_mm(truth, truth, 1.0) == 0.0
     shifted = np.roll(truth, 2, axis=0)  # no bias, but a distance
     assert abs(q.signed_surface_distance(shifted, truth)) < 0.1 and q.surface_distance_mm(shifted, truth, 1.0) > 0.5
+
+
+def _blurred_ball(radius, size=32):
+    """A probability map whose 0.5 contour is the ball of ``radius``: p falls from 1 to 0 over 4 voxels."""
+    grid = np.indices((size,) * 3) - size // 2
+    return np.clip(0.5 - (np.sqrt((grid ** 2).sum(0)) - radius) / 4, 0, 1).astype(np.float32)
+
+
+def test_threshold_sweep_bias_changes_sign_across_the_true_contour():
+    q = _quality()
+    truth, empty = _ball(6), np.zeros((32, 32, 32), bool)
+    prob = _blurred_ball(6)
+    rows = q.threshold_sweep([(prob, truth), (np.zeros_like(prob), empty)], thresholds=(0.2, 0.5, 0.8))
+    low, mid, high = rows
+    assert low["signed_sd"] > 0.8 and high["signed_sd"] < -0.8  # grown by ~1.2 voxel, shrunk by ~1.2
+    assert abs(mid["signed_sd"]) < 0.3 and mid["dice"] > 0.95
+    assert low["recall"] == 1.0 and low["precision"] < 0.8 and high["precision"] == 1.0 and high["recall"] < 0.8
+    assert all(r["dice"] == pytest.approx(r["pooled_dice"], abs=0.05) for r in rows)  # one nodule patch, one empty
+
+
+def test_calibrated_threshold_takes_the_best_dice_within_the_bias_and_else_the_smallest_bias():
+    q = _quality()
+    rows = [{"threshold": 0.5, "dice": 0.80, "signed_sd": 1.2}, {"threshold": 0.7, "dice": 0.78, "signed_sd": 0.25},
+            {"threshold": 0.8, "dice": 0.76, "signed_sd": -0.1}, {"threshold": 0.9, "dice": None, "signed_sd": None}]
+    assert q.calibrated_threshold(rows) == 0.7  # 0.5 has the higher Dice but a biased boundary
+    biased = [{"threshold": 0.5, "dice": 0.6, "signed_sd": 2.0}, {"threshold": 0.9, "dice": 0.4, "signed_sd": -0.9}]
+    assert q.calibrated_threshold(biased) == 0.9
+    with pytest.raises(ValueError, match="no threshold"):
+        q.calibrated_threshold([{"threshold": 0.5, "dice": None, "signed_sd": None}])
