@@ -13,8 +13,6 @@ becomes) with ``--volumes`` arrays: a soft-tissue body, two dark lungs, a few br
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -29,14 +27,12 @@ from luna_prep.format.spec import (
 )
 from luna_prep.format.writer import StorageConfig, create_store, write_table, write_volume
 
-ROOT = Path(__file__).resolve().parents[1]
 TISSUE, LUNG, NODULE = 0.74, 0.11, 0.72  # [0, 1] intensities of HU 40, -850, 0 in the window (-1000, 400)
 
 
 def patch_store(out: str, n_scans: int = 10, samples: int = 32) -> str:
     """A patch store at scales 48/64/96 (see the module doc)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import write_tiny_store
+    from luna_prep.synthetic.tiny_store import write_tiny_store
 
     return write_tiny_store(out, scales=(48, 64, 96), n_scans=n_scans, samples_per_scan=samples)
 
