@@ -36,9 +36,11 @@ def test_every_variant_is_one_change_of_the_demo_config_and_trains():
 
 
 def _fake_run(seed, val_dice, test_dice, cpm=1.0):
-    row = lambda d: {"dice": d, "precision": 0.9, "recall": 0.8, "signed_sd": 0.1}  # noqa: E731
+    """A run whose best validation threshold is 0.8 (0.5 has lower val Dice, but higher test Dice)."""
+    row = lambda t, d: {"threshold": t, "dice": d, "precision": 0.9, "recall": 0.8, "signed_sd": 0.1}  # noqa: E731
     return {"train_seconds": 100.0 + seed,
-            "calibrated": {"threshold": 0.8, "val": row(val_dice), "test": row(test_dice)},
+            "calibrated": {"val_sweep": [row(0.5, val_dice - 0.1), row(0.8, val_dice), row(0.9, None)],
+                           "test_sweep": [row(0.5, 0.99), row(0.8, test_dice), row(0.9, None)]},
             "detection": {"cpm": cpm, "n_false_positives": 30, "n_scans": 15}}
 
 
@@ -53,6 +55,7 @@ def test_report_means_spreads_and_deltas_against_the_baseline(tmp_path, capsys):
     assert list(table) == ["baseline", "dicefocal"] and table["baseline"]["seeds"] == [0, 1]
     assert table["baseline"]["stats"]["val_dice"] == pytest.approx((0.82, 0.04))
     assert table["baseline"]["stats"]["fp_per_scan"][0] == pytest.approx(2.0)
+    assert table["baseline"]["stats"]["threshold"] == (0.8, 0.0)  # chosen on validation, never on test
     a.main(["--out", str(tmp_path), "--report", "--markdown", str(tmp_path / "t.md")])
     text = (tmp_path / "t.md").read_text()
     focal = next(line for line in text.splitlines() if line.startswith("| dicefocal"))
@@ -67,6 +70,6 @@ def test_existing_runs_are_skipped_and_unknown_variants_refused(tmp_path):
     done = tmp_path / "baseline" / "seed0.json"
     done.write_text(json.dumps(_fake_run(0, 0.8, 0.7)))
     a.main(["--out", str(tmp_path), "--store", "no-such-store", "--variants", "baseline"])  # resumes: trains nothing
-    assert json.loads(done.read_text())["calibrated"]["val"]["dice"] == 0.8
+    assert json.loads(done.read_text())["calibrated"]["val_sweep"][1]["dice"] == 0.8
     with pytest.raises(SystemExit):
         a.main(["--out", str(tmp_path), "--store", "s", "--variants", "baseline,bogus"])
