@@ -7,7 +7,8 @@
 Each run is :func:`quality.measure` with ``--calibrate`` of the config plus one variant's ``--set``
 overrides and ``train.seed``; its JSON lands in ``DIR/<variant>/seed<S>.json``. Runs whose JSON exists
 are skipped, so an interrupted ablation resumes, and several processes may share ``DIR`` with
-disjoint ``--variants``. ``--report`` prints one table row per variant (mean over the seeds run, the
+disjoint ``--variants``; each JSON records the config file's SHA-256, and a ``DIR`` holding runs of
+another version of the config is refused (edit the config, and the table would mix two recipes). ``--report`` prints one table row per variant (mean over the seeds run, the
 spread in brackets) with the change against the baseline's mean.
 
 Figures are raw (no TTA or post-processing), at each variant's own threshold: the one of the sweep
@@ -20,7 +21,9 @@ The variants are one-change overrides of ``configs/demo.yaml`` (its 3-level UNet
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +72,20 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+def config_digest(path: Path) -> str:
+    """SHA-256 of the ablated config file's text: runs of one table must share it."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_same_config(out: Path, digest: str) -> None:
+    """SystemExit if ``out`` already holds runs of another version of the config (their figures would not compare)."""
+    for done in sorted(out.glob("*/seed*.json")):
+        other = json.loads(done.read_text()).get("config_sha256")
+        if other is not None and other != digest:
+            raise SystemExit(f"{done} was trained from another version of the config ({other[:12]} vs "
+                             f"{digest[:12]}): pass another --out, or --config the file those runs used")
+
+
 def run_one(name: str, seed: int, args: argparse.Namespace) -> Path:
     """Train and score one (variant, seed) unless its JSON exists; the JSON's path."""
     out = args.out / name / f"seed{seed}.json"
@@ -76,15 +93,13 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> Path:
         return out
     work = args.out / name / f"seed{seed}"
     if (work / "run").exists():  # an interrupted run: start it again from scratch
-        import shutil
-
         shutil.rmtree(work / "run")
     work.mkdir(parents=True, exist_ok=True)
     overrides = [*VARIANTS[name].overrides, f"train.seed={seed}", f"data.dataset={args.store}",
                  "logging.progress=false", "logging.tensorboard=false"]
     cfg = quality.load_config(args.config, overrides)
     result = {"variant": name, "remedy": VARIANTS[name].remedy, "config": str(args.config),
-              "overrides": overrides, "store": args.store,
+              "config_sha256": config_digest(args.config), "overrides": overrides, "store": args.store,
               **quality.measure(cfg, work / "run", args.annotations, detect=not args.no_detect, calibrate=True)}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{name} seed {seed}: {quality.headline(result)}", file=sys.stderr, flush=True)
@@ -183,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    check_same_config(args.out, config_digest(args.config))
     for seed in (int(s) for s in args.seeds.split(",")):
         for name in names:
             run_one(name, seed, args)

@@ -73,3 +73,17 @@ def test_existing_runs_are_skipped_and_unknown_variants_refused(tmp_path):
     assert json.loads(done.read_text())["calibrated"]["val_sweep"][1]["dice"] == 0.8
     with pytest.raises(SystemExit):
         a.main(["--out", str(tmp_path), "--store", "s", "--variants", "baseline,bogus"])
+
+
+def test_runs_of_another_config_version_are_refused(tmp_path):
+    a = _ablation()
+    config = tmp_path / "recipe.yaml"
+    config.write_text((a.ROOT / "configs" / "demo.yaml").read_text())
+    (tmp_path / "runs" / "baseline").mkdir(parents=True)
+    done = {**_fake_run(0, 0.8, 0.7), "config_sha256": a.config_digest(config)}
+    (tmp_path / "runs" / "baseline" / "seed0.json").write_text(json.dumps(done))
+    args = ["--out", str(tmp_path / "runs"), "--store", "s", "--config", str(config), "--variants", "baseline"]
+    a.main(args)  # same file: the finished run is kept, nothing trains
+    config.write_text(config.read_text().replace("threshold: 0.9", "threshold: 0.5"))
+    with pytest.raises(SystemExit, match="another version of the config"):
+        a.main(args)
