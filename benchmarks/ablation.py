@@ -8,8 +8,9 @@ Each run is :func:`quality.measure` with ``--calibrate`` of the config plus one 
 overrides and ``train.seed``; its JSON lands in ``DIR/<variant>/seed<S>.json``. Runs whose JSON exists
 are skipped, so an interrupted ablation resumes, and several processes may share ``DIR`` with
 disjoint ``--variants``; each JSON records the config file's SHA-256, and a ``DIR`` holding runs of
-another version of the config is refused (edit the config, and the table would mix two recipes). ``--report`` prints one table row per variant (mean over the seeds run, the
-spread in brackets) with the change against the baseline's mean.
+another version of the config is refused (edit the config, and the table would mix two recipes).
+``--report`` prints one table row per variant (mean over the seeds run, the spread in brackets) with
+the change against the baseline's mean.
 
 Figures are raw (no TTA or post-processing), at each variant's own threshold: the one of the sweep
 (0.3-0.95) with the highest validation Dice, so a loss that moves the boundary is not judged at the
