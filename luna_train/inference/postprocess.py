@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from luna_train.evaluation.metrics import binarize, dice, pooled_dice
+from luna_train.evaluation.metrics import binarize, dice_from_counts
 
 DEFAULT_GRID: dict[str, list[Any]] = {
     "threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
@@ -120,9 +120,66 @@ def postprocess(prob: np.ndarray, cfg: PostprocessConfig = PostprocessConfig(),
     return remove_small(_closed(mask, within, cfg.closing_radius), cfg.min_size)
 
 
-def _balanced_dice(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> float:
-    fg = [dice(p, t) for p, t in zip(preds, targets) if np.any(t)]
-    return float(0.5 * ((np.mean(fg) if fg else 1.0) + pooled_dice(preds, targets)))
+@dataclass
+class _TuningPatch:
+    """One validation patch cut to the box where any grid config can predict foreground.
+
+    Every step of :func:`postprocess` stays inside ``threshold``'s mask at the lowest threshold grown
+    by the closing radius, so the cut (that box plus ``margin``, clipped to the patch) gives the same
+    masks as the whole patch; the target voxels outside it count only in ``target_total``.
+    """
+
+    prob: np.ndarray | None  # None: nothing reaches the lowest threshold
+    within: np.ndarray | None
+    target: np.ndarray | None
+    target_total: int
+
+    @classmethod
+    def cut(cls, prob: np.ndarray, within: np.ndarray | None, target: np.ndarray, lowest: float,
+            margin: int) -> _TuningPatch:
+        target = np.asarray(target, dtype=bool)
+        if target.shape != prob.shape:
+            raise ValueError(f"target {target.shape} does not match prob {prob.shape}")
+        mask = binarize(prob, lowest)
+        if within is not None:
+            mask &= within
+        if not mask.any():
+            return cls(None, None, None, int(target.sum()))
+        box = tuple(slice(max(int(i.min()) - margin, 0), int(i.max()) + margin + 1) for i in np.nonzero(mask))
+        return cls(prob[box], None if within is None else within[box], target[box], int(target.sum()))
+
+    def counts(self, mask: np.ndarray | None) -> tuple[int, int, int]:
+        """(TP, FP, FN) of ``mask`` (on the cut; None: predicts nothing) against the whole target."""
+        if mask is None:
+            return 0, 0, self.target_total
+        tp = int(np.count_nonzero(mask & self.target))
+        return tp, int(np.count_nonzero(mask)) - tp, self.target_total - tp
+
+
+def _sized_masks(mask: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
+    """:func:`remove_small` of ``mask`` for each of ``sizes``, labelling the components once."""
+    if all(s <= 1 for s in sizes):
+        return [mask] * len(sizes)
+    labels, _ = ndimage.label(mask, structure=_structure(mask.ndim))
+    voxels = np.bincount(labels.ravel())
+    out = []
+    for size in sizes:
+        if size <= 1:
+            out.append(mask)
+            continue
+        big = voxels >= size
+        big[0] = False
+        out.append(big[labels])
+    return out
+
+
+def _balanced_score(counts: np.ndarray) -> float:
+    """Mean of the per-patch Dice over patches with a nodule and the pooled Dice, from per-patch (TP, FP, FN)."""
+    tp, fp, fn = counts.T
+    has_fg = (tp + fn) > 0
+    fg = dice_from_counts(tp[has_fg], fp[has_fg], fn[has_fg])
+    pooled = dice_from_counts(int(tp.sum()), int(fp.sum()), int(fn.sum()))
+    return float(0.5 * ((float(np.mean(fg)) if has_fg.any() else 1.0) + pooled))
 
 
 def tune_postprocess(probs: Sequence[np.ndarray], targets: Sequence[np.ndarray],
@@ -141,6 +198,11 @@ def tune_postprocess(probs: Sequence[np.ndarray], targets: Sequence[np.ndarray],
     :class:`PostprocessConfig` field names to candidate values (default :data:`DEFAULT_GRID`;
     fields it leaves out keep their default). Ties go to the first config in grid order
     (threshold, then hysteresis_high, closing_radius, min_size, each in the order given).
+
+    Each patch is first cut to where the lowest threshold predicts anything (see
+    :class:`_TuningPatch`), and the components of each closed mask are labelled once for all
+    ``min_size`` values: the scores equal :func:`postprocess` on the whole patches, at a fraction of
+    the cost (most validation patches predict little or nothing).
     """
     if len(probs) != len(targets) or not probs:
         raise ValueError("need as many targets as probability maps, and at least one")
@@ -150,14 +212,22 @@ def tune_postprocess(probs: Sequence[np.ndarray], targets: Sequence[np.ndarray],
         raise ValueError(f"unknown grid keys {sorted(set(grid) - names)}; allowed {sorted(names)}")
     base = PostprocessConfig()
     values = {n: list(grid.get(n, [getattr(base, n)])) for n in names}
-    checked = [_check(p, w) for p, w in zip(probs, within or [None] * len(probs))]
+    lowest, margin = min(values["threshold"]), max(0, *values["closing_radius"]) + 1
+    patches = [_TuningPatch.cut(*_check(p, w), t, lowest, margin)
+               for p, w, t in zip(probs, within or [None] * len(probs), targets)]
+    sizes = values["min_size"]
     best: tuple[PostprocessConfig, float] | None = None
     for thr, high in product(values["threshold"], values["hysteresis_high"]):
-        seeded = [_seeded(p, w, thr, high) for p, w in checked]
+        seeded = [None if c.prob is None else _seeded(c.prob, c.within, thr, high) for c in patches]
         for radius in values["closing_radius"]:
-            closed = [_closed(m, w, radius) for m, (_, w) in zip(seeded, checked)]
-            for size in values["min_size"]:
-                score = _balanced_dice([remove_small(m, size) for m in closed], targets)
+            counts = np.zeros((len(sizes), len(patches), 3), dtype=np.int64)
+            for i, (m, c) in enumerate(zip(seeded, patches)):
+                sized = [None] * len(sizes) if m is None or not m.any() else \
+                    _sized_masks(_closed(m, c.within, radius), sizes)
+                for j, mask in enumerate(sized):
+                    counts[j, i] = c.counts(mask)
+            for j, size in enumerate(sizes):
+                score = _balanced_score(counts[j])
                 if best is None or score > best[1]:
                     cfg = replace(base, threshold=thr, hysteresis_high=high,
                                   closing_radius=radius, min_size=size)

@@ -145,3 +145,49 @@ def test_grid_with_threshold_adds_the_runs_calibrated_threshold_and_lets_it_win(
     assert cfg.threshold == 0.85 and score == 1.0
     cfg, score = tune_postprocess([prob], [target])
     assert cfg.threshold <= 0.7 and score < 1.0
+
+
+def _whole_patch_score(probs, targets, within, cfg):
+    """The tuning score computed the plain way: post-process whole patches, then Dice."""
+    from luna_train.evaluation.metrics import dice, pooled_dice
+
+    preds = [postprocess(p, cfg, w) for p, w in zip(probs, within)]
+    fg = [dice(p, t) for p, t in zip(preds, targets) if t.any()]
+    return 0.5 * ((np.mean(fg) if fg else 1.0) + pooled_dice(preds, targets))
+
+
+def test_tuning_on_cut_patches_scores_every_config_as_whole_patches_do():
+    """The tuning cuts patches to the lowest threshold's box and labels once for all sizes: every
+    config's score must equal post-processing the whole patches (blobs touch the patch borders,
+    some patches predict nothing, ``within`` masks part of each)."""
+    from itertools import product
+
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    probs, targets, within = [], [], []
+    for i in range(12):
+        noise = ndimage.gaussian_filter(rng.random((20, 20, 20)), 1.5)
+        prob = (noise - noise.min()) / (noise.max() - noise.min())
+        if i % 4 == 0:
+            prob *= 0.25  # predicts nothing at any threshold of the grid
+        target = ndimage.gaussian_filter(rng.random((20, 20, 20)), 2.0) > 0.52
+        target[0, :4, :4] = i % 3 == 0  # nodule voxels at the border
+        w = np.ones_like(target)
+        w[:, :, 17:] = i % 2 == 0
+        probs.append(prob)
+        targets.append(target)
+        within.append(w)
+    grid = {"threshold": [0.4, 0.55, 0.7], "min_size": [0, 3, 25], "closing_radius": [0, 1, 2],
+            "hysteresis_high": [None, 0.75]}
+    scores = {}
+    for thr, size, radius, high in product(*grid.values()):
+        cfg = PostprocessConfig(threshold=thr, min_size=size, closing_radius=radius, hysteresis_high=high)
+        one = {"threshold": [thr], "min_size": [size], "closing_radius": [radius], "hysteresis_high": [high]}
+        got_cfg, got = tune_postprocess(probs, targets, one, within)
+        assert got_cfg == cfg
+        scores[cfg] = _whole_patch_score(probs, targets, within, cfg)
+        assert got == pytest.approx(scores[cfg], abs=1e-12), cfg
+    assert len(set(round(s, 9) for s in scores.values())) > 10  # the grid's configs do differ
+    best_cfg, best = tune_postprocess(probs, targets, grid, within)
+    assert best == pytest.approx(max(scores.values())) and scores[best_cfg] == pytest.approx(best)
