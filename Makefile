@@ -30,7 +30,7 @@ demo: venv
 	$(BIN)/luna-train run --config configs/demo.yaml --dataset $(DEMO)/patches.zarr --out $(DEMO)/run \
 		--set logging.progress=false
 	$(BIN)/luna-train evaluate $(DEMO)/run --subsets 6,8,9 --postprocess --json $(DEMO)/evaluate.json
-	$(BIN)/luna-train detect $(DEMO)/run --subsets 6,8,9 --out $(DEMO)/submission.csv --plots $(DEMO)/detections \
+	$(BIN)/luna-train detect $(DEMO)/run --subsets 6,8,9 --overlap 0.25 --out $(DEMO)/submission.csv --plots $(DEMO)/detections \
 		--annotations $(DEMO)/luna16/annotations.csv
 	$(BIN)/luna-train froc $(DEMO)/submission.csv --annotations $(DEMO)/luna16/annotations.csv \
 		--seriesuids $(DEMO)/submission_seriesuids.csv --json $(DEMO)/froc.json --plot $(DEMO)/froc.png

@@ -27,7 +27,7 @@ from luna_train.cli.options import model_options, postprocess_options, subsets_o
 @model_options
 @postprocess_options
 def detect(run_dir, dataset, subsets, out, plots, annotations, sw_batch_size, json_out, tta, ensemble, checkpoint,
-           threshold, min_size):
+           threshold, min_size, overlap):
     """Sliding-window detection over whole scans of a store -> a LUNA16 submission CSV.
 
     Writes SUBMISSION.csv (seriesuid,coordX,coordY,coordZ,probability) and, beside it,
@@ -37,7 +37,7 @@ def detect(run_dir, dataset, subsets, out, plots, annotations, sw_batch_size, js
     """
     from luna_train.inference.from_run import detect_to_files, load_run_model, timing_text
 
-    run = load_run_model(run_dir, ensemble, checkpoint, tta, threshold, min_size, sw_batch_size)
+    run = load_run_model(run_dir, ensemble, checkpoint, tta, threshold, min_size, sw_batch_size, overlap)
     click.echo(f"post-processing: {run.postprocess_source}", err=True)
     w = detect_to_files(run, run_dir, dataset, subsets, out, plots, annotations)
     click.echo(f"{w['n_candidates']} candidates in {w['n_scans']} scans of subsets {w['subsets']} "

@@ -42,6 +42,9 @@ _POSTPROCESS_OPTIONS = [
     click.option("--min-size", type=click.IntRange(min=0), default=None,
                  help="Components smaller than this (voxels) are dropped [default: the run's tuned postprocess.json, "
                       "else 3]."),
+    click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
+                 help="Overlap of neighbouring sliding windows, as a fraction of the window: 0.25 runs about a "
+                      "third of 0.5's windows (docs/benchmarks.md has what it costs in FROC)."),
 ]
 
 
@@ -53,7 +56,7 @@ def model_options(fn):
 
 
 def postprocess_options(fn):
-    """--threshold, --min-size of the scan-level commands."""
+    """--threshold, --min-size, --overlap of the scan-level commands."""
     for option in reversed(_POSTPROCESS_OPTIONS):
         fn = option(fn)
     return fn

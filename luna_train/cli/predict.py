@@ -23,7 +23,7 @@ from luna_train.cli.options import model_options, postprocess_options
 @model_options
 @postprocess_options
 def predict(run_dir, scan_path, out, probabilities, candidates, dataset, tta, ensemble, checkpoint, threshold,
-            min_size):
+            min_size, overlap):
     """Segment one raw scan and list its candidates, in the scan's own geometry (opens over it in 3D Slicer).
 
     Needs no patch store: the run's preprocessing.json says how the scan is prepared. The mask holds the
@@ -31,7 +31,7 @@ def predict(run_dir, scan_path, out, probabilities, candidates, dataset, tta, en
     """
     from luna_train.inference.from_run import load_run_model, predict_to_files
 
-    run = load_run_model(run_dir, ensemble, checkpoint, tta, threshold, min_size)
+    run = load_run_model(run_dir, ensemble, checkpoint, tta, threshold, min_size, overlap=overlap)
     click.echo(f"post-processing: {run.postprocess_source}", err=True)
     w = predict_to_files(run, run_dir, scan_path, out, candidates, probabilities, dataset)
     for warning in w["warnings"]:

@@ -48,10 +48,10 @@ class RunModel:
 
 def load_run_model(run_dir: str | Path, ensemble: Sequence[str | Path] = (), checkpoint: str = "best",
                    tta: bool = False, threshold: float | None = None, min_size: int | None = None,
-                   sw_batch_size: int | None = None) -> RunModel:
+                   sw_batch_size: int | None = None, overlap: float = 0.5) -> RunModel:
     model = load_model_like(run_dir, ensemble, checkpoint)
     pp, source = scan_postprocess(run_dir, model.voxel_mm, threshold, min_size)
-    return RunModel(model, DetectConfig(tta=tta, postprocess=pp, sw_batch_size=sw_batch_size), source)
+    return RunModel(model, DetectConfig(overlap=overlap, tta=tta, postprocess=pp, sw_batch_size=sw_batch_size), source)
 
 
 def predict_to_files(run: RunModel, run_dir: str | Path, scan: str | Path, out: str | Path,
@@ -156,7 +156,8 @@ def detect_to_files(run: RunModel, run_dir: str | Path, dataset: str | None, sub
     uids_path.write_text("".join(f"{u}\n" for u in uids))
     return {"submission": out, "seriesuids": uids_path, "n_candidates": len(submission), "n_scans": len(uids),
             "subsets": list(subsets), "device": device_name(run.model.device),
-            "sw_batch_size": window_batch(run.detect, run.model.device), "timings": timings,
+            "sw_batch_size": window_batch(run.detect, run.model.device), "overlap": run.detect.overlap,
+            "timings": timings,
             "mean_timings": mean_timings(timings)}
 
 

@@ -126,3 +126,33 @@ def test_predict_warns_about_a_scan_smaller_than_the_model_input(tmp_path):
     pred = predict_scan(BrightBlobModel(), small, SPEC, DetectConfig())
     assert len(pred.warnings) == 1 and "small.mhd: the scan covers" in pred.warnings[0]
     assert "less than the model's input of 24 mm" in pred.warnings[0]
+
+
+class _CountingModel(BrightBlobModel):
+    """The stand-in, counting the windows it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.windows = 0
+
+    def probabilities(self, x):
+        self.windows += x.shape[0]
+        return super().probabilities(x)
+
+
+def test_a_smaller_window_overlap_runs_fewer_windows_and_still_finds_the_balls():
+    centres = [(20, 30, 25), (40, 40, 60)]
+    volume = _volume_with_balls(centres, shape=(72, 72, 96))
+    counts, found = {}, {}
+    for overlap in (0.5, 0.25):
+        model = _CountingModel()
+        prob = volume_probabilities(model, volume.image, DetectConfig(overlap=overlap))
+        counts[overlap] = model.windows
+        cands = candidates_from_probabilities(prob, volume, DetectConfig())
+        found[overlap] = volume.world_to_zyx(cands[["coordX", "coordY", "coordZ"]].to_numpy())
+    # 24^3 windows over 72 x 72 x 96: strides 12 (5 x 5 x 7 windows) and 18 (4 x 4 x 5, the last one clamped)
+    assert counts == {0.5: 5 * 5 * 7, 0.25: 4 * 4 * 5}
+    for overlap, zyx in found.items():
+        assert len(zyx) == 2
+        for c in centres:
+            assert np.min(np.linalg.norm(zyx - np.asarray(c), axis=1)) < 1.0, overlap
