@@ -24,7 +24,8 @@ def test_detect_reports_the_time_split_per_scan(tiny_run, tmp_path):
     store = _volume_store(tmp_path / "volumes.zarr", 2, (40, 56, 48))
     out = tmp_path / "detect.json"
     res = CliRunner().invoke(main, ["detect", str(run_dir), "--dataset", store, "--subsets", "0-1", "--out",
-                                    str(tmp_path / "sub.csv"), "--sw-batch-size", "3", "--overlap", "0.25", "--json", str(out)])
+                                    str(tmp_path / "sub.csv"), "--sw-batch-size", "3", "--overlap", "0.25",
+                                    "--json", str(out)])
     assert res.exit_code == 0, res.output + repr(res.exception)
     data = json.loads(out.read_text())
     assert data["n_scans"] == 2 and data["sw_batch_size"] == 3 and data["overlap"] == 0.25 and data["device"] == "cpu"
