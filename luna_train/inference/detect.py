@@ -91,15 +91,38 @@ def candidate_mask(prob: np.ndarray, volume: ScanVolume, cfg: DetectConfig) -> n
     return postprocess(prob, cfg.postprocess, within=within)
 
 
+def component_centroids_and_peaks(prob: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probability-weighted centroid (n, 3) in voxel (z, y, x) and peak probability (n,) of components 1..n.
+
+    What ``ndimage.center_of_mass`` and ``ndimage.maximum`` give, from the labelled voxels alone: those
+    sort or scan the whole volume per call (3.6 s of a 2.1 s-per-scan candidate step on the demo's
+    scans); a scan's candidates cover a few thousand voxels. A component whose probabilities are all 0
+    gets its plain centroid.
+    """
+    where = np.nonzero(labels)
+    lab = labels[where]
+    weight = prob[where].astype(np.float64)
+    mass = np.bincount(lab, weights=weight, minlength=n + 1)[1:]
+    count = np.bincount(lab, minlength=n + 1)[1:]
+    weighted = mass > 0
+    centroids = np.empty((n, len(where)))
+    for axis, coords in enumerate(where):
+        coords = coords.astype(np.float64)
+        sums = np.bincount(lab, weights=weight * coords, minlength=n + 1)[1:]
+        plain = np.bincount(lab, weights=coords, minlength=n + 1)[1:]
+        centroids[:, axis] = np.where(weighted, sums / np.where(weighted, mass, 1), plain / np.maximum(count, 1))
+    peaks = np.full(n + 1, -np.inf)
+    np.maximum.at(peaks, lab, weight)
+    return centroids, peaks[1:]
+
+
 def candidates_from_probabilities(prob: np.ndarray, volume: ScanVolume, cfg: DetectConfig) -> pd.DataFrame:
     """Connected components of the post-processed map (:func:`candidate_mask`) -> (world centroid, peak
     probability) rows."""
     labels, n = ndimage.label(candidate_mask(prob, volume, cfg))
     rows = []
     if n:
-        index = np.arange(1, n + 1)
-        centroids = np.asarray(ndimage.center_of_mass(prob, labels, index)).reshape(-1, 3)
-        peaks = np.asarray(ndimage.maximum(prob, labels, index)).reshape(-1)
+        centroids, peaks = component_centroids_and_peaks(prob, labels, n)
         world = volume.zyx_to_world(centroids)
         for (x, y, z), p in zip(world, peaks):
             rows.append((volume.seriesuid, float(x), float(y), float(z), float(p)))

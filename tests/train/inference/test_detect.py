@@ -156,3 +156,22 @@ def test_a_smaller_window_overlap_runs_fewer_windows_and_still_finds_the_balls()
         assert len(zyx) == 2
         for c in centres:
             assert np.min(np.linalg.norm(zyx - np.asarray(c), axis=1)) < 1.0, overlap
+
+
+def test_component_centroids_and_peaks_match_scipy():
+    from scipy import ndimage
+
+    from luna_train.inference.detect import component_centroids_and_peaks
+
+    rng = np.random.default_rng(0)
+    prob = ndimage.gaussian_filter(rng.random((30, 40, 50)), 2).astype(np.float32)
+    labels, n = ndimage.label(prob > np.quantile(prob, 0.9))
+    assert n > 5
+    prob[labels == 2] = 0.0  # a component of zero probability: its plain centroid
+    centroids, peaks = component_centroids_and_peaks(prob, labels, n)
+    index = np.arange(1, n + 1)
+    with np.errstate(invalid="ignore"):  # scipy divides component 2's zero mass
+        expected = np.asarray(ndimage.center_of_mass(prob, labels, index))
+    expected[1] = ndimage.center_of_mass(labels == 2)
+    np.testing.assert_allclose(centroids, expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(peaks, np.asarray(ndimage.maximum(prob, labels, index)))
