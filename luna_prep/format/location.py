@@ -59,17 +59,26 @@ class StoreLocation:
         self._local = isinstance(fs, fsspec.implementations.local.LocalFileSystem)
         self._real_root = os.path.realpath(self.root) if self._local else ""
         self._fds: OrderedDict[str, int] = OrderedDict()  # open local files, for pread
+        self._checked: set[str] = set()  # local paths whose real path was found inside the store
 
     def __del__(self):
         for fd in getattr(self, "_fds", {}).values():
             os.close(fd)
 
     def _inside(self, path: str) -> str:
-        """A local path, after checking that no symbolic link takes it out of the store."""
+        """A local path, after checking that no symbolic link takes it out of the store.
+
+        A path is checked once per location (``realpath`` takes an ``lstat`` per path component, 0.6 ms
+        for a shard: more than reading a patch); the check guards against links shipped inside a store,
+        not against a store being changed while it is read.
+        """
+        if path in self._checked:
+            return path
         real = os.path.realpath(path)
         if real != self._real_root and not real.startswith(self._real_root + os.sep):
             rel = path[len(self.root):].lstrip("/")
             raise UnsafePathError(f"{self.display}: {rel} is a link to {real}, outside the store; refusing to read it")
+        self._checked.add(path)
         return path
 
     def _fd(self, path: str) -> int:

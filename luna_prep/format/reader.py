@@ -144,10 +144,17 @@ class PatchStore:
         """(image as stored (uint8 or float16), mask uint8) of one patch; decode with decode_image."""
         return self.patches(scale, IMAGE_ARRAY).read(index), self.patches(scale, MASK_ARRAY).read(index)
 
-    def read_stored_many(self, scale: int, indices: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Stored images and masks of many patches of one scale, in one batch of ranged reads."""
-        images, masks = read_many([self.patches(scale, IMAGE_ARRAY), self.patches(scale, MASK_ARRAY)], list(indices))
+    def read_stored_many(self, scale: int, indices: list[int],
+                         out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Stored images and masks of many patches of one scale, in one batch of ranged reads; with ``out``
+        (image and mask batches, ``(len(indices), s, s, s)`` in the stored dtypes) decoded straight into them."""
+        arrays = [self.patches(scale, IMAGE_ARRAY), self.patches(scale, MASK_ARRAY)]
+        images, masks = read_many(arrays, list(indices), None if out is None else list(out))
         return images, masks
+
+    def stored_dtypes(self, scale: int) -> tuple[np.dtype, np.dtype]:
+        """Native-endian dtypes of the stored image and mask patches of ``scale``."""
+        return tuple(self.patches(scale, name).dtype.newbyteorder("=") for name in (IMAGE_ARRAY, MASK_ARRAY))
 
     def read_patch(self, scale: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(image float32 in [0, 1], mask uint8) of one patch, each (s, s, s) in (z, y, x)."""

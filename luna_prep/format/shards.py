@@ -28,20 +28,30 @@ def _ok(blob):
     return blob
 
 
-def read_many(arrays: list[ShardedPatchArray], rows: list[int]) -> list[list[np.ndarray]]:
+def read_many(arrays: list[ShardedPatchArray], rows: list[int],
+              out: list[np.ndarray] | None = None) -> list[list[np.ndarray]]:
     """Row ``rows[k]`` of every array in ``arrays`` (e.g. image and mask), fetched in one batch of
-    ranged reads (concurrent for remote stores): ``[[arrays[0] rows...], [arrays[1] rows...]]``."""
+    ranged reads (concurrent for remote stores): ``[[arrays[0] rows...], [arrays[1] rows...]]``.
+
+    With ``out`` (one ``(len(rows), s, s, s)`` native-endian C-contiguous array per array), each patch is
+    decoded straight into ``out[j][k]`` (a batch needs no stacking afterwards); the lists then hold
+    those views."""
     plans = [a.requests(rows) for a in arrays]
     wanted = [(j, k, req) for j, plan in enumerate(plans) for k, req in enumerate(plan) if req is not None]
     location = arrays[0].location
     blobs = location.read_ranges([r[0] for _, _, r in wanted], [r[1] for _, _, r in wanted],
                                  [r[2] for _, _, r in wanted]) if wanted else []
-    out = [[None] * len(rows) for _ in arrays]
+    got = [[None] * len(rows) for _ in arrays]
     for (j, k, (_, start, stop)), blob in zip(wanted, blobs):
-        out[j][k] = arrays[j].decode(_ok(blob), rows[k], stop - start)
+        got[j][k] = arrays[j].decode(_ok(blob), rows[k], stop - start, None if out is None else out[j][k])
     for j, a in enumerate(arrays):
-        out[j] = [a.empty() if v is None else v for v in out[j]]
-    return out
+        for k, v in enumerate(got[j]):
+            if v is None and out is not None:
+                out[j][k].fill(a.fill_value)
+                got[j][k] = out[j][k]
+            elif v is None:
+                got[j][k] = a.empty()
+    return got
 
 
 class ShardedPatchArray:
@@ -131,15 +141,22 @@ class ShardedPatchArray:
     def empty(self) -> np.ndarray:
         return np.full(self.shape[1:], self.fill_value, dtype=self.dtype.newbyteorder("="))
 
-    def decode(self, blob: bytes, row: int, expected: int | None = None) -> np.ndarray:
+    def decode(self, blob: bytes, row: int, expected: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Row ``row``'s stored chunk ``blob`` (``expected`` bytes long, per the index) as a writable
-        native-endian patch, decoded straight into its own buffer; FormatError naming the file and row."""
+        native-endian patch, decoded straight into its own buffer, or into ``out`` (native-endian,
+        C-contiguous, one patch); FormatError naming the file and row."""
         where = f"{self._where(int(row) // self.shard_len)} (row {int(row)})"
         if expected is not None and len(blob) != expected:
             raise FormatError(f"{where}: the file ends inside the chunk ({len(blob):,} of {expected:,} bytes)")
-        out = np.empty(self.shape[1:], dtype=self.dtype)
-        decode_into(self.codecs, blob, out, where)
-        return out.astype(self.dtype.newbyteorder("="), copy=False)
+        if out is not None and out.dtype == self.dtype and out.flags.c_contiguous:
+            decode_into(self.codecs, blob, out, where)
+            return out
+        target = np.empty(self.shape[1:], dtype=self.dtype)
+        decode_into(self.codecs, blob, target, where)
+        if out is None:
+            return target.astype(self.dtype.newbyteorder("="), copy=False)
+        out[...] = target
+        return out
 
     def read(self, i: int) -> np.ndarray:
         """Patch ``i`` as an (s, s, s) array; rows never written read as the fill value."""

@@ -125,12 +125,18 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, items: list) -> list[dict[str, Any]]:
         """A whole batch: stored patches come from one batch of ranged reads (concurrent over
-        HTTP or object storage), everything else item by item. The DataLoader calls this."""
+        HTTP or object storage), everything else item by item. The DataLoader calls this.
+
+        Stored patches of one scale are decoded straight into the batch's arrays (:class:`BatchItems`,
+        which :func:`collate_patches` passes through without stacking)."""
         positions = [int(it[0]) if isinstance(it, (tuple, list)) else int(it) for it in items]
         native = [self.train_size in (None, int(self.scales[p])) for p in positions]
         fast = self.stored and self.transform is None and (self.resize_on_device or all(native))
         if not fast:
             return uniform_items([self[it] for it in items])
+        scales = {int(self.scales[p]) for p in positions}
+        if all(native) and len(scales) == 1:
+            return self._read_batch(positions, scales.pop())
         resize = {} if all(native) else {"size": self.train_size}  # collate_patches groups these by scale
         reader = self._open()
         out: list[dict[str, Any] | None] = [None] * len(positions)
@@ -141,6 +147,21 @@ class PatchDataset(torch.utils.data.Dataset):
                 out[k] = {"image": torch.from_numpy(image)[None], "label": torch.from_numpy(mask)[None],
                           "position": positions[k], "scale": scale, **resize}
         return out
+
+    def _read_batch(self, positions: list[int], scale: int) -> BatchItems:
+        """Stored patches of one scale, decoded straight into the batch's arrays (in shared memory inside
+        a DataLoader worker, so the batch crosses to the main process without a copy)."""
+        reader = self._open()
+        in_worker = torch.utils.data.get_worker_info() is not None
+        arrays = []
+        for dtype in reader.stored_dtypes(scale):
+            array = torch.from_numpy(np.empty((len(positions), 1, scale, scale, scale), dtype=dtype))
+            arrays.append(array.share_memory_() if in_worker else array)
+        image, label = arrays
+        reader.read_stored_many(scale, [int(self.indices[p]) for p in positions],
+                                out=(image.numpy()[:, 0], label.numpy()[:, 0]))
+        return BatchItems({"image": image, "label": label, "position": torch.as_tensor(positions),
+                           "scale": torch.full((len(positions),), scale, dtype=torch.int64)})
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         if isinstance(item, (tuple, list)):
@@ -169,6 +190,17 @@ class PatchDataset(torch.utils.data.Dataset):
         sample["position"] = position
         sample["scale"] = int(self.scales[position])
         return sample
+
+
+class BatchItems(list):
+    """The items of a batch that was read straight into its arrays: ``batch`` is their collated form
+    (which :func:`collate_patches` returns as it is); the items are views of it."""
+
+    def __init__(self, batch: dict[str, torch.Tensor]):
+        super().__init__({"image": image, "label": label, "position": position, "scale": scale} for image, label,
+                         position, scale in zip(batch["image"], batch["label"], batch["position"].tolist(),
+                                                batch["scale"].tolist()))
+        self.batch = batch
 
 
 def _decoded(item: dict[str, Any]) -> dict[str, Any]:
@@ -201,6 +233,8 @@ def collate_patches(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
     Items of mixed representations (stored next to resized patches) are first made uniform by
     :func:`uniform_items`, so a batch has one dtype and value range whatever scales it holds."""
+    if isinstance(items, BatchItems):
+        return items.batch
     if items and "size" in items[0]:
         return grouped_batch(items)
     items = uniform_items(items)

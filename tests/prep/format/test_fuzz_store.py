@@ -92,3 +92,20 @@ def test_fuzz_a_store_pinned_to_its_card(tmp_path):
 
     outcome = _fuzz(root, lambda: open_dataset(card), seed=16, trials=TRIALS // 2, skip=never_read)
     assert outcome["same"] == 0 and outcome["named error"] == TRIALS // 2, outcome  # every change is caught
+
+
+def test_reading_many_into_given_arrays_equals_reading_them_alone(tmp_path):
+    """``read_stored_many(out=...)`` decodes into the caller's batch arrays; rows never written (empty
+    masks) are filled with zeros, whatever the arrays held before."""
+    from conftest import write_tiny_store
+
+    root = write_tiny_store(tmp_path / "s.zarr", scales=(16,), n_scans=2, samples_per_scan=4)
+    store = PatchStore(root)
+    rows = list(range(len(store.manifest)))[::-1]
+    images, masks = store.read_stored_many(16, rows)
+    assert any(not m.any() for m in masks)
+    out = tuple(np.full((len(rows), 16, 16, 16), 7, dtype=d) for d in store.stored_dtypes(16))
+    got_images, got_masks = store.read_stored_many(16, rows, out=out)
+    np.testing.assert_array_equal(out[0], np.stack(images))
+    np.testing.assert_array_equal(out[1], np.stack(masks))
+    assert all(np.shares_memory(g, out[0]) for g in got_images) and all(np.shares_memory(g, out[1]) for g in got_masks)

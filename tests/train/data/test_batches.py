@@ -119,3 +119,28 @@ def test_batched_label_resize_keeps_every_item_foreground():
     for b in range(3):
         assert torch.equal(out[b], one_by_one(masks[b], 10))
     assert out[0].sum() >= 1 and out[1].sum() > 0 and out[2].sum() == 0
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_one_scale_stored_batch_is_read_straight_into_its_arrays(multi_scale, workers):
+    """Stored patches of one scale are decoded into the batch's arrays (no stacking): the batch equals the
+    patches read one by one, empty masks (not stored at all) included, in the main process and in a worker."""
+    from luna_train.data.dataset import BatchItems
+
+    root, manifest = multi_scale
+    positions = manifest.index[manifest["scale"] == 48].tolist()[::-1]
+    ds = PatchDataset(root, manifest, train_size=48, stored=True)
+    singles = [ds[p] for p in positions]
+    assert any(not item["label"].any() for item in singles) and any(item["label"].any() for item in singles)
+    items = ds.__getitems__(positions)
+    assert isinstance(items, BatchItems) and len(items) == len(positions)
+    for got, single in zip(items, singles):  # the items are the batch's rows
+        assert got["position"] == single["position"] and got["scale"] == 48
+        assert torch.equal(got["image"], single["image"]) and torch.equal(got["label"], single["label"])
+    loader = make_loader(ds, sampler=positions, batch_size=len(positions), num_workers=workers,
+                         persistent_workers=False)
+    batch = next(iter(loader))
+    assert batch["image"].dtype == singles[0]["image"].dtype and batch["label"].dtype == torch.uint8
+    assert torch.equal(batch["image"], torch.stack([s["image"] for s in singles]))
+    assert torch.equal(batch["label"], torch.stack([s["label"] for s in singles]))
+    assert batch["position"].tolist() == positions and batch["scale"].tolist() == [48] * len(positions)
