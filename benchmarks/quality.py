@@ -10,8 +10,8 @@ masks), or `make demo`'s easy scans (``--difficulty easy``).
 The run trains on the config's train subsets, keeps its best
 checkpoint by validation Dice, and is then scored on the validation and test subsets:
 
-- per-patch Dice (mean over patches holding a nodule), pooled Dice, precision and recall, with
-  :func:`luna_train.evaluation.patch_eval.evaluate_run` (raw: ``prob >= threshold``, no TTA);
+- per-patch Dice (mean over patches holding a nodule), pooled Dice, precision and recall, as
+  :func:`luna_train.evaluation.patch_eval.evaluate_run` gives them (raw: ``prob >= threshold``, no TTA);
 - on the patches holding a nodule only: pooled precision and recall, the mean symmetric surface
   distance in mm (MONAI's ``compute_average_surface_distance``) and the mean *signed* surface
   distance in model voxels (> 0: the prediction's boundary lies outside the truth's, i.e.
@@ -19,6 +19,8 @@ checkpoint by validation Dice, and is then scored on the validation and test sub
 - the CPM of :func:`luna_train.inference.detect.detect_volume` + :func:`compute_froc` on the test scans;
 - with ``--calibrate``: the same raw figures at thresholds 0.3-0.95 and at the one chosen on validation
   (the highest val Dice whose boundary bias is within 0.3 voxel), so recipes compare at their own threshold.
+
+Each subset's patches go through the model once; every figure above is taken from that pass.
 
 ``--set train.seed=S`` changes the seed of training (sampler, augmentation, initialisation).
 """
@@ -45,7 +47,7 @@ from luna_prep.format.reader import PatchStore
 from luna_train.config import TrainConfig, load_config
 from luna_train.evaluation.froc import compute_froc, load_luna_csv
 from luna_train.evaluation.metrics import binarize
-from luna_train.evaluation.patch_eval import MetricAccumulator, eval_dataset, evaluate_run, iter_predictions
+from luna_train.evaluation.patch_eval import MetricAccumulator, eval_dataset, iter_predictions
 from luna_train.inference.detect import DetectConfig, detect_volume
 from luna_train.inference.trained_model import TrainedModel, load_trained_model
 from luna_train.training.run import run_training
@@ -118,57 +120,74 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def nodule_patch_metrics(model: TrainedModel, subsets: Sequence[int], spacing_mm: float) -> dict[str, Any]:
-    """Pooled precision/recall/Dice and surface distances over the patches of ``subsets`` holding a nodule."""
-    cfg, thr = model.config, float(model.config.train.threshold)
-    dataset = eval_dataset(cfg, subsets)
-    voxel_mm = spacing_mm * model.voxel_mm
-    acc, asd, signed, missed = MetricAccumulator(), [], [], 0
-    for prob, label in iter_predictions(model, dataset, batch_size=cfg.data.val_batch_size or cfg.data.batch_size):
+class NodulePatchScore:
+    """Pooled precision/recall/Dice and surface distances over the patches holding a nodule, added one
+    thresholded patch at a time."""
+
+    def __init__(self, voxel_mm: float):
+        self.voxel_mm = voxel_mm
+        self.acc, self.asd, self.signed, self.missed = MetricAccumulator(), [], [], 0
+
+    def add(self, pred: np.ndarray, label: np.ndarray) -> None:
         if not label.any():
-            continue
-        pred = binarize(prob, thr)
-        acc.add(pred, label)
-        d_mm, d_signed = surface_distance_mm(pred, label, voxel_mm), signed_surface_distance(pred, label)
+            return
+        self.acc.add(pred, label)
+        d_mm, d_signed = surface_distance_mm(pred, label, self.voxel_mm), signed_surface_distance(pred, label)
         if d_signed is None:
-            missed += 1
-            continue
-        asd.append(d_mm)
-        signed.append(d_signed)
-    res = acc.result()
-    return {"n_patches": res["n_patches"], "pooled_dice": res["pooled_dice"], "precision": res["precision"],
-            "recall": res["recall"], "mean_surface_distance_mm": _mean(asd),
-            "mean_signed_surface_distance_voxels": _mean(signed), "voxel_mm": voxel_mm,
-            "n_empty_predictions": missed}
+            self.missed += 1
+            return
+        self.asd.append(d_mm)
+        self.signed.append(d_signed)
+
+    def result(self) -> dict[str, Any]:
+        res = self.acc.result()
+        return {"n_patches": res["n_patches"], "pooled_dice": res["pooled_dice"], "precision": res["precision"],
+                "recall": res["recall"], "mean_surface_distance_mm": _mean(self.asd),
+                "mean_signed_surface_distance_voxels": _mean(self.signed), "voxel_mm": self.voxel_mm,
+                "n_empty_predictions": self.missed}
 
 
 SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 
 
-def threshold_sweep(pairs: Iterable[tuple[np.ndarray, np.ndarray]],
-                    thresholds: Sequence[float] = SWEEP) -> list[dict[str, Any]]:
-    """Raw figures of (probability, label) patches at each threshold, from one pass over them: per-patch
-    ``dice`` (mean over the patches holding a nodule) and ``pooled_dice`` of all patches; on the patches
-    holding a nodule, pooled ``precision``/``recall`` and the mean ``signed_sd`` (voxels,
+class ThresholdSweep:
+    """Raw figures of (probability, label) patches at each of ``thresholds``, added one patch at a time:
+    per-patch ``dice`` (mean over the patches holding a nodule) and ``pooled_dice`` of all patches; on the
+    patches holding a nodule, pooled ``precision``/``recall`` and the mean ``signed_sd`` (voxels,
     :func:`signed_surface_distance`)."""
-    every = {t: MetricAccumulator() for t in thresholds}
-    nodule = {t: MetricAccumulator() for t in thresholds}
-    signed: dict[float, list[float]] = {t: [] for t in thresholds}
-    for prob, label in pairs:
-        for t in thresholds:
+
+    def __init__(self, thresholds: Sequence[float] = SWEEP):
+        self.thresholds = tuple(thresholds)
+        self.every = {t: MetricAccumulator() for t in self.thresholds}
+        self.nodule = {t: MetricAccumulator() for t in self.thresholds}
+        self.signed: dict[float, list[float]] = {t: [] for t in self.thresholds}
+
+    def add(self, prob: np.ndarray, label: np.ndarray) -> None:
+        for t in self.thresholds:
             pred = binarize(prob, t)
-            every[t].add(pred, label)
+            self.every[t].add(pred, label)
             if label.any():
-                nodule[t].add(pred, label)
+                self.nodule[t].add(pred, label)
                 d = signed_surface_distance(pred, label)
                 if d is not None:
-                    signed[t].append(d)
-    rows = []
-    for t in thresholds:
-        a, n = every[t].result(), nodule[t].result()
-        rows.append({"threshold": t, "dice": a["dice"], "pooled_dice": a["pooled_dice"],
-                     "precision": n["precision"], "recall": n["recall"], "signed_sd": _mean(signed[t])})
-    return rows
+                    self.signed[t].append(d)
+
+    def result(self) -> list[dict[str, Any]]:
+        rows = []
+        for t in self.thresholds:
+            a, n = self.every[t].result(), self.nodule[t].result()
+            rows.append({"threshold": t, "dice": a["dice"], "pooled_dice": a["pooled_dice"],
+                         "precision": n["precision"], "recall": n["recall"], "signed_sd": _mean(self.signed[t])})
+        return rows
+
+
+def threshold_sweep(pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+                    thresholds: Sequence[float] = SWEEP) -> list[dict[str, Any]]:
+    """:class:`ThresholdSweep` of ``pairs``."""
+    sweep = ThresholdSweep(thresholds)
+    for prob, label in pairs:
+        sweep.add(prob, label)
+    return sweep.result()
 
 
 def calibrated_threshold(val_rows: Sequence[dict[str, Any]], max_bias: float = 0.3) -> float:
@@ -182,26 +201,34 @@ def calibrated_threshold(val_rows: Sequence[dict[str, Any]], max_bias: float = 0
     return float(best["threshold"])
 
 
-def calibrated_quality(model: TrainedModel, split: dict[str, Sequence[int]]) -> dict[str, Any]:
-    """Threshold sweeps of validation and test, the threshold :func:`calibrated_threshold` picks on
-    validation, and both subsets' figures at it."""
-    def sweep(subsets: Sequence[int]) -> list[dict[str, Any]]:
-        cfg = model.config
-        batch = cfg.data.val_batch_size or cfg.data.batch_size
-        return threshold_sweep(iter_predictions(model, eval_dataset(cfg, subsets), batch_size=batch))
-
-    val, test = sweep(split["val"]), sweep(split["test"])
+def calibrated_quality(val: Sequence[dict[str, Any]], test: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The threshold :func:`calibrated_threshold` picks on the validation sweep, both sweeps' rows at it,
+    and the sweeps."""
     thr = calibrated_threshold(val)
     pick = lambda rows: next(r for r in rows if r["threshold"] == thr)  # noqa: E731
-    return {"threshold": thr, "val": pick(val), "test": pick(test), "val_sweep": val, "test_sweep": test}
+    return {"threshold": thr, "val": pick(val), "test": pick(test), "val_sweep": list(val), "test_sweep": list(test)}
 
 
-def patch_quality(run_dir: Path, model: TrainedModel, subsets: Sequence[int], spacing_mm: float) -> dict[str, Any]:
-    """evaluate_run's raw figures of ``subsets`` plus the nodule-patch metrics under ``"nodule_patches"``."""
-    res = evaluate_run(run_dir, subsets=subsets, device=model.device)
+def patch_quality(model: TrainedModel, subsets: Sequence[int], spacing_mm: float, sweep: bool = False,
+                  store: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """One inference pass over the patches of ``subsets`` (raw, no TTA): the figures of
+    :func:`~luna_train.evaluation.patch_eval.evaluate_run` at the run's threshold, the nodule-patch
+    metrics under ``"nodule_patches"``, and with ``sweep`` the :class:`ThresholdSweep` rows."""
+    cfg, thr = model.config, float(model.config.train.threshold)
+    raw, nodule = MetricAccumulator(), NodulePatchScore(spacing_mm * model.voxel_mm)
+    rows = ThresholdSweep() if sweep else None
+    dataset = eval_dataset(cfg, subsets, store)
+    for prob, label in iter_predictions(model, dataset, batch_size=cfg.data.val_batch_size or cfg.data.batch_size,
+                                        num_workers=cfg.data.num_workers):
+        pred = binarize(prob, thr)
+        raw.add(pred, label)
+        nodule.add(pred, label)
+        if rows is not None:
+            rows.add(prob, label)
+    res = raw.result()
     keep = ("n_patches", "n_foreground", "dice", "pooled_dice", "precision", "recall")
-    return {"subsets": list(subsets), **{k: res[k] for k in keep},
-            "nodule_patches": nodule_patch_metrics(model, subsets, spacing_mm)}
+    return ({"subsets": list(subsets), **{k: res[k] for k in keep}, "nodule_patches": nodule.result()},
+            None if rows is None else rows.result())
 
 
 def detection_quality(model: TrainedModel, store: str, subsets: Sequence[int], annotations: str,
@@ -238,12 +265,12 @@ def measure(cfg: TrainConfig, run_dir: Path, annotations: str | None, detect: bo
         "run_seconds": summary["seconds"], "steps": summary["steps"], "epochs_run": summary["epochs_run"],
         "best_epoch": summary["best_epoch"], "parameters": summary["parameters"], "seed": cfg.train.seed,
         "val_dice_curve": [None if math.isnan(v) else round(float(v), 4) for v in history["val_dice"]],
-        "val": patch_quality(run_dir, model, split["val"], spacing),
-        "test": patch_quality(run_dir, model, split["test"], spacing),
         "run_dir": str(run_dir),
     }
+    result["val"], val_sweep = patch_quality(model, split["val"], spacing, calibrate)
+    result["test"], test_sweep = patch_quality(model, split["test"], spacing, calibrate)
     if calibrate:
-        result["calibrated"] = calibrated_quality(model, split)
+        result["calibrated"] = calibrated_quality(val_sweep, test_sweep)
     if detect and annotations:
         result["detection"] = detection_quality(model, cfg.data.dataset, split["test"], annotations)
     return result

@@ -71,3 +71,29 @@ def test_calibrated_threshold_takes_the_best_dice_within_the_bias_and_else_the_s
     assert q.calibrated_threshold(biased) == 0.9
     with pytest.raises(ValueError, match="no threshold"):
         q.calibrated_threshold([{"threshold": 0.5, "dice": None, "signed_sd": None}])
+
+
+def test_one_pass_gives_evaluate_runs_figures_and_the_sweep(tiny_run):
+    """patch_quality takes every figure from one inference pass: the raw figures equal evaluate_run's, the sweep
+    equals threshold_sweep over the predictions, and the nodule-patch precision / recall / signed distance
+    equal the sweep's row at the run's threshold (both pool the patches holding a nodule)."""
+    from luna_train.evaluation.patch_eval import eval_dataset, evaluate_run, iter_predictions
+    from luna_train.inference.trained_model import load_trained_model
+
+    q = _quality()
+    run_dir, store = tiny_run
+    model = load_trained_model(run_dir)
+    res, rows = q.patch_quality(model, [9], 1.0, sweep=True, store=store)
+    ref = evaluate_run(run_dir, dataset=store, subsets=[9])
+    assert res["n_foreground"] > 0
+    for key in ("n_patches", "n_foreground", "dice", "pooled_dice", "precision", "recall"):
+        assert res[key] == ref[key], key
+    cfg = model.config
+    pairs = iter_predictions(model, eval_dataset(cfg, [9], store), batch_size=4)
+    assert rows == q.threshold_sweep(pairs)
+    at_run = next(r for r in rows if r["threshold"] == cfg.train.threshold)
+    nodule = res["nodule_patches"]
+    assert nodule["n_patches"] == res["n_foreground"]
+    assert (nodule["precision"], nodule["recall"]) == (at_run["precision"], at_run["recall"])
+    assert nodule["mean_signed_surface_distance_voxels"] == at_run["signed_sd"]
+    assert q.patch_quality(model, [9], 1.0, store=store)[1] is None
