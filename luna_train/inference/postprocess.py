@@ -80,12 +80,7 @@ def closing(mask: np.ndarray, radius: int) -> np.ndarray:
 
 def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
     """``mask`` without its connected components of fewer than ``min_size`` voxels."""
-    if min_size <= 1:
-        return mask
-    labels, _ = ndimage.label(mask, structure=_structure(mask.ndim))
-    big = np.bincount(labels.ravel()) >= min_size
-    big[0] = False
-    return big[labels]
+    return _sized_masks(mask, [min_size])[0]
 
 
 def _check(prob: np.ndarray, within: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -157,7 +152,8 @@ class _TuningPatch:
 
 
 def _sized_masks(mask: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
-    """:func:`remove_small` of ``mask`` for each of ``sizes``, labelling the components once."""
+    """``mask`` without its components of fewer than ``sizes[i]`` voxels, for each i, labelling the
+    components once (``sizes[i] <= 1`` keeps ``mask`` as it is)."""
     if all(s <= 1 for s in sizes):
         return [mask] * len(sizes)
     labels, _ = ndimage.label(mask, structure=_structure(mask.ndim))
