@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 import fsspec
 import fsspec.implementations.local
+import numpy as np
 
 from luna_prep.errors import LunaError
 
@@ -60,6 +61,7 @@ class StoreLocation:
         self._real_root = os.path.realpath(self.root) if self._local else ""
         self._fds: OrderedDict[str, int] = OrderedDict()  # open local files, for pread
         self._checked: set[str] = set()  # local paths whose real path was found inside the store
+        self._scratch = np.empty(0, dtype=np.uint8)  # read_range_into's buffer
 
     def __del__(self):
         for fd in getattr(self, "_fds", {}).values():
@@ -82,12 +84,13 @@ class StoreLocation:
         return path
 
     def _fd(self, path: str) -> int:
-        """A cached read-only descriptor (at most 64 open): local ranged reads skip open() and fsspec."""
+        """A cached read-only descriptor (at most 256 open: a scale's image and mask shards of a 30-scan store
+        are 216 files): local ranged reads skip open() and fsspec."""
         fd = self._fds.get(path)
         if fd is None:
             fd = os.open(self._inside(path), os.O_RDONLY)
             self._fds[path] = fd
-            if len(self._fds) > 64:
+            if len(self._fds) > 256:
                 os.close(self._fds.popitem(last=False)[1])
         else:
             self._fds.move_to_end(path)
@@ -135,6 +138,20 @@ class StoreLocation:
             start = max(0, size + start) if start < 0 else start
             stop = size if stop is None else stop
         return os.pread(fd, stop - start, start)
+
+    @property
+    def is_local(self) -> bool:
+        """A folder on this machine: ranged reads are ``pread`` calls, with nothing to gain from batching them."""
+        return self._local
+
+    def read_range_into(self, rel: str, start: int, stop: int) -> memoryview:
+        """Bytes [start, stop) of a local file, read into this location's scratch buffer (valid until the next
+        call; shorter where the file ends first). A fresh ``bytes`` per patch cost a third of the read."""
+        if self._scratch.nbytes < stop - start:
+            self._scratch = np.empty(max(stop - start, 2 * self._scratch.nbytes), dtype=np.uint8)
+        view = memoryview(self._scratch)[:stop - start]
+        got = os.preadv(self._fd(self._path(rel)), [view], start)
+        return view[:got]
 
     def local_size(self, rel: str) -> int | None:
         """The size of a local file from its cached descriptor (free after a ranged read), None elsewhere."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from luna_prep.format.codecs import decode_into, parse_codecs
 from luna_prep.format.location import StoreLocation
-from luna_prep.format.shard_layout import INDEX_CODECS, ShardIndex, shard_key
+from luna_prep.format.shard_layout import EMPTY, INDEX_CODECS, ShardIndex, shard_key
 from luna_prep.format.spec import FormatError
 
 ALLOWED_DTYPES = ("uint8", "float16")
@@ -39,11 +39,16 @@ def read_many(arrays: list[ShardedPatchArray], rows: list[int],
     plans = [a.requests(rows) for a in arrays]
     wanted = [(j, k, req) for j, plan in enumerate(plans) for k, req in enumerate(plan) if req is not None]
     location = arrays[0].location
-    blobs = location.read_ranges([r[0] for _, _, r in wanted], [r[1] for _, _, r in wanted],
-                                 [r[2] for _, _, r in wanted]) if wanted else []
     got = [[None] * len(rows) for _ in arrays]
-    for (j, k, (_, start, stop)), blob in zip(wanted, blobs):
-        got[j][k] = arrays[j].decode(_ok(blob), rows[k], stop - start, None if out is None else out[j][k])
+    if location.is_local:  # read each chunk into one reused buffer and decode it while it is in cache
+        for j, k, (key, start, stop) in wanted:
+            blob = location.read_range_into(key, start, stop)
+            got[j][k] = arrays[j].decode(blob, rows[k], stop - start, None if out is None else out[j][k])
+    else:
+        blobs = location.read_ranges([r[0] for _, _, r in wanted], [r[1] for _, _, r in wanted],
+                                     [r[2] for _, _, r in wanted]) if wanted else []
+        for (j, k, (_, start, stop)), blob in zip(wanted, blobs):
+            got[j][k] = arrays[j].decode(_ok(blob), rows[k], stop - start, None if out is None else out[j][k])
     for j, a in enumerate(arrays):
         for k, v in enumerate(got[j]):
             if v is None and out is not None:
@@ -90,6 +95,7 @@ class ShardedPatchArray:
         if encoding.get("name", "default") != "default" or self._key_sep != "/":
             raise FormatError(f"{where}: chunk key encoding {encoding}; the format's is zarr's default with '/'")
         self._indexes: dict[int, np.ndarray | None] = {}  # shard -> (offset, nbytes) per chunk; None: no file
+        self._shard_requests: dict[int, list] = {}  # shard -> requests() of each of its rows, from its index
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -119,7 +125,7 @@ class ShardedPatchArray:
 
     def prefetch_indexes(self, rows) -> None:
         """Fetch the indexes of the shards holding ``rows`` that are not cached yet, in one batch."""
-        missing = sorted({int(r) // self.shard_len for r in rows} - set(self._indexes))
+        missing = sorted(k for k in {int(r) // self.shard_len for r in rows} if k not in self._indexes)
         if not missing:
             return
         blobs = self.location.read_ranges([self.shard_key(k) for k in missing], [-self.layout.nbytes] * len(missing),
@@ -133,10 +139,20 @@ class ShardedPatchArray:
         out = []
         for i in rows:
             shard, within = divmod(int(i), self.shard_len)
-            index = self._index(shard)
-            span = None if index is None else self.layout.span(index, within)
-            out.append(None if span is None else (self.shard_key(shard), *span))
+            shard_requests = self._shard_requests.get(shard)
+            if shard_requests is None:
+                shard_requests = self._shard_requests[shard] = self._requests_of(shard)
+            out.append(shard_requests[within])
         return out
+
+    def _requests_of(self, shard: int) -> list[tuple[str, int, int] | None]:
+        """(shard key, start, stop) of each row of a shard, None where not stored: its index as Python values,
+        converted once (a per-row lookup into the numpy index took an eighth of the loader's time)."""
+        index = self._index(shard)
+        if index is None:
+            return [None] * self.shard_len
+        key, empty = self.shard_key(shard), int(EMPTY)
+        return [None if offset == empty else (key, offset, offset + nbytes) for offset, nbytes in index.tolist()]
 
     def empty(self) -> np.ndarray:
         return np.full(self.shape[1:], self.fill_value, dtype=self.dtype.newbyteorder("="))

@@ -14,6 +14,7 @@ import torch
 from luna_prep.format.reader import PatchStore
 from luna_prep.format.spec import UINT8_FULL_SCALE, decode_image
 from luna_prep.sharing.cards import open_dataset
+from luna_train.data.batch_memory import BatchMemory, shared_tensor
 
 
 def _axis_coords(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -103,6 +104,7 @@ class PatchDataset(torch.utils.data.Dataset):
         if self.train_size is None and len(np.unique(self.scales)) > 1:
             raise ValueError(f"rows mix scales {sorted(set(self.scales.tolist()))}; set train_size to resize them")
         self.transform = transform
+        self._memory = BatchMemory()  # the arrays stored batches are decoded into
         self._reader: PatchStore | None = None
         self._pid: int | None = None
 
@@ -152,12 +154,8 @@ class PatchDataset(torch.utils.data.Dataset):
         """Stored patches of one scale, decoded straight into the batch's arrays (in shared memory inside
         a DataLoader worker, so the batch crosses to the main process without a copy)."""
         reader = self._open()
-        in_worker = torch.utils.data.get_worker_info() is not None
-        arrays = []
-        for dtype in reader.stored_dtypes(scale):
-            array = torch.from_numpy(np.empty((len(positions), 1, scale, scale, scale), dtype=dtype))
-            arrays.append(array.share_memory_() if in_worker else array)
-        image, label = arrays
+        image, label = (self._memory.tensor((len(positions), 1, scale, scale, scale), dtype)
+                        for dtype in reader.stored_dtypes(scale))
         reader.read_stored_many(scale, [int(self.indices[p]) for p in positions],
                                 out=(image.numpy()[:, 0], label.numpy()[:, 0]))
         return BatchItems({"image": image, "label": label, "position": torch.as_tensor(positions),
@@ -244,9 +242,8 @@ def collate_patches(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not isinstance(first, torch.Tensor):
             batch[key] = torch.as_tensor([item[key] for item in items])
             continue
-        out = torch.empty((len(items), *first.shape), dtype=first.dtype)
-        if in_worker:
-            out.share_memory_()
+        shape = (len(items), *first.shape)
+        out = shared_tensor(shape, first.dtype) if in_worker else torch.empty(shape, dtype=first.dtype)
         np.stack([item[key].numpy() for item in items], out=out.numpy())
         batch[key] = out
     return batch

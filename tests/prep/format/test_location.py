@@ -70,3 +70,15 @@ def test_local_listing_gives_every_file_and_its_size(tmp_path):
     assert files == expected
     assert files["alias.parquet"] == (Path(root) / "manifest.parquet").stat().st_size
     assert sum(k.startswith("patches/16/image/") for k in files) >= 1
+
+
+def test_ranged_reads_into_the_scratch_buffer_are_the_file_bytes(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(data)
+    loc = StoreLocation.open(tmp_path)
+    assert loc.is_local
+    for start, stop in [(10, 20), (0, 50_000), (1_000, 99_000), (99_990, 100_000), (5, 6)]:  # the buffer grows once
+        assert bytes(loc.read_range_into("f.bin", start, stop)) == data[start:stop]
+    assert bytes(loc.read_range_into("f.bin", 99_000, 101_000)) == data[99_000:]  # short where the file ends
+    with pytest.raises(FileNotFoundError):
+        loc.read_range_into("missing.bin", 0, 10)

@@ -159,3 +159,39 @@ def test_every_allowed_compressor_decodes_and_refuses_a_bomb(name, codec):
         decode_into(chain, bomb, out, "a/c/0/0/0/0 (row 0)")
     with pytest.raises(FormatError, match=r"codecs \['bytes', 'numcodecs.pickle', 'crc32c'\] are not allowed"):
         parse_codecs([{"name": "bytes"}, {"name": "numcodecs.pickle"}, {"name": "crc32c"}], "a")
+
+
+def test_blosc_decodes_on_the_calling_thread_and_leaves_numcodecs_switch_as_it_was(monkeypatch):
+    from numcodecs import blosc
+
+    seen = []
+    real = blosc.decompress
+    monkeypatch.setattr(blosc, "decompress", lambda data, out: (seen.append(blosc.use_threads), real(data, out)))
+    monkeypatch.setattr(blosc, "use_threads", True)
+    chain = parse_codecs([{"name": "bytes"}, {"name": "blosc"}, {"name": "crc32c"}], "a", require_checksum=True)
+    patch = np.random.default_rng(1).integers(0, 200, (32, 32, 32), dtype=np.uint8)
+    out = np.empty_like(patch)
+    decode_into(chain, bytes(numcodecs.CRC32C().encode(numcodecs.Blosc().encode(patch))), out, "a")
+    assert np.array_equal(out, patch)
+    assert seen == [False]  # Blosc's own threads off while decoding (readers are parallel across processes)
+    assert blosc.use_threads is True  # the caller's setting is back
+
+
+def test_requests_are_the_shard_index_spans_including_rows_never_written(store):
+    from luna_prep.format.shard_layout import EMPTY
+
+    for name in ("image", "mask"):
+        array = PatchStore(store).patches(16, name)
+        rows = list(range(len(array)))
+        expected = []
+        for row in rows:
+            shard, within = divmod(row, array.shard_len)
+            path = Path(store, array.shard_key(shard))
+            if not path.exists():
+                expected.append(None)
+                continue
+            offset, nbytes = LAYOUT.decode(path.read_bytes())[within]
+            expected.append(None if offset == EMPTY else (array.shard_key(shard), int(offset), int(offset + nbytes)))
+        assert array.requests(rows[::-1]) == expected[::-1]
+        assert array.requests(rows) == expected  # the second time from the cached per-shard lists
+    assert any(r is None for r in PatchStore(store).patches(16, "mask").requests(rows))  # empty masks are not stored
