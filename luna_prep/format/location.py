@@ -62,6 +62,7 @@ class StoreLocation:
         self._fds: OrderedDict[str, int] = OrderedDict()  # open local files, for pread
         self._checked: set[str] = set()  # local paths whose real path was found inside the store
         self._scratch = np.empty(0, dtype=np.uint8)  # read_range_into's buffer
+        self._paths: dict[str, str] = {}  # relative path -> checked full path
 
     def __del__(self):
         for fd in getattr(self, "_fds", {}).values():
@@ -113,8 +114,12 @@ class StoreLocation:
         return cls(fsspec.filesystem("file"), str(path.resolve()), loc)
 
     def _path(self, rel: str) -> str:
-        rel = safe_relpath(rel, self.display)
-        return f"{self.root}/{rel}" if self.root else rel
+        """The full path of ``rel``, checked by :func:`safe_relpath` once per path (a loader asks per patch)."""
+        path = self._paths.get(rel)
+        if path is None:
+            safe = safe_relpath(rel, self.display)
+            path = self._paths[rel] = f"{self.root}/{safe}" if self.root else safe
+        return path
 
     def read(self, rel: str) -> bytes:
         path = self._path(rel)
