@@ -14,6 +14,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from luna_prep.files import atomic_path, write_bytes_atomic
+from luna_prep.format.codecs import blosc_on_this_thread
 from luna_prep.format.shard_layout import ShardIndex, shard_key, shard_prefix
 from luna_prep.format.spec import (
     IMAGE_ARRAY,
@@ -103,8 +104,9 @@ def write_shard(root: str | Path, path: str, start: int, patches: np.ndarray, cf
     codec = numcodecs.Blosc(cname=cfg.codec, clevel=cfg.clevel, blocksize=0,
                             shuffle=(numcodecs.Blosc.BITSHUFFLE if patches.dtype.itemsize == 1
                                      else numcodecs.Blosc.SHUFFLE))
-    chunks = [bytes(_CRC.encode(codec.encode(np.ascontiguousarray(p, dtype=p.dtype.newbyteorder("<")))))
-              if p.any() else None for p in patches]
+    with blosc_on_this_thread():
+        chunks = [bytes(_CRC.encode(codec.encode(np.ascontiguousarray(p, dtype=p.dtype.newbyteorder("<")))))
+                  if p.any() else None for p in patches]
     parts = layout.pack(chunks)
     target = Path(root) / shard_key(path, start // layout.n_chunks)
     if not parts:

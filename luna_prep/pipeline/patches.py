@@ -13,13 +13,18 @@ def patch_bounds(centre_zyx, size: int) -> tuple[np.ndarray, np.ndarray]:
     return lo, lo + size
 
 
-def extract_patch(volume: np.ndarray, centre_zyx, size: int, pad_value: float = 0.0) -> np.ndarray:
-    """The ``size``^3 patch around ``centre_zyx``; voxels beyond the volume's edge are ``pad_value``."""
+def extract_patch(volume: np.ndarray, centre_zyx, size: int, pad_value: float = 0.0,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """The ``size``^3 patch around ``centre_zyx``; voxels beyond the volume's edge are ``pad_value``.
+    With ``out`` (``size``^3, the volume's dtype), written there."""
     lo, hi = patch_bounds(centre_zyx, size)
     shape = np.asarray(volume.shape)
     src_lo = np.maximum(lo, 0)
     src_hi = np.minimum(hi, shape)
-    out = np.full((size, size, size), pad_value, dtype=volume.dtype)
+    if out is None:
+        out = np.empty((size, size, size), dtype=volume.dtype)
+    if np.any(src_lo != lo) or np.any(src_hi != hi):  # reaches beyond the volume: padded
+        out.fill(pad_value)
     if np.any(src_hi <= src_lo):
         return out
     dst_lo = src_lo - lo
@@ -30,8 +35,10 @@ def extract_patch(volume: np.ndarray, centre_zyx, size: int, pad_value: float = 
     return out
 
 
-def nodule_mask(centre_zyx, size: int, nodules: list[Nodule]) -> tuple[np.ndarray, set[str]]:
-    """uint8 mask of the patch: the union of every nodule that reaches into it, and their sources.
+def nodule_mask(centre_zyx, size: int, nodules: list[Nodule],
+                out: np.ndarray | None = None) -> tuple[np.ndarray, set[str]]:
+    """uint8 mask of the patch: the union of every nodule that reaches into it (written into ``out`` when
+    given, ``size``^3 uint8), and their sources.
 
     A sphere nodule covers the voxels whose centres lie within its radius of its (continuous)
     centre; a nodule with its own ``mask`` (LIDC readers' consensus) covers exactly that mask.
@@ -49,14 +56,20 @@ def nodule_mask(centre_zyx, size: int, nodules: list[Nodule]) -> tuple[np.ndarra
         r = nod.radius_vox
         if np.any(rel + r < 0) or np.any(rel - r > size - 1):
             continue
-        dz2 = (axis - rel[0])[:, None, None] ** 2
-        dy2 = (axis - rel[1])[None, :, None] ** 2
-        dx2 = (axis - rel[2])[None, None, :] ** 2
+        # only the ball's bounding box: a voxel outside it is beyond r along one axis already
+        b_lo = np.clip(np.floor(rel - r).astype(int), 0, size)
+        b_hi = np.clip(np.ceil(rel + r).astype(int) + 1, 0, size)
+        dz2 = (axis[b_lo[0]:b_hi[0]] - rel[0])[:, None, None] ** 2
+        dy2 = (axis[b_lo[1]:b_hi[1]] - rel[1])[None, :, None] ** 2
+        dx2 = (axis[b_lo[2]:b_hi[2]] - rel[2])[None, None, :] ** 2
         ball = (dz2 + dy2 + dx2) <= r * r
         if ball.any():
-            mask |= ball
+            mask[b_lo[0]:b_hi[0], b_lo[1]:b_hi[1], b_lo[2]:b_hi[2]] |= ball
             sources.add(nod.source)
-    return mask.astype(np.uint8), sources
+    if out is None:
+        return mask.astype(np.uint8), sources
+    np.copyto(out, mask)
+    return out, sources
 
 
 def _paste(target: np.ndarray, src: np.ndarray, offset_zyx: np.ndarray) -> bool:

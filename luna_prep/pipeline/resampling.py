@@ -50,6 +50,13 @@ def isotropic_grid(geometry: ScanGeometry, spacing: float) -> ScanGeometry:
 
 def resample_isotropic(image: sitk.Image, spacing: float, fill_hu: float = AIR_HU) -> ResampledVolume:
     """Linearly resample ``image`` (HU) onto :func:`isotropic_grid`; outside the scan is ``fill_hu``."""
+    out, grid = resample_image(image, spacing, fill_hu)
+    return ResampledVolume(array=sitk.GetArrayFromImage(out), geometry=grid)
+
+
+def resample_image(image: sitk.Image, spacing: float, fill_hu: float = AIR_HU) -> tuple[sitk.Image, ScanGeometry]:
+    """:func:`resample_isotropic` as a float32 SimpleITK image and its grid, for callers that read it
+    through ``sitk.GetArrayViewFromImage`` (no copy; the image must outlive the view)."""
     grid = isotropic_grid(ScanGeometry.from_image(image), spacing)
     resampler = sitk.ResampleImageFilter()
     resampler.SetOutputOrigin(grid.origin)
@@ -59,8 +66,7 @@ def resample_isotropic(image: sitk.Image, spacing: float, fill_hu: float = AIR_H
     resampler.SetInterpolator(sitk.sitkLinear)
     resampler.SetDefaultPixelValue(float(fill_hu))
     resampler.SetOutputPixelType(sitk.sitkFloat32)
-    out = resampler.Execute(image)
-    return ResampledVolume(array=sitk.GetArrayFromImage(out), geometry=grid)
+    return resampler.Execute(image), grid
 
 
 def encode_hu(hu: np.ndarray, window: tuple[float, float], image_dtype: str, slab: int = 16) -> np.ndarray:

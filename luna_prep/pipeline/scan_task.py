@@ -102,13 +102,18 @@ def _centres(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules: list[N
 def _write_patches(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules, centres) -> list[dict]:
     rows = []
     step = job.storage.shard_patches
+    # one shard's patches at a time, cut straight into arrays reused from shard to shard
+    blocks = {s: (np.empty((step, s, s, s), vol.array.dtype), np.empty((step, s, s, s), np.uint8))
+              for s in job.sampling.scales}
     for block in range(0, len(centres), step):
         part = centres[block:block + step]
         start = plan.first_index + block
         for s in job.sampling.scales:
-            images = np.stack([extract_patch(vol.array, c.centre_zyx, s) for c in part])
-            drawn = [nodule_mask(np.asarray(c.centre_zyx), s, nodules) for c in part]
-            masks = np.stack([m for m, _ in drawn])
+            images, masks = (b[:len(part)] for b in blocks[s])
+            drawn = []
+            for k, c in enumerate(part):
+                extract_patch(vol.array, c.centre_zyx, s, out=images[k])
+                drawn.append(nodule_mask(np.asarray(c.centre_zyx), s, nodules, out=masks[k]))
             write_rows(job.store, s, start, images, masks, job.storage)
             fg = masks.reshape(len(part), -1).sum(axis=1)
             for k, c in enumerate(part):

@@ -63,3 +63,30 @@ def test_phantom_gas_is_not_lung_but_the_lungs_are(phantom):
         parenchyma = (smooth > -900) & (smooth < -750) & np.isin(labels, order)  # lung-like air inside the body
         assert (up & parenchyma).sum() >= 0.95 * parenchyma.sum(), s.seriesuid
         assert up.sum() * vol.spacing ** 3 > 100_000  # two lungs, > 100 ml
+
+
+def test_holes_filled_per_slice_at_once_equal_binary_fill_holes_slice_by_slice():
+
+    from luna_prep.pipeline.lungmask import fill_holes_per_slice
+
+    rng = np.random.default_rng(0)
+    for density in (0.3, 0.5, 0.7):
+        mask = ndimage.binary_opening(rng.random((6, 40, 37)) < density)
+        mask[2, 5:15, 5:15] = True
+        mask[2, 8:12, 8:12] = False  # a hole in one slice, open to the slices above and below
+        filled = fill_holes_per_slice(mask)
+        expected = np.stack([ndimage.binary_fill_holes(s) for s in mask])
+        assert np.array_equal(filled, expected)
+        assert filled[2, 8:12, 8:12].all()
+    assert np.array_equal(fill_holes_per_slice(np.ones((2, 4, 4), bool)), np.ones((2, 4, 4), bool))
+
+
+def test_closing_by_max_and_min_filters_equals_binary_closing():
+    from luna_prep.pipeline.lungmask import close_by_cube
+
+    rng = np.random.default_rng(1)
+    for density in (0.05, 0.3, 0.6):
+        mask = rng.random((12, 30, 25)) < density
+        mask[0, 0, 0] = mask[-1, -1, -1] = True  # at the border, where border_value=0 erodes
+        expected = ndimage.binary_closing(mask, structure=np.ones((3, 3, 3), bool), iterations=2, border_value=0)
+        assert np.array_equal(close_by_cube(mask), expected)

@@ -24,6 +24,19 @@ def test_extract_patch_pads_with_air_beyond_the_edge():
     assert (extract_patch(vol, (100, 100, 100), 4) == 0).all()
 
 
+def test_patches_cut_into_a_reused_buffer_equal_fresh_ones():
+    """The build cuts each shard's patches into arrays it reuses: every voxel of a stale buffer is
+    overwritten, padding included; masks likewise."""
+    vol = np.arange(20 * 21 * 22, dtype=np.uint8).reshape(20, 21, 22)
+    nodules = [Nodule(0, np.array([10.0, 10.0, 10.0]), 3.0, 6.0)]
+    out, mask_out = np.full((6, 6, 6), 77, np.uint8), np.full((6, 6, 6), 9, np.uint8)
+    for centre in [(10, 10, 10), (0, 3, 21), (25, 25, 25), (19, 0, 5), (10, 12, 9)]:
+        assert np.array_equal(extract_patch(vol, centre, 6, out=out), extract_patch(vol, centre, 6))
+        got, sources = nodule_mask(np.asarray(centre), 6, nodules, out=mask_out)
+        want, want_sources = nodule_mask(np.asarray(centre), 6, nodules)
+        assert got is mask_out and np.array_equal(got, want) and sources == want_sources
+
+
 def test_sphere_mask_is_the_union_of_every_nodule_reaching_in():
     a = Nodule(0, np.array([10.0, 10.0, 10.0]), 3.0, 6.0)
     b = Nodule(1, np.array([10.0, 10.0, 17.5]), 2.0, 4.0)  # reaches in from beside the centred one
@@ -95,3 +108,17 @@ def test_nodule_mask_paints_a_given_mask_and_names_its_source():
     assert sources == {"lidc", "sphere"} and m.sum() == blob.sum() + 7
     _, sources = nodule_mask((40, 40, 40), 16, [lidc, sphere])
     assert sources == set()
+
+
+def test_sphere_masks_are_every_voxel_centre_within_the_radius():
+    """Brute force over the whole patch, for nodules inside, across and beyond its edges."""
+    rng = np.random.default_rng(3)
+    size = 24
+    grid = np.stack(np.meshgrid(*[np.arange(size)] * 3, indexing="ij"), axis=-1).astype(np.float64)
+    for _ in range(40):
+        centre = rng.uniform(-6, 36, 3)
+        radius = rng.uniform(0.4, 9.0)
+        nod = Nodule(0, centre, radius, 2 * radius)
+        got, _ = nodule_mask((12, 12, 12), size, [nod])  # patch voxel 0 = volume voxel 0
+        expected = ((grid - centre) ** 2).sum(axis=-1) <= radius * radius
+        assert np.array_equal(got.astype(bool), expected), (centre, radius)
