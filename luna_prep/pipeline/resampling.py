@@ -58,6 +58,30 @@ def resample_image(image: sitk.Image, spacing: float, fill_hu: float = AIR_HU) -
     """:func:`resample_isotropic` as a float32 SimpleITK image and its grid, for callers that read it
     through ``sitk.GetArrayViewFromImage`` (no copy; the image must outlive the view)."""
     grid = isotropic_grid(ScanGeometry.from_image(image), spacing)
+    return _resampler(grid, fill_hu).Execute(image), grid
+
+
+def resample_encoded(image: sitk.Image, spacing: float, hu_window: tuple[float, float], image_dtype: str,
+                     slab: int = 32, fill_hu: float = AIR_HU) -> ResampledVolume:
+    """:func:`resample_isotropic` then :func:`encode_hu`, ``slab`` output slices at a time: the float
+    volume never exists whole (0.34 GB for a 753x335x335 grid), and each slab is encoded from
+    SimpleITK's buffer while it is fresh. The values are the whole-volume path's (tested); on the
+    development VM a scan took 2.4-2.8 s instead of 2.9-3.0 s, and a worker's peak memory fell."""
+    grid = isotropic_grid(ScanGeometry.from_image(image), spacing)
+    nx, ny, nz = (int(v) for v in grid.size)
+    resampler = _resampler(grid, fill_hu)
+    out = np.empty((nz, ny, nx), dtype=np.dtype(image_dtype))
+    for z in range(0, nz, slab):
+        depth = min(slab, nz - z)
+        resampler.SetOutputOrigin((grid.origin[0], grid.origin[1], grid.origin[2] + z * grid.spacing[2]))
+        resampler.SetSize([nx, ny, depth])
+        part = resampler.Execute(image)  # kept alive while its view is read
+        out[z:z + depth] = encode_hu(sitk.GetArrayViewFromImage(part), hu_window, image_dtype)
+    return ResampledVolume(out, grid)
+
+
+def _resampler(grid: ScanGeometry, fill_hu: float) -> sitk.ResampleImageFilter:
+    """Linear resampling onto ``grid`` (float32 output; outside the scan ``fill_hu``)."""
     resampler = sitk.ResampleImageFilter()
     resampler.SetOutputOrigin(grid.origin)
     resampler.SetOutputSpacing(grid.spacing)
@@ -66,7 +90,7 @@ def resample_image(image: sitk.Image, spacing: float, fill_hu: float = AIR_HU) -
     resampler.SetInterpolator(sitk.sitkLinear)
     resampler.SetDefaultPixelValue(float(fill_hu))
     resampler.SetOutputPixelType(sitk.sitkFloat32)
-    return resampler.Execute(image), grid
+    return resampler
 
 
 def encode_hu(hu: np.ndarray, window: tuple[float, float], image_dtype: str, slab: int = 16) -> np.ndarray:
