@@ -16,13 +16,11 @@ ones, and the shared allocation took 8.5 ms a batch array with ``share_memory_()
 from __future__ import annotations
 
 import os
-import sys
 import threading
+import weakref
 
 import numpy as np
 import torch
-
-_IN_USE_REFS = 3  # the pool's list, the loop variable and getrefcount's argument: nobody else's
 
 
 def shared_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -34,13 +32,16 @@ def shared_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 class BatchMemory:
     """Batch arrays for one dataset: shared memory in a worker, recycled arrays in the main process.
 
-    At most ``keep`` arrays are recycled; when all are in use (a consumer holding many batches) a
-    fresh array is returned and not kept. Thread-safe; a pickled copy starts empty.
+    Each kept array is handed out as a fresh numpy view of it, watched by a weak reference: torch keeps
+    that view alive for as long as any tensor of the batch (or a view of one) lives, so the array is
+    free exactly when the weak reference is dead. At most ``keep`` arrays are kept; when all are in use
+    (a consumer holding many batches) a fresh array is returned and not kept. Thread-safe; a pickled copy
+    starts empty.
     """
 
     def __init__(self, keep: int = 6):
         self.keep = int(keep)
-        self._arrays: list[np.ndarray] = []
+        self._slots: list[tuple[np.ndarray, weakref.ref | None]] = []  # (array, its view in use, if any)
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -55,18 +56,22 @@ class BatchMemory:
         dtype = np.dtype(dtype)
         if torch.utils.data.get_worker_info() is not None:
             return shared_tensor(shape, torch.from_numpy(np.empty(0, dtype)).dtype)
+        shape = tuple(int(n) for n in shape)
         with self._lock:
             if self._pid != os.getpid():  # a forked copy: the parent's arrays are not ours to reuse
-                self._arrays, self._pid = [], os.getpid()
-            for k in range(len(self._arrays)):  # not enumerate: its cached tuple would hold a reference
-                array = self._arrays[k]
-                if sys.getrefcount(array) > _IN_USE_REFS:
-                    continue
-                if array.shape == shape and array.dtype == dtype:
-                    return torch.from_numpy(array)
-                fresh = self._arrays[k] = np.empty(shape, dtype)  # a free array of another shape makes room
-                return torch.from_numpy(fresh)
-            fresh = np.empty(shape, dtype)
-            if len(self._arrays) < self.keep:
-                self._arrays.append(fresh)
-            return torch.from_numpy(fresh)
+                self._slots, self._pid = [], os.getpid()
+            free = [k for k, (_, in_use) in enumerate(self._slots) if in_use is None or in_use() is None]
+            fitting = [k for k in free if self._slots[k][0].shape == shape and self._slots[k][0].dtype == dtype]
+            if fitting:
+                k = fitting[0]
+            elif free:  # a free array of another shape makes room
+                k = free[0]
+                self._slots[k] = (np.empty(shape, dtype), None)
+            elif len(self._slots) < self.keep:
+                k = len(self._slots)
+                self._slots.append((np.empty(shape, dtype), None))
+            else:
+                return torch.from_numpy(np.empty(shape, dtype))
+            view = self._slots[k][0].view()
+            self._slots[k] = (self._slots[k][0], weakref.ref(view))
+            return torch.from_numpy(view)

@@ -30,7 +30,7 @@ def test_an_array_comes_back_only_after_every_view_of_it_is_gone():
     assert third.data_ptr() == address  # recycled once free
     fourth = memory.tensor(SHAPE, np.uint8)  # both kept arrays in use: a fresh one, not kept
     assert len({t.data_ptr() for t in (second, third, fourth)}) == 3
-    assert memory.tensor(SHAPE, np.float16).dtype == torch.float16 and len(memory._arrays) == 2
+    assert memory.tensor(SHAPE, np.float16).dtype == torch.float16 and len(memory._slots) == 2
 
 
 def test_a_free_array_of_another_shape_makes_room():
@@ -38,14 +38,14 @@ def test_a_free_array_of_another_shape_makes_room():
     small = memory.tensor(SHAPE, np.uint8)
     del small
     big = memory.tensor((2, 1, 16, 16, 16), np.uint8)
-    assert big.shape == (2, 1, 16, 16, 16) and memory._arrays[0].shape == big.shape
+    assert big.shape == (2, 1, 16, 16, 16) and memory._slots[0][0].shape == big.shape
 
 
 def test_a_pickled_memory_starts_empty():
     memory = BatchMemory(keep=3)
     kept = memory.tensor(SHAPE, np.uint8)
     copy = pickle.loads(pickle.dumps(memory))
-    assert copy.keep == 3 and copy._arrays == [] and kept.shape == SHAPE
+    assert copy.keep == 3 and copy._slots == [] and kept.shape == SHAPE
 
 
 def test_shared_tensor_is_allocated_in_shared_memory():
