@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import urlparse
@@ -53,6 +54,8 @@ def is_url(location: str) -> bool:
 class StoreLocation:
     """Files of one store: ``read``, ``read_range``, ``size`` and ``list_files`` by relative path."""
 
+    max_open_files = 256  # descriptors kept open per location (a scale's shards of a 30-scan store: 216 files)
+
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, display: str):
         self.fs = fs
         self.root = root.rstrip("/")
@@ -61,7 +64,8 @@ class StoreLocation:
         self._real_root = os.path.realpath(self.root) if self._local else ""
         self._fds: OrderedDict[str, int] = OrderedDict()  # open local files, for pread
         self._checked: set[str] = set()  # local paths whose real path was found inside the store
-        self._scratch = np.empty(0, dtype=np.uint8)  # read_range_into's buffer
+        self._thread = threading.local()  # read_range_into's buffer, one per thread
+        self._fd_lock = threading.Lock()  # a descriptor is not closed by one thread while another reads it
         self._paths: dict[str, str] = {}  # relative path -> checked full path
 
     def __del__(self):
@@ -85,13 +89,13 @@ class StoreLocation:
         return path
 
     def _fd(self, path: str) -> int:
-        """A cached read-only descriptor (at most 256 open: a scale's image and mask shards of a 30-scan store
-        are 216 files): local ranged reads skip open() and fsspec."""
+        """A cached read-only descriptor (at most ``max_open_files``; the caller holds ``_fd_lock``): local
+        ranged reads skip open() and fsspec."""
         fd = self._fds.get(path)
         if fd is None:
             fd = os.open(self._inside(path), os.O_RDONLY)
             self._fds[path] = fd
-            if len(self._fds) > 256:
+            if len(self._fds) > self.max_open_files:
                 os.close(self._fds.popitem(last=False)[1])
         else:
             self._fds.move_to_end(path)
@@ -137,12 +141,13 @@ class StoreLocation:
             except Exception as exc:  # noqa: BLE001 - only "range not satisfiable" is turned into bytes
                 blob = exc
             return _ok(self._checked_range(rel, start, stop, blob))
-        fd = self._fd(path)
-        if start < 0 or stop is None:
-            size = os.fstat(fd).st_size
-            start = max(0, size + start) if start < 0 else start
-            stop = size if stop is None else stop
-        return os.pread(fd, stop - start, start)
+        with self._fd_lock:
+            fd = self._fd(path)
+            if start < 0 or stop is None:
+                size = os.fstat(fd).st_size
+                start = max(0, size + start) if start < 0 else start
+                stop = size if stop is None else stop
+            return os.pread(fd, stop - start, start)
 
     @property
     def is_local(self) -> bool:
@@ -151,11 +156,16 @@ class StoreLocation:
 
     def read_range_into(self, rel: str, start: int, stop: int) -> memoryview:
         """Bytes [start, stop) of a local file, read into this location's scratch buffer (valid until the next
-        call; shorter where the file ends first). A fresh ``bytes`` per patch cost a third of the read."""
-        if self._scratch.nbytes < stop - start:
-            self._scratch = np.empty(max(stop - start, 2 * self._scratch.nbytes), dtype=np.uint8)
-        view = memoryview(self._scratch)[:stop - start]
-        got = os.preadv(self._fd(self._path(rel)), [view], start)
+        call in the same thread; shorter where the file ends first). A fresh ``bytes`` per patch cost a third
+        of the read."""
+        scratch = getattr(self._thread, "scratch", None)
+        if scratch is None or scratch.nbytes < stop - start:
+            scratch = self._thread.scratch = np.empty(max(stop - start, 0 if scratch is None else 2 * scratch.nbytes),
+                                                      dtype=np.uint8)
+        view = memoryview(scratch)[:stop - start]
+        path = self._path(rel)
+        with self._fd_lock:
+            got = os.preadv(self._fd(path), [view], start)
         return view[:got]
 
     def local_size(self, rel: str) -> int | None:
@@ -163,7 +173,9 @@ class StoreLocation:
         if not self._local:
             return None
         try:
-            return os.fstat(self._fd(self._path(rel))).st_size
+            path = self._path(rel)
+            with self._fd_lock:
+                return os.fstat(self._fd(path)).st_size
         except FileNotFoundError:
             return None
 

@@ -82,3 +82,21 @@ def test_ranged_reads_into_the_scratch_buffer_are_the_file_bytes(tmp_path):
     assert bytes(loc.read_range_into("f.bin", 99_000, 101_000)) == data[99_000:]  # short where the file ends
     with pytest.raises(FileNotFoundError):
         loc.read_range_into("missing.bin", 0, 10)
+
+
+def test_threads_reading_one_store_at_once_get_the_values_read_alone(tmp_path):
+    """Each thread reads into its own scratch buffer, and no thread closes a descriptor another is reading:
+    with 2 descriptors kept open, nearly every read evicts one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = write_tiny_store(tmp_path / "s.zarr", n_scans=2, samples_per_scan=8)
+    store = PatchStore(root)
+    rows = list(range(len(store.patches(16, "image"))))
+    images_alone, masks_alone = store.read_stored_many(16, rows)
+    store.location.max_open_files = 2
+    orders = [rows[k::3] + rows[:k:-1] for k in range(6)] * 4
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda order: store.read_stored_many(16, order), orders))
+    for order, (images, masks) in zip(orders, results):
+        for row, image, mask in zip(order, images, masks):
+            assert np.array_equal(image, images_alone[row]) and np.array_equal(mask, masks_alone[row])
