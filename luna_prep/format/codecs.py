@@ -134,7 +134,8 @@ def blosc_on_this_thread() -> Iterator[None]:
     process, each DataLoader worker, a build run with ``--workers 0``). Readers and builds are already
     parallel across processes, and on the development VM those threads made Blosc slower: decoding a
     64^3 patch 0.19 ms with one thread against 0.28 ms with them, encoding 0.41 against 0.66 ms. The
-    bytes are the same either way; a concurrent toggle by another thread changes only which runs.
+    bytes are the same either way: threads entering and leaving such blocks at once change only which
+    of the two runs, and may leave numcodecs' switch off.
     """
     previous = blosc.use_threads
     blosc.use_threads = False
