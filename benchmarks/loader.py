@@ -75,18 +75,10 @@ def cpu_decode_ms(store: str, rows) -> float:
 
 
 def chunk_bytes(store: PatchStore, indices: np.ndarray) -> list[tuple[bytes | None, bytes | None]]:
-    img, msk = store.patches(SCALE, IMAGE_ARRAY), store.patches(SCALE, MASK_ARRAY)
-    out = []
-    for i in indices:
-        pair = []
-        for arr in (img, msk):
-            shard, within = divmod(int(i), arr.shard_len)
-            index = arr._index(shard)  # None: no shard file (every mask in it was empty)
-            off, nb = (2**64 - 1, 0) if index is None else (int(v) for v in index[within])
-            empty = off == 2**64 - 1  # an all-zero mask is not stored at all
-            pair.append(None if empty else arr.location.read_range(arr.shard_key(shard), off, off + nb))
-        out.append(tuple(pair))
-    return out
+    """The stored image and mask chunk of each row (None: not stored, e.g. an empty mask)."""
+    arrays = [store.patches(SCALE, IMAGE_ARRAY), store.patches(SCALE, MASK_ARRAY)]
+    requests = [a.requests([int(i) for i in indices]) for a in arrays]
+    return [tuple(None if req is None else store.location.read_range(*req) for req in pair) for pair in zip(*requests)]
 
 
 def floor(blobs: list[tuple[bytes | None, bytes | None]], threads: bool | None = None) -> float:

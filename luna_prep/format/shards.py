@@ -40,15 +40,13 @@ def read_many(arrays: list[ShardedPatchArray], rows: list[int],
     wanted = [(j, k, req) for j, plan in enumerate(plans) for k, req in enumerate(plan) if req is not None]
     location = arrays[0].location
     got = [[None] * len(rows) for _ in arrays]
-    if location.is_local:  # read each chunk into one reused buffer and decode it while it is in cache
-        for j, k, (key, start, stop) in wanted:
-            blob = location.read_range_into(key, start, stop)
-            got[j][k] = arrays[j].decode(blob, rows[k], stop - start, None if out is None else out[j][k])
+    if location.is_local:  # each chunk read into one reused buffer as it is decoded, while it is in cache
+        blobs = (location.read_range_into(*req) for _, _, req in wanted)
     else:
-        blobs = location.read_ranges([r[0] for _, _, r in wanted], [r[1] for _, _, r in wanted],
-                                     [r[2] for _, _, r in wanted]) if wanted else []
-        for (j, k, (_, start, stop)), blob in zip(wanted, blobs):
-            got[j][k] = arrays[j].decode(_ok(blob), rows[k], stop - start, None if out is None else out[j][k])
+        blobs = map(_ok, location.read_ranges([r[0] for _, _, r in wanted], [r[1] for _, _, r in wanted],
+                                              [r[2] for _, _, r in wanted]) if wanted else [])
+    for (j, k, (_, start, stop)), blob in zip(wanted, blobs):
+        got[j][k] = arrays[j].decode(blob, rows[k], stop - start, None if out is None else out[j][k])
     for j, a in enumerate(arrays):
         for k, v in enumerate(got[j]):
             if v is None and out is not None:
@@ -136,23 +134,22 @@ class ShardedPatchArray:
     def requests(self, rows) -> list[tuple[str, int, int] | None]:
         """(shard key, start, stop) of each row's chunk, None for rows never written."""
         self.prefetch_indexes(rows)
-        out = []
-        for i in rows:
-            shard, within = divmod(int(i), self.shard_len)
-            shard_requests = self._shard_requests.get(shard)
-            if shard_requests is None:
-                shard_requests = self._shard_requests[shard] = self._requests_of(shard)
-            out.append(shard_requests[within])
-        return out
+        return [self._requests_of(shard)[within] for shard, within in (divmod(int(i), self.shard_len) for i in rows)]
 
     def _requests_of(self, shard: int) -> list[tuple[str, int, int] | None]:
         """(shard key, start, stop) of each row of a shard, None where not stored: its index as Python values,
-        converted once (a per-row lookup into the numpy index took an eighth of the loader's time)."""
-        index = self._index(shard)
-        if index is None:
-            return [None] * self.shard_len
-        key, empty = self.shard_key(shard), int(EMPTY)
-        return [None if offset == empty else (key, offset, offset + nbytes) for offset, nbytes in index.tolist()]
+        converted once and cached (a per-row lookup into the numpy index took an eighth of the loader's time)."""
+        cached = self._shard_requests.get(shard)
+        if cached is None:
+            index = self._index(shard)
+            if index is None:
+                cached = [None] * self.shard_len
+            else:
+                key, empty = self.shard_key(shard), int(EMPTY)
+                cached = [None if offset == empty else (key, offset, offset + nbytes)
+                          for offset, nbytes in index.tolist()]
+            self._shard_requests[shard] = cached
+        return cached
 
     def empty(self) -> np.ndarray:
         return np.full(self.shape[1:], self.fill_value, dtype=self.dtype.newbyteorder("="))
@@ -179,11 +176,11 @@ class ShardedPatchArray:
         if not 0 <= i < self.shape[0]:
             raise IndexError(f"{self.path}: row {i} outside 0..{self.shape[0] - 1}")
         shard, within = divmod(int(i), self.shard_len)
-        index = self._index(shard)
-        span = None if index is None else self.layout.span(index, within)
-        if span is None:
+        request = self._requests_of(shard)[within]
+        if request is None:
             return self.empty()
-        return self.decode(self.location.read_range(self.shard_key(shard), *span), i, span[1] - span[0])
+        key, start, stop = request
+        return self.decode(self.location.read_range(key, start, stop), i, stop - start)
 
     def read_shard(self, shard: int) -> dict[int, np.ndarray]:
         """Every written patch of one shard, from one whole-file read: {row: patch}."""
