@@ -62,6 +62,8 @@ class RangeRequestHandler(SimpleHTTPRequestHandler):
 
     log: RequestLog  # set by serve_directory through a subclass
     honour_ranges = True  # False: answer every GET with the whole file (200), as some servers do
+    fail_first = 0  # answer the first N GETs of every path with 503 (a transient failure to retry)
+    failures: dict  # path -> 503s sent so far
     protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
 
     def setup(self):
@@ -80,6 +82,15 @@ class RangeRequestHandler(SimpleHTTPRequestHandler):
         super().send_response(code, message)
 
     def do_GET(self):
+        if self.fail_first:
+            with self.log._lock:
+                sent = self.failures.get(self.path, 0)
+                self.failures[self.path] = sent + 1
+            if sent < self.fail_first:
+                self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
         header = self.headers.get("Range")
         path = self.translate_path(self.path)
         if not header or not self.honour_ranges or os.path.isdir(path) or not os.path.isfile(path):
@@ -122,14 +133,16 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def serve_directory(path: str | Path, ranges: bool = True):
+def serve_directory(path: str | Path, ranges: bool = True, fail_first: int = 0):
     """Serve ``path`` on 127.0.0.1 (a free port) in a background thread; yield ``(base_url, log)``.
-    ``ranges=False`` makes a server that ignores Range headers.
+    ``ranges=False`` makes a server that ignores Range headers; ``fail_first=N`` one that answers the first
+    N GETs of every path with 503.
 
     ``base_url`` has no trailing slash: ``f"{base_url}/zarr.json"`` is the folder's zarr.json.
     """
     log = RequestLog()
-    handler_cls = type("Handler", (RangeRequestHandler,), {"log": log, "honour_ranges": ranges})
+    handler_cls = type("Handler", (RangeRequestHandler,), {"log": log, "honour_ranges": ranges,
+                                                            "fail_first": fail_first, "failures": {}})
     server = _Server(("127.0.0.1", 0), partial(handler_cls, directory=str(path)))
     thread = threading.Thread(target=server.serve_forever, name="test-http-server", daemon=True)
     thread.start()

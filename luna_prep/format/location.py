@@ -19,6 +19,7 @@ import fsspec.implementations.local
 import numpy as np
 
 from luna_prep.errors import LunaError
+from luna_prep.format import http_ranges
 
 
 class UnsafePathError(LunaError, ValueError):
@@ -67,6 +68,9 @@ class StoreLocation:
         self._thread = threading.local()  # read_range_into's buffer, one per thread
         self._fd_lock = threading.Lock()  # a descriptor is not closed by one thread while another reads it
         self._paths: dict[str, str] = {}  # relative path -> checked full path
+        # HTTP(S) folders (not a .zip over HTTP) read through libcurl: half the CPU per request of fsspec's client
+        self._curl = (display.lower().startswith(("http://", "https://")) and not display.lower().endswith(".zip")
+                      and http_ranges.available())
 
     def __del__(self):
         for fd in getattr(self, "_fds", {}).values():
@@ -128,6 +132,8 @@ class StoreLocation:
     def read(self, rel: str) -> bytes:
         path = self._path(rel)
         try:
+            if self._curl:
+                return _ok(http_ranges.reader().get([path], [None], [None])[0])
             return self.fs.cat_file(self._inside(path) if self._local else path)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{self.display}: {rel} not found") from exc
@@ -135,6 +141,8 @@ class StoreLocation:
     def read_range(self, rel: str, start: int, stop: int | None) -> bytes:
         """Bytes [start, stop) of a file; negative ``start`` counts from the end."""
         path = self._path(rel)
+        if self._curl:
+            return _ok(self._checked_range(rel, start, stop, http_ranges.reader().get([path], [start], [stop])[0]))
         if not self._local:
             try:
                 blob = self.fs.cat_file(path, start=start, end=stop)
@@ -191,20 +199,38 @@ class StoreLocation:
                     out.append(exc)
             return out
         paths = [self._path(r) for r in rels]
-        blobs = self.fs.cat_ranges(paths, list(starts), list(stops), on_error="return")
+        if self._curl:
+            blobs = http_ranges.reader().get(paths, list(starts), list(stops))
+        else:
+            blobs = self.fs.cat_ranges(paths, list(starts), list(stops), on_error="return")
         return [self._checked_range(*args) for args in zip(rels, starts, stops, blobs)]
+
+    def each_range(self, rels: list[str], starts: list[int], stops: list[int]):
+        """``(position, bytes or exception)`` of the remote ranged reads of :meth:`read_ranges`, in the order
+        they arrive over HTTP(S) (a reader decodes one while the rest are in flight), else in order."""
+        if not self._curl:
+            yield from enumerate(self.read_ranges(rels, starts, stops))
+            return
+        arrivals = http_ranges.reader().each([self._path(r) for r in rels], list(starts), list(stops))
+        try:
+            for k, blob in arrivals:
+                yield k, self._checked_range(rels[k], starts[k], stops[k], blob)
+        finally:
+            arrivals.close()
 
     def _checked_range(self, rel: str, start: int, stop: int | None, blob):
         """``blob`` unless it is longer than the range asked for: a server that ignores Range sends
         the whole file with status 200, which would otherwise be decoded as if it were the range."""
+        asked = (stop - start) if stop is not None and start >= 0 else (-start if start < 0 and stop is None else None)
+        if isinstance(blob, http_ranges.ResponseTooLarge) or (not isinstance(blob, Exception) and asked is not None
+                                                               and len(blob) > asked):
+            sent = "more" if isinstance(blob, Exception) else f"{len(blob):,}"
+            raise RangeRequestIgnored(
+                f"{self.display}: the server ignored an HTTP Range request for {rel} (sent {sent} bytes for "
+                f"{asked:,}); serve the store from a server that supports Range requests, or download it first")
         if isinstance(blob, Exception):
             # a range wholly past the end (HTTP 416) holds no bytes, as a local read there returns none
             return b"" if getattr(blob, "status", None) == 416 else blob
-        asked = (stop - start) if stop is not None and start >= 0 else (-start if start < 0 and stop is None else None)
-        if asked is not None and len(blob) > asked:
-            raise RangeRequestIgnored(
-                f"{self.display}: the server ignored an HTTP Range request for {rel} (sent {len(blob):,} bytes for "
-                f"{asked:,}); serve the store from a server that supports Range requests, or download it first")
         return blob
 
     def exists(self, rel: str) -> bool:

@@ -11,6 +11,7 @@ checked before it is used (:meth:`ShardIndex.check`, :func:`~luna_prep.format.co
 from __future__ import annotations
 
 import json
+from contextlib import closing
 
 import numpy as np
 
@@ -41,12 +42,13 @@ def read_many(arrays: list[ShardedPatchArray], rows: list[int],
     location = arrays[0].location
     got = [[None] * len(rows) for _ in arrays]
     if location.is_local:  # each chunk read into one reused buffer as it is decoded, while it is in cache
-        blobs = (location.read_range_into(*req) for _, _, req in wanted)
+        blobs = ((i, location.read_range_into(*req)) for i, (_, _, req) in enumerate(wanted))
     else:
-        blobs = map(_ok, location.read_ranges([r[0] for _, _, r in wanted], [r[1] for _, _, r in wanted],
-                                              [r[2] for _, _, r in wanted]) if wanted else [])
-    for (j, k, (_, start, stop)), blob in zip(wanted, blobs):
-        got[j][k] = arrays[j].decode(blob, rows[k], stop - start, None if out is None else out[j][k])
+        blobs = _remote_chunks(location, [(arrays[j], req) for j, _, req in wanted])
+    with closing(blobs):
+        for i, blob in blobs:
+            j, k, (_, start, stop) = wanted[i]
+            got[j][k] = arrays[j].decode(_ok(blob), rows[k], stop - start, None if out is None else out[j][k])
     for j, a in enumerate(arrays):
         for k, v in enumerate(got[j]):
             if v is None and out is not None:
@@ -57,8 +59,36 @@ def read_many(arrays: list[ShardedPatchArray], rows: list[int],
     return got
 
 
+def _remote_chunks(location: StoreLocation, wanted: list[tuple[ShardedPatchArray, tuple[str, int, int]]]):
+    """``(position, chunk bytes)`` of each ``(array, request)``: first those of small shards held whole, then
+    the rest as they arrive from one batch of concurrent ranged reads."""
+    fetch = []
+    for i, (array, request) in enumerate(wanted):
+        blob = array.held_chunk(*request)
+        if blob is None:
+            fetch.append(i)
+        else:
+            yield i, blob
+    if not fetch:
+        return
+    arrivals = location.each_range(*(list(r) for r in zip(*(wanted[i][1] for i in fetch))))
+    try:
+        for n, blob in arrivals:
+            yield fetch[n], blob
+    finally:
+        arrivals.close()
+
+
 class ShardedPatchArray:
-    """Read-only (N, s, s, s) array of a luna-patches store, one patch per inner chunk."""
+    """Read-only (N, s, s, s) array of a luna-patches store, one patch per inner chunk.
+
+    Remote stores: a shard's first read asks for the last :attr:`remote_tail` bytes of its file rather
+    than its index alone. Where that is the whole file (a mask shard: masks compress to ~1 %), the file is
+    held in memory and its patches cost no further request: a third of a batch's requests were masks.
+    """
+
+    remote_tail = 128 * 1024  # bytes a remote shard's first read asks for: its index, or all of a small shard
+    max_held_bytes = 64 * 1024 * 1024  # small remote shards held whole, per array
 
     def __init__(self, location: StoreLocation, path: str, metadata: dict | None = None,
                  require_checksum: bool = False):
@@ -94,6 +124,9 @@ class ShardedPatchArray:
             raise FormatError(f"{where}: chunk key encoding {encoding}; the format's is zarr's default with '/'")
         self._indexes: dict[int, np.ndarray | None] = {}  # shard -> (offset, nbytes) per chunk; None: no file
         self._shard_requests: dict[int, list] = {}  # shard -> requests() of each of its rows, from its index
+        self._held: dict[str, bytes] = {}  # shard key -> the whole file of a small remote shard
+        self._held_bytes = 0
+        self._tails = [0, 0]  # remote shards whose tail read was [the whole file, not]
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -104,13 +137,42 @@ class ShardedPatchArray:
     def _index(self, shard: int) -> np.ndarray | None:
         """The shard's chunk index, read once (a few hundred bytes at the file's end) and cached."""
         if shard not in self._indexes:
+            tail = self._tail_bytes()
             try:
-                raw = self.location.read_range(self.shard_key(shard), -self.layout.nbytes, None)
+                raw = self.location.read_range(self.shard_key(shard), -tail, None)
             except FileNotFoundError:
                 self._indexes[shard] = None
             else:
-                self._indexes[shard] = self._parse_index(shard, raw)
+                self._indexes[shard] = self._take_tail(shard, raw, tail)
         return self._indexes[shard]
+
+    def _tail_bytes(self) -> int:
+        """How many bytes a shard's first read asks for: the index alone for local files (a ``pread`` costs
+        next to nothing) and for arrays whose shards have mostly been larger than :attr:`remote_tail`."""
+        whole, larger = self._tails
+        if self.location.is_local or larger > whole or self._held_bytes >= self.max_held_bytes:
+            return self.layout.nbytes
+        return max(self.remote_tail, self.layout.nbytes)
+
+    def _take_tail(self, shard: int, raw: bytes, asked: int) -> np.ndarray:
+        """The checked index from a shard's tail ``raw`` (``asked`` bytes were asked for); a tail shorter than
+        asked is the whole file, held (up to :attr:`max_held_bytes`) for the shard's chunk reads."""
+        if asked == self.layout.nbytes:
+            return self._parse_index(shard, raw)
+        whole = len(raw) < asked
+        self._tails[0 if whole else 1] += 1
+        if not whole:
+            return self._parse_index(shard, raw)
+        index = self._parse_index(shard, raw, len(raw))  # the whole file: its size is known
+        if self._held_bytes + len(raw) <= self.max_held_bytes:
+            self._held[self.shard_key(shard)] = raw = bytes(raw)
+            self._held_bytes += len(raw)
+        return index
+
+    def held_chunk(self, key: str, start: int, stop: int) -> memoryview | None:
+        """Bytes [start, stop) of shard ``key`` when the whole file is held, else None."""
+        data = self._held.get(key)
+        return None if data is None else memoryview(data)[start:stop]
 
     def _where(self, shard: int) -> str:
         return f"{self.location.display}/{self.shard_key(shard)}"
@@ -126,10 +188,11 @@ class ShardedPatchArray:
         missing = sorted(k for k in {int(r) // self.shard_len for r in rows} if k not in self._indexes)
         if not missing:
             return
-        blobs = self.location.read_ranges([self.shard_key(k) for k in missing], [-self.layout.nbytes] * len(missing),
+        tail = self._tail_bytes()
+        blobs = self.location.read_ranges([self.shard_key(k) for k in missing], [-tail] * len(missing),
                                           [None] * len(missing))
         for k, blob in zip(missing, blobs):
-            self._indexes[k] = None if isinstance(blob, FileNotFoundError) else self._parse_index(k, _ok(blob))
+            self._indexes[k] = None if isinstance(blob, FileNotFoundError) else self._take_tail(k, _ok(blob), tail)
 
     def requests(self, rows) -> list[tuple[str, int, int] | None]:
         """(shard key, start, stop) of each row's chunk, None for rows never written."""
@@ -180,7 +243,10 @@ class ShardedPatchArray:
         if request is None:
             return self.empty()
         key, start, stop = request
-        return self.decode(self.location.read_range(key, start, stop), i, stop - start)
+        blob = self.held_chunk(key, start, stop)
+        if blob is None:
+            blob = self.location.read_range(key, start, stop)
+        return self.decode(blob, i, stop - start)
 
     def read_shard(self, shard: int) -> dict[int, np.ndarray]:
         """Every written patch of one shard, from one whole-file read: {row: patch}."""

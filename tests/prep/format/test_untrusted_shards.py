@@ -14,6 +14,7 @@ import zarr
 from luna_prep.format.codecs import decode_into, parse_codecs
 from luna_prep.format.reader import PatchStore
 from luna_prep.format.shard_layout import ShardIndex
+from luna_prep.format.shards import ShardedPatchArray
 from luna_prep.format.spec import FormatError
 from luna_prep.format.writer import StorageConfig, write_shard
 from luna_prep.sharing.verify import verify
@@ -59,13 +60,19 @@ def test_an_index_entry_of_2_to_the_40_bytes_is_refused_before_reading(store):
     assert any(SHARD in p and "index entry 2" in p for p in report.problems), report.format()
 
 
-def test_an_offset_past_the_end_of_the_file_is_refused_locally_and_over_http(store, tmp_path):
+def test_an_offset_past_the_end_of_the_file_is_refused_locally_and_over_http(store, tmp_path, monkeypatch):
     good = PatchStore(store).read_patch(16, 1)[0]
     _set_index(store, SHARD, lambda ix: ix.__setitem__((3, 0), 10**6))
     for read in _reads(store):
         with pytest.raises(FormatError, match=rf"{SHARD}: index entry 3 \(offset 1,000,000, [\d,]+ bytes\) runs past"):
             read()
-    with serve_directory(tmp_path) as (base, _):  # the size is not known: the short read is caught
+    with serve_directory(tmp_path) as (base, _):
+        # a small shard is read whole over HTTP, so its size is known and the index refused as locally
+        for read in _reads(f"{base}/s.zarr"):
+            with pytest.raises(FormatError, match=rf"{SHARD}: index entry 3 \(offset 1,000,000, [\d,]+ bytes\) runs"):
+                read()
+        # a shard larger than the first read: its size is not known, the short read is caught
+        monkeypatch.setattr(ShardedPatchArray, "remote_tail", 0)
         remote = PatchStore(f"{base}/s.zarr")
         with pytest.raises(FormatError,
                            match=rf"{SHARD} \(row 3\): the file ends inside the chunk \(0 of [\d,]+ bytes\)"):

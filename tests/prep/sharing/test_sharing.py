@@ -446,7 +446,8 @@ def test_store_over_http(built, tmp_path):
         manifest = remote.manifest
         assert log.paths() == ["/patches.zarr/zarr.json", "/patches.zarr/manifest.parquet"]
         assert all(r[3] == 200 for r in log.requests)
-        # N patches of one shard: one suffix-range read of the shard index, then one ranged read each
+        # N patches of one shard: one suffix-range read of the shard's tail (its index; here the shard is
+        # larger than that first read), then one ranged read each
         log.reset()
         n = 8
         rows = manifest[(manifest["scale"] == 48) & (manifest["index"] < local.attrs.shard_patches)].head(n)
@@ -454,8 +455,14 @@ def test_store_over_http(built, tmp_path):
         for r in rows.itertuples():
             assert np.array_equal(image.read(int(r.index)), local.patches(48, "image").read(int(r.index)))
         assert log.count == n + 1
-        assert log.requests[0][2] == f"bytes=-{local.attrs.shard_patches * 16 + 4}"
+        assert log.requests[0][2] == f"bytes=-{ShardedPatchArray.remote_tail}"
         assert all(r[3] == 206 for r in log.requests)
+        # their masks: the mask shard is smaller than that first read, so it is read whole, once
+        log.reset()
+        mask = remote.patches(48, "mask")
+        for r in rows.itertuples():
+            assert np.array_equal(mask.read(int(r.index)), local.patches(48, "mask").read(int(r.index)))
+        assert log.count == 1
         # every manifest row reads the same over HTTP as locally
         assert_same_patches(remote, local)
         # resolving a card to the served store checks zarr.json, manifest and scans: three GETs
