@@ -10,7 +10,8 @@ Patches per second for batches of 32 patches at 64^3, no augmentation:
   memory      slicing the same patches out of an in-memory numpy array
   zarr        zarr-python per-item reads of the same rows
   monai       MONAI on the fly: LoadImage the .mhd, Spacing, RandCropByPosNegLabeld (needs itk-io)
-  http        ours over HTTP from a localhost server (Range requests), as a ratio to local
+  http        ours over HTTP from a localhost server (Range requests), as a ratio to local: nginx where it
+              is installed (as a store would be served), and the tests' Python server
 With --integrity-only: ours on the store and on a v1 copy without chunk checksums, and ours on the
 store opened plainly and through a dataset card (pinned), each pair interleaved in the same run.
 Without --store, a store is built from 10 synthetic scans first.
@@ -19,9 +20,11 @@ Without --store, a store is built from 10 synthetic scans first.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -241,27 +244,76 @@ def _serve(store: str, urls) -> None:
         time.sleep(24 * 3600)
 
 
-def http_rounds(store: str, rows, batches: int, rounds: int) -> dict:
-    """Ours over HTTP and ours on the local folder, alternated; median ratio. The server (the tests' Range
-    server, Python threads) runs in a process of its own, as a real one would: inside the reading process
-    it took the reader's GIL (0.23-0.27x local against 0.27-0.39x from its own process)."""
+NGINX_CONF = """daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{ access_log off; sendfile on; tcp_nopush on; tcp_nodelay on; keepalive_requests 1000000;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+  server {{ listen 127.0.0.1:{port}; root {root}; location / {{ }} }} }}
+"""
+
+
+@contextlib.contextmanager
+def nginx_server(store: str):
+    """nginx serving ``store`` on a free localhost port (one worker, sendfile, keep-alive), as a production
+    HTTP server would; yields its URL."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="luna-bench-nginx-") as d:
+        Path(d, "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port, root=Path(store).resolve()))
+        proc = subprocess.Popen(["nginx", "-c", f"{d}/nginx.conf", "-p", d], stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(100):  # until it answers
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                        break
+                except OSError:
+                    time.sleep(0.05)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@contextlib.contextmanager
+def python_server(store: str):
+    """The tests' Range server (Python threads) in a process of its own, as a real server would be: inside
+    the reading process it took the reader's GIL (0.23-0.27x local against 0.27-0.39x from its own process)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     urls = context.Queue()
     server = context.Process(target=_serve, args=(store, urls), daemon=True)
     server.start()
-    local, http = [], []
     try:
-        url = urls.get(timeout=60)
-        for _ in range(rounds):
-            local.append(ours(store, rows, batches, workers=0))
-            http.append(ours(url, rows, batches, workers=0))
+        yield urls.get(timeout=60)
     finally:
         server.terminate()
+
+
+def http_servers() -> list[str]:
+    """nginx where it is installed (a production server), and the tests' Python server."""
+    return (["nginx"] if shutil.which("nginx") else []) + ["python"]
+
+
+def http_rounds(store: str, rows, batches: int, rounds: int, server: str = "python") -> dict:
+    """Ours over HTTP and ours on the local folder, alternated; median ratio, and the reading process's CPU
+    per patch over HTTP. Both ends share this machine's cores."""
+    local, http, cpu = [], [], []
+    with (nginx_server if server == "nginx" else python_server)(store) as url:
+        for _ in range(rounds):
+            local.append(ours(store, rows, batches, workers=0))
+            c0, n = time.process_time(), BATCH * batches
+            http.append(ours(url, rows, batches, workers=0))
+            cpu.append(1e3 * (time.process_time() - c0) / n)
     ratios = [h / o for h, o in zip(http, local)]
-    return {"http_patches_per_s": statistics.median(http), "http_ratio": statistics.median(ratios),
-            "http_ratio_each_round": ratios}
+    key = "http" if server == "python" else f"http_{server}"
+    return {f"{key}_patches_per_s": statistics.median(http), f"{key}_ratio": statistics.median(ratios),
+            f"{key}_ratio_each_round": ratios, f"{key}_client_cpu_ms_per_patch": statistics.median(cpu)}
 
 
 def main() -> None:
@@ -271,6 +323,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15, help="alternations of the floor and ours (8 batches each)")
     ap.add_argument("--http-rounds", type=int, default=5, help="alternations of local and HTTP reads")
     ap.add_argument("--main-process-only", action="store_true", help="only the floor and ours in the main process")
+    ap.add_argument("--http-only", action="store_true", help="only local against HTTP (nginx if installed, Python)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--integrity-only", action="store_true",
                     help="only the cost of chunk checksums (v2 vs a v1 copy) and of card pins, same run")
@@ -294,9 +347,18 @@ def main() -> None:
         result |= checksum_cost(args.store, rows, args.batches) | pin_cost(args.store, rows, args.batches)
         print(json.dumps(result, indent=2))
         return
+    if args.http_only:
+        for server in http_servers():
+            result |= http_rounds(args.store, rows, args.batches, args.http_rounds, server)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return
     result |= main_process_rounds(args.store, rows, args.rounds)
     if args.main_process_only:
         print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
         return
     result["memory_patches_per_s"] = memory(store, indices)
     result["zarr_patches_per_s"] = zarr_items(store, indices)
@@ -304,7 +366,8 @@ def main() -> None:
         result[f"patches_per_s_{w}_workers"] = ours(args.store, rows, args.batches, w)
     result["scaling_2_workers"] = result["patches_per_s_2_workers"] / result["patches_per_s_1_workers"]
     result["cpu_decode_batch_ms"] = cpu_decode_ms(args.store, rows)
-    result |= http_rounds(args.store, rows, args.batches, args.http_rounds)
+    for server in http_servers():
+        result |= http_rounds(args.store, rows, args.batches, args.http_rounds, server)
     if data_root is not None:
         result["monai_patches_per_s"] = monai_baseline(data_root, 64)
     print(json.dumps(result, indent=2))
