@@ -133,10 +133,10 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def serve_directory(path: str | Path, ranges: bool = True, fail_first: int = 0):
+def serve_directory(path: str | Path, ranges: bool = True, fail_first: int = 0, tls: tuple[str, str] | None = None):
     """Serve ``path`` on 127.0.0.1 (a free port) in a background thread; yield ``(base_url, log)``.
     ``ranges=False`` makes a server that ignores Range headers; ``fail_first=N`` one that answers the first
-    N GETs of every path with 503.
+    N GETs of every path with 503; ``tls=(certfile, keyfile)`` one that speaks HTTPS.
 
     ``base_url`` has no trailing slash: ``f"{base_url}/zarr.json"`` is the folder's zarr.json.
     """
@@ -144,10 +144,16 @@ def serve_directory(path: str | Path, ranges: bool = True, fail_first: int = 0):
     handler_cls = type("Handler", (RangeRequestHandler,), {"log": log, "honour_ranges": ranges,
                                                             "fail_first": fail_first, "failures": {}})
     server = _Server(("127.0.0.1", 0), partial(handler_cls, directory=str(path)))
+    if tls is not None:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, name="test-http-server", daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", log
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}", log
     finally:
         server.shutdown()
         server.server_close()

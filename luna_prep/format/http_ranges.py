@@ -3,7 +3,7 @@
 A training batch over HTTP is one ranged GET per patch. fsspec's client (aiohttp) spent ~0.4 ms of CPU
 on each; libcurl's multi interface runs the whole batch concurrently on reused keep-alive connections
 for ~0.17 ms each, so a loader worker delivers about twice the patches. Transient failures (connection
-errors, 408/425/429/5xx) are retried with exponential backoff, as an hours-long run from a remote store
+errors, timeouts, 408/425/429/5xx) are retried with exponential backoff, as an hours-long run from a remote store
 needs; a missing file is a ``FileNotFoundError`` and other statuses an :class:`HTTPStatusError`, each
 naming the URL. Without pycurl (or with ``LUNA_HTTP_CLIENT=fsspec``) the store reads through fsspec.
 
@@ -26,6 +26,10 @@ except ImportError:  # pragma: no cover - pycurl is a dependency; the fsspec pat
     pycurl = None
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# curl errors worth another attempt: proxy/host resolution, connecting, HTTP/2 framing, a partial file, a
+# timeout, the TLS handshake, an empty reply, sending, receiving, an HTTP/2 stream. Not: a malformed URL,
+# a certificate that cannot be verified (60, 77), or anything else a retry cannot change.
+TRANSIENT_CURL_ERRORS = frozenset({5, 6, 7, 16, 18, 28, 35, 52, 55, 56, 92})
 _CA_ENV = ("CURL_CA_BUNDLE", "SSL_CERT_FILE")  # honoured as the curl command line does
 
 
@@ -194,7 +198,7 @@ class CurlReader:
         if status in (404, 410):  # whatever the error page's length
             return FileNotFoundError(f"{t.url}: not found (HTTP {status})"), False
         if error is not None and not too_large:
-            return OSError(f"{t.url}: {error[1]} (curl error {error[0]})"), True
+            return OSError(f"{t.url}: {error[1]} (curl error {error[0]})"), error[0] in TRANSIENT_CURL_ERRORS
         if status in (200, 206) and error is None:
             return t.body.getvalue(), False
         return HTTPStatusError(f"{t.url}: HTTP {status}", status), status in RETRY_STATUSES

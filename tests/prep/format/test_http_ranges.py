@@ -4,6 +4,9 @@ missing files and refusals named, and handles that survive DataLoader workers fo
 from __future__ import annotations
 
 import multiprocessing
+import shutil
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -88,6 +91,25 @@ def test_a_closed_port_is_an_error_naming_the_url(quick_retries, monkeypatch):
         port = s.getsockname()[1]  # nothing listens here once the socket is closed
     got = CurlReader().get([f"http://127.0.0.1:{port}/f.bin"], [0], [4])[0]
     assert isinstance(got, OSError) and f"127.0.0.1:{port}/f.bin" in str(got) and "curl error 7" in str(got)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_https_with_the_ca_bundle_named_and_a_refused_certificate_named(folder, tmp_path, monkeypatch):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    with serve_directory(folder, tls=(str(cert), str(key))) as (base, log):
+        assert base.startswith("https://")
+        monkeypatch.setenv("CURL_CA_BUNDLE", str(cert))
+        assert CurlReader().get([f"{base}/f.bin"], [5], [15]) == [DATA[5:15]]
+        monkeypatch.setenv("CURL_CA_BUNDLE", str(key))  # not a CA bundle: the certificate cannot be verified
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        monkeypatch.setattr(CurlReader, "backoff_s", 5.0)  # a retry would wait 5 s
+        t = time.monotonic()
+        got = CurlReader().get([f"{base}/f.bin"], [5], [15])[0]
+        assert isinstance(got, OSError) and f"{base}/f.bin" in str(got) and "curl error" in str(got)
+        assert time.monotonic() - t < 4  # a certificate problem is not retried
 
 
 def _read_in_child(url, queue):
