@@ -8,7 +8,8 @@ On full-size synthetic scans (512x512 in-plane, ~300 slices at 2.5 mm), one core
   ours      luna-prep's whole per-scan task (read, resample, encode, lungs, sample, patches, write)
   naive     a serial loop: read, resample, normalize with numpy, crop, np.save per patch (float32)
   monai     the same job with MONAI transforms: LoadImage(ITKReader), Spacing, ScaleIntensityRange, SpatialCrop
-Also the speed-up of 2 Dask workers over 1 on the same scans, and the peak RSS of one worker
+Also the speed-up of 2 Dask workers over 1 on the same scans (5 alternations, median; and the ideal
+for these scans' task times), and the peak RSS of one worker
 process building a 512x512x400 scan. Needs `pip install itk-io` for the MONAI baseline.
 """
 
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,20 +114,48 @@ def make_400_slice_scan(src: Path, dst_root: Path) -> None:
     shutil.copy(src.parent.parent / "candidates.csv", dst_root / "candidates.csv")
 
 
-def scaling(data_root: Path, work: Path, subsets: tuple[int, ...]) -> dict:
+def list_schedule_seconds(tasks: list[float], workers: int) -> float:
+    """When the last of ``tasks`` (seconds, in submission order) ends if each goes to the first free worker."""
+    free = [0.0] * workers
+    for t in tasks:
+        k = free.index(min(free))
+        free[k] += t
+    return max(free)
+
+
+def scaling(data_root: Path, work: Path, subsets: tuple[int, ...], order: list[str], rounds: int = 5) -> dict:
+    """2 Dask workers against 1 on the same scans, alternated ``rounds`` times (median ratio), and the ideal
+    ratio for these scans: their 1-worker task times scheduled on 2 workers in submission order (4 scans of
+    unequal size cannot split evenly)."""
     from distributed import Client, LocalCluster
 
-    times = {}
-    for n in (1, 2):
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-            with Client(cluster) as client:
-                client.run(lambda: None)  # workers are up before the clock starts
-                cfg = BuildConfig(data_root=str(data_root), out=str(work / f"scale{n}.zarr"), subsets=subsets)
-                t = time.perf_counter()
-                report = run_build(cfg, scheduler=cluster.scheduler_address, overwrite=True, progress=False)
-                times[n] = time.perf_counter() - t
-                assert report.ok, report.failures
-    return {"seconds_1_worker": times[1], "seconds_2_workers": times[2], "speedup_2_workers": times[1] / times[2]}
+    from luna_prep.format.reader import PatchStore
+
+    times: dict[int, list[float]] = {1: [], 2: []}
+    scan_phase: dict[int, list[float]] = {1: [], 2: []}  # the build's scans phase alone (no planning, manifest, card)
+    tasks: list[float] = []
+    for _ in range(rounds):
+        for n in (1, 2):
+            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+                with Client(cluster) as client:
+                    client.run(lambda: None)  # workers are up before the clock starts
+                    cfg = BuildConfig(data_root=str(data_root), out=str(work / f"scale{n}.zarr"), subsets=subsets)
+                    t = time.perf_counter()
+                    report = run_build(cfg, scheduler=cluster.scheduler_address, overwrite=True, progress=False)
+                    times[n].append(time.perf_counter() - t)
+                    scan_phase[n].append(report.phases["scans"])
+                    assert report.ok, report.failures
+            if n == 1:
+                seconds = PatchStore(cfg.out).scans.set_index("seriesuid")["seconds"]
+                tasks = [float(seconds[uid]) for uid in order]
+    ratios = [a / b for a, b in zip(times[1], times[2])]
+    phase_ratios = [a / b for a, b in zip(scan_phase[1], scan_phase[2])]
+    ideal = sum(tasks) / list_schedule_seconds(tasks, 2)
+    return {"seconds_1_worker": statistics.median(times[1]), "seconds_2_workers": statistics.median(times[2]),
+            "speedup_2_workers": statistics.median(ratios), "speedup_2_workers_each_round": ratios,
+            "ideal_speedup_2_workers": ideal, "speedup_2_workers_of_ideal": statistics.median(ratios) / ideal,
+            "scans_phase_speedup_2_workers": statistics.median(phase_ratios),
+            "scans_phase_speedup_2_workers_each_round": phase_ratios}
 
 
 def main() -> None:
@@ -133,6 +163,7 @@ def main() -> None:
     ap.add_argument("--scans", type=int, default=4)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--scaling-only", action="store_true", help="only 2 workers against 1 (needs --workdir's scans)")
     args = ap.parse_args()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="luna-bench-prep-"))
@@ -141,6 +172,13 @@ def main() -> None:
         synthesize(data, n_scans=args.scans, seed=0, full_size=True)
     subsets = tuple(range(min(args.scans, 10)))
     scans = find_scans(data, list(subsets))
+    if args.scaling_only:
+        result = {"date": time.strftime("%Y-%m-%d"), "scans": len(scans),
+                  **scaling(data, work, subsets, [sc.seriesuid for sc in scans])}
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return
     cfg = BuildConfig(data_root=str(data), out=str(work / "ours.zarr"), subsets=subsets)
     plans, capacity = plan_build(scans, read_annotations(data / "annotations.csv"),
                                  read_candidates(data / "candidates.csv"), cfg.sampling, cfg.storage.shard_patches)
@@ -176,7 +214,7 @@ def main() -> None:
         "naive_ratio_to_floor": per_scan["naive"] / per_scan["floor"],
         "monai_ratio_to_floor": per_scan["monai"] / per_scan["floor"],
         "peak_rss_gb": peak_rss_gb(big, work / "big.zarr"),
-        **scaling(data, work, subsets),
+        **scaling(data, work, subsets, [sc.seriesuid for sc in scans]),
     }
     print(json.dumps(result, indent=2))
     if args.json:
