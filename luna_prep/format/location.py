@@ -68,9 +68,10 @@ class StoreLocation:
         self._thread = threading.local()  # read_range_into's buffer, one per thread
         self._fd_lock = threading.Lock()  # a descriptor is not closed by one thread while another reads it
         self._paths: dict[str, str] = {}  # relative path -> checked full path
-        # HTTP(S) folders (not a .zip over HTTP) read through libcurl: half the CPU per request of fsspec's client
-        self._curl = (display.lower().startswith(("http://", "https://")) and not display.lower().endswith(".zip")
-                      and http_ranges.available())
+        # a folder served over HTTP(S) (not a .zip there): read through libcurl, at half the CPU per request of
+        # fsspec's client; suffix ranges longer than a file are answered with the whole file
+        self.is_http = display.lower().startswith(("http://", "https://")) and not display.lower().endswith(".zip")
+        self._curl = self.is_http and http_ranges.available()
 
     def __del__(self):
         for fd in getattr(self, "_fds", {}).values():

@@ -82,7 +82,7 @@ def _remote_chunks(location: StoreLocation, wanted: list[tuple[ShardedPatchArray
 class ShardedPatchArray:
     """Read-only (N, s, s, s) array of a luna-patches store, one patch per inner chunk.
 
-    Remote stores: a shard's first read asks for the last :attr:`remote_tail` bytes of its file rather
+    Stores over HTTP(S): a shard's first read asks for the last :attr:`remote_tail` bytes of its file rather
     than its index alone. Where that is the whole file (a mask shard: masks compress to ~1 %), the file is
     held in memory and its patches cost no further request: a third of a batch's requests were masks.
     """
@@ -147,10 +147,11 @@ class ShardedPatchArray:
         return self._indexes[shard]
 
     def _tail_bytes(self) -> int:
-        """How many bytes a shard's first read asks for: the index alone for local files (a ``pread`` costs
-        next to nothing) and for arrays whose shards have mostly been larger than :attr:`remote_tail`."""
+        """How many bytes a shard's first read asks for: more than the index only over HTTP(S) (locally a
+        ``pread`` costs next to nothing; object-store clients may not take a suffix longer than the file), and
+        not for arrays whose shards have mostly been larger than :attr:`remote_tail`."""
         whole, larger = self._tails
-        if self.location.is_local or larger > whole or self._held_bytes >= self.max_held_bytes:
+        if not self.location.is_http or larger > whole or self._held_bytes >= self.max_held_bytes:
             return self.layout.nbytes
         return max(self.remote_tail, self.layout.nbytes)
 

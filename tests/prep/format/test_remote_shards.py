@@ -88,3 +88,15 @@ def test_held_shards_stop_at_their_cap(served, monkeypatch):
     image = remote.patches(16, "image")
     assert image._held_bytes <= one_shard + 1 and len(image._held) == 1
     _assert_same(remote, local, rows[::-1])  # the rest read by ranges, the same values
+
+
+def test_only_http_stores_ask_for_more_than_the_index(served, tmp_path):
+    local, url, _ = served
+    from luna_prep.sharing.pack import pack_store
+
+    pack_store(local.root, tmp_path / "s.zip")
+    index_bytes = local.patches(16, "image").layout.nbytes
+    assert local.patches(16, "image")._tail_bytes() == index_bytes  # a folder: pread costs next to nothing
+    # a .zip (and object stores, whose clients may not take a suffix longer than the file): the index alone
+    assert PatchStore(tmp_path / "s.zip").patches(16, "image")._tail_bytes() == index_bytes
+    assert PatchStore(url).patches(16, "image")._tail_bytes() == ShardedPatchArray.remote_tail
