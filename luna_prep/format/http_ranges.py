@@ -3,9 +3,10 @@
 A training batch over HTTP is one ranged GET per patch. fsspec's client (aiohttp) spent ~0.4 ms of CPU
 on each; libcurl's multi interface runs the whole batch concurrently on reused keep-alive connections
 for ~0.17 ms each, so a loader worker delivers about twice the patches. Transient failures (connection
-errors, timeouts, 408/425/429/5xx) are retried with exponential backoff, as an hours-long run from a remote store
-needs; a missing file is a ``FileNotFoundError`` and other statuses an :class:`HTTPStatusError`, each
-naming the URL. Without pycurl (or with ``LUNA_HTTP_CLIENT=fsspec``) the store reads through fsspec.
+errors, timeouts, 408/425/429/500/502/503/504) are retried with exponential backoff, as an hours-long
+run from a remote store needs; a missing file is a ``FileNotFoundError`` and other statuses an
+:class:`HTTPStatusError`, each naming the URL. Without pycurl (or with ``LUNA_HTTP_CLIENT=fsspec``)
+the store reads through fsspec.
 
 libcurl handles do not survive ``fork`` (a DataLoader worker): each process and thread builds its own,
 and a forked child leaves its parent's untouched.
