@@ -316,6 +316,13 @@ def http_rounds(store: str, rows, batches: int, rounds: int, server: str = "pyth
             f"{key}_ratio_each_round": ratios, f"{key}_client_cpu_ms_per_patch": statistics.median(cpu)}
 
 
+def emit(result: dict, path: Path | None) -> None:
+    """Print the result, and write it to ``path`` when given (``--json``)."""
+    print(json.dumps(result, indent=2))
+    if path:
+        path.write_text(json.dumps(result, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=str)
@@ -345,20 +352,16 @@ def main() -> None:
               "store": args.store, "image_dtype": store.attrs.image_dtype, "batch": BATCH, "scale": SCALE}
     if args.integrity_only:
         result |= checksum_cost(args.store, rows, args.batches) | pin_cost(args.store, rows, args.batches)
-        print(json.dumps(result, indent=2))
+        emit(result, args.json)
         return
     if args.http_only:
         for server in http_servers():
             result |= http_rounds(args.store, rows, args.batches, args.http_rounds, server)
-        print(json.dumps(result, indent=2))
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2))
+        emit(result, args.json)
         return
     result |= main_process_rounds(args.store, rows, args.rounds)
     if args.main_process_only:
-        print(json.dumps(result, indent=2))
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2))
+        emit(result, args.json)
         return
     result["memory_patches_per_s"] = memory(store, indices)
     result["zarr_patches_per_s"] = zarr_items(store, indices)
@@ -370,9 +373,7 @@ def main() -> None:
         result |= http_rounds(args.store, rows, args.batches, args.http_rounds, server)
     if data_root is not None:
         result["monai_patches_per_s"] = monai_baseline(data_root, 64)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

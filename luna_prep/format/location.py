@@ -141,15 +141,9 @@ class StoreLocation:
 
     def read_range(self, rel: str, start: int, stop: int | None) -> bytes:
         """Bytes [start, stop) of a file; negative ``start`` counts from the end."""
+        if not self._local:  # one read of the batch path: the same client, checks and errors
+            return _ok(self.read_ranges([rel], [start], [stop])[0])
         path = self._path(rel)
-        if self._curl:
-            return _ok(self._checked_range(rel, start, stop, http_ranges.reader().get([path], [start], [stop])[0]))
-        if not self._local:
-            try:
-                blob = self.fs.cat_file(path, start=start, end=stop)
-            except Exception as exc:  # noqa: BLE001 - only "range not satisfiable" is turned into bytes
-                blob = exc
-            return _ok(self._checked_range(rel, start, stop, blob))
         with self._fd_lock:
             fd = self._fd(path)
             if start < 0 or stop is None:
