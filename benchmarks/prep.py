@@ -84,18 +84,24 @@ def monai_task(path: str, centres_world: list, out: Path) -> None:
             np.save(out / f"{k}_{s}.npy", patch.numpy().astype(np.float32))
 
 
-def peak_rss_gb(data_root: Path, store: Path) -> float:
-    """Peak RSS of a fresh process building the first scan of ``data_root``.
+def peak_rss_gb(data_root: Path, store: Path, worker_malloc: bool = True) -> float:
+    """Peak RSS of a fresh process building the first scan of ``data_root``, with the malloc settings of a local
+    cluster's workers (``worker_malloc``) or glibc's own.
 
     Read from VmHWM: ru_maxrss would include the parent's RSS at fork time.
     """
+    from luna_prep.cluster import WORKER_MALLOC_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in WORKER_MALLOC_ENV}
+    if worker_malloc:
+        env.update({k: str(v) for k, v in WORKER_MALLOC_ENV.items()})
     code = (
         "from luna_prep.build import BuildConfig, run_build;"
         f"run_build(BuildConfig(data_root={str(data_root)!r}, out={str(store)!r}, subsets=(0,)), workers=0,"
         " overwrite=True, progress=False);"
         "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return int(out.stdout.strip().splitlines()[-1]) / 1024 ** 2
 
 
@@ -126,32 +132,51 @@ def list_schedule_seconds(tasks: list[float], workers: int) -> float:
 def scaling(data_root: Path, work: Path, subsets: tuple[int, ...], order: list[str], rounds: int = 5) -> dict:
     """2 Dask workers against 1 on the same scans, alternated ``rounds`` times (median ratio), and the ideal
     ratio for these scans: their 1-worker task times scheduled on 2 workers in submission order (4 scans of
-    unequal size cannot split evenly)."""
-    from distributed import Client, LocalCluster
+    unequal size cannot split evenly).
 
+    Both clusters are the build's own (``local_cluster``) and stay up for every round. Each first builds the
+    scans once untimed (``cold_*`` in the result): a worker's first scans fault in the memory it then reuses,
+    which a real build (tens of scans per worker) pays once and a 4-scan build would pay in every round.
+    A third cluster, 1 worker with Dask's own malloc settings (``dask_malloc``), is the same-run baseline for
+    what ``WORKER_MALLOC_ENV`` saves."""
+    from distributed import LocalCluster
+
+    from luna_prep.cluster import local_cluster
     from luna_prep.format.reader import PatchStore
 
-    times: dict[int, list[float]] = {1: [], 2: []}
-    scan_phase: dict[int, list[float]] = {1: [], 2: []}  # the build's scans phase alone (no planning, manifest, card)
+    times: dict = {1: [], 2: [], "dask_malloc": []}
+    scan_phase: dict = {1: [], 2: [], "dask_malloc": []}  # the build's scans phase alone (no planning, manifest, card)
+    cold: dict = {}
     tasks: list[float] = []
-    for _ in range(rounds):
-        for n in (1, 2):
-            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-                with Client(cluster) as client:
-                    client.run(lambda: None)  # workers are up before the clock starts
-                    cfg = BuildConfig(data_root=str(data_root), out=str(work / f"scale{n}.zarr"), subsets=subsets)
-                    t = time.perf_counter()
-                    report = run_build(cfg, scheduler=cluster.scheduler_address, overwrite=True, progress=False)
-                    times[n].append(time.perf_counter() - t)
-                    scan_phase[n].append(report.phases["scans"])
-                    assert report.ok, report.failures
-            if n == 1:
-                seconds = PatchStore(cfg.out).scans.set_index("seriesuid")["seconds"]
-                tasks = [float(seconds[uid]) for uid in order]
+    # Dask's own first: a cluster started while ours run would take ours from this process's environment
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as plain, \
+            local_cluster(1) as one, local_cluster(2) as two:
+        clusters = {1: one, 2: two, "dask_malloc": plain}
+        for r in range(rounds + 1):
+            for n in (1, 2, "dask_malloc"):
+                cfg = BuildConfig(data_root=str(data_root), out=str(work / f"scale{n}.zarr"), subsets=subsets)
+                t = time.perf_counter()
+                report = run_build(cfg, scheduler=clusters[n].scheduler_address, overwrite=True, progress=False)
+                seconds = time.perf_counter() - t
+                assert report.ok, report.failures
+                if r == 0:
+                    cold[n] = seconds
+                    continue
+                times[n].append(seconds)
+                scan_phase[n].append(report.phases["scans"])
+                if n == 1:
+                    task_seconds = PatchStore(cfg.out).scans.set_index("seriesuid")["seconds"]
+                    tasks = [float(task_seconds[uid]) for uid in order]
     ratios = [a / b for a, b in zip(times[1], times[2])]
     phase_ratios = [a / b for a, b in zip(scan_phase[1], scan_phase[2])]
     ideal = sum(tasks) / list_schedule_seconds(tasks, 2)
     return {"seconds_1_worker": statistics.median(times[1]), "seconds_2_workers": statistics.median(times[2]),
+            "seconds_1_worker_each_round": times[1], "seconds_2_workers_each_round": times[2],
+            "cold_seconds_1_worker": cold[1], "cold_seconds_2_workers": cold[2],
+            "seconds_1_worker_dask_malloc": statistics.median(times["dask_malloc"]),
+            "seconds_1_worker_dask_malloc_each_round": times["dask_malloc"],
+            "dask_malloc_over_ours_1_worker": statistics.median(
+                [a / b for a, b in zip(times["dask_malloc"], times[1])]),
             "speedup_2_workers": statistics.median(ratios), "speedup_2_workers_each_round": ratios,
             "ideal_speedup_2_workers": ideal, "speedup_2_workers_of_ideal": statistics.median(ratios) / ideal,
             "scans_phase_speedup_2_workers": statistics.median(phase_ratios),
@@ -164,6 +189,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--scaling-only", action="store_true", help="only 2 workers against 1 (needs --workdir's scans)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternations of the 1- and 2-worker builds (median)")
     args = ap.parse_args()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="luna-bench-prep-"))
@@ -174,7 +200,7 @@ def main() -> None:
     scans = find_scans(data, list(subsets))
     if args.scaling_only:
         result = {"date": time.strftime("%Y-%m-%d"), "scans": len(scans),
-                  **scaling(data, work, subsets, [sc.seriesuid for sc in scans])}
+                  **scaling(data, work, subsets, [sc.seriesuid for sc in scans], args.rounds)}
         print(json.dumps(result, indent=2))
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))
@@ -214,7 +240,8 @@ def main() -> None:
         "naive_ratio_to_floor": per_scan["naive"] / per_scan["floor"],
         "monai_ratio_to_floor": per_scan["monai"] / per_scan["floor"],
         "peak_rss_gb": peak_rss_gb(big, work / "big.zarr"),
-        **scaling(data, work, subsets, [sc.seriesuid for sc in scans]),
+        "peak_rss_gb_glibc_malloc": peak_rss_gb(big, work / "big.zarr", worker_malloc=False),
+        **scaling(data, work, subsets, [sc.seriesuid for sc in scans], rounds=args.rounds),
     }
     print(json.dumps(result, indent=2))
     if args.json:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from luna_prep import __version__
+from luna_prep.cluster import dashboard_note, dask_client
 from luna_prep.errors import LunaError
 from luna_prep.files import is_temporary, sha256_bytes, sha256_file
 from luna_prep.format.spec import (
@@ -170,78 +170,6 @@ def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool
     create_store(out, attrs, cfg.storage)
     (out / BUILD_DIR / "done").mkdir(parents=True, exist_ok=True)
     return set()
-
-
-DASHBOARD_NEEDS = "bokeh>=3.1"
-
-
-def dashboard_problem() -> str | None:
-    """Why this machine cannot serve the Dask dashboard (bokeh missing or too old), or None."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        major_minor = tuple(int(p) for p in version("bokeh").split(".")[:2])
-    except PackageNotFoundError:
-        major_minor = None
-    if major_minor is not None and major_minor >= (3, 1):
-        return None
-    return (f"no Dask dashboard: it needs {DASHBOARD_NEEDS} (pip install 'luna-patches[dashboard]'); "
-            "building without it")
-
-
-def dashboard_note(client, local: bool) -> str:
-    """The line that tells where the Dask dashboard of ``client``'s scheduler is, or why there is none.
-
-    A ``local`` cluster (started here) serves one only when bokeh is installed here, whatever link it reports.
-    """
-    problem = dashboard_problem() if local else None
-    if problem:
-        return problem
-    try:
-        link = client.dashboard_link
-    except (KeyError, AttributeError):  # a remote scheduler started without a dashboard
-        link = None
-    if link:
-        return f"Dask dashboard: {link}"
-    return "no Dask dashboard: the scheduler serves none"
-
-
-@contextmanager
-def dask_client(workers: int, scheduler: str | None, scheduler_file: str | None = None, dashboard: bool = False):
-    """A client on ``scheduler`` (an address or a scheduler file) or ``scheduler_file``, else on a new LocalCluster
-    (serving the dashboard on port 8787, or the next free one, when ``dashboard`` and bokeh is installed)."""
-    from distributed import Client, LocalCluster
-
-    if scheduler_file:
-        with Client(scheduler_file=str(scheduler_file)) as client:
-            yield client
-        return
-    if scheduler:
-        kwargs = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
-        with Client(**kwargs) as client:
-            yield client
-        return
-    address = ":8787" if dashboard and dashboard_problem() is None else None
-    # silence_logs: our workers' own logs (a worker's failure reaches us through its future, named by scan);
-    # without it, a worker heartbeat racing the shutdown prints CommClosedError tracebacks after a good build
-    with quiet_shutdown(), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=address, silence_logs=logging.CRITICAL) as cluster:
-        with Client(cluster) as client:
-            yield client
-
-
-@contextmanager
-def quiet_shutdown():
-    """distributed's loggers in this process quiet while a local cluster runs and closes (levels restored)."""
-    loggers = [logging.getLogger(name) for name in ("distributed", "tornado")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _run_tasks(plans: list[ScanPlan], job: ScanJob, workers: int, scheduler: str | None, progress: bool,

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from luna_prep.build import BuildConfig, run_build
+from luna_prep.cluster import WORKER_MALLOC_ENV
 from luna_prep.format.reader import PatchStore
 from luna_prep.format.spec import BUILD_DIR
 from luna_prep.pipeline.sampling import SamplingConfig
@@ -29,11 +30,12 @@ N_SCANS = 4
 START_TIMEOUT = 45  # s, scheduler and workers
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen:
+def _spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     """A `python -m dask ...` process in its own process group (so nanny + worker die together)."""
+    environ = {**os.environ, **{k: str(v) for k, v in (env or {}).items()}}
     with open(log, "wb") as f:
         return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env=environ)
 
 
 def _stop(proc: subprocess.Popen, sig=signal.SIGTERM, wait: float = 10) -> None:
@@ -73,7 +75,7 @@ def local_cluster_processes(tmp: Path, n_workers: int = 2):
         for i in range(n_workers):
             p = _spawn(["worker", "--scheduler-file", str(scheduler_file), "--nworkers", "1", "--nthreads", "1",
                         "--host", "127.0.0.1", "--no-dashboard", "--death-timeout", "60", "--name", f"w{i}"],
-                       tmp / f"worker{i}.log")
+                       tmp / f"worker{i}.log", env=WORKER_MALLOC_ENV)  # as docs/cluster.md has `dask worker` run
             procs.append(p)
             workers[p.pid] = p
         client = Client(scheduler_file=str(scheduler_file), timeout=START_TIMEOUT)
@@ -127,6 +129,9 @@ def test_build_on_a_dask_cluster_matches_local_and_survives_a_killed_worker(synt
         assert f"scans: {N_SCANS} ok, 0 failed" in result.stdout
         ran_on = {w["name"] for w in client.scheduler_info()["workers"].values()}
         assert ran_on == {"w0", "w1"}
+        # the malloc settings given to `dask worker` reach the worker processes its nanny spawned
+        seen = client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC_ENV})
+        assert list(seen.values()) == [{k: str(v) for k, v in WORKER_MALLOC_ENV.items()}] * 2
         assert_identical(PatchStore(out), reference)
 
         # 2. SIGKILL a busy worker (nanny and worker process) once the first scan has finished

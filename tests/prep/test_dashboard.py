@@ -8,9 +8,8 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from luna_prep import build as build_module
-from luna_prep.build import dashboard_note, dashboard_problem
 from luna_prep.cli import main
+from luna_prep.cluster import dashboard_note, dashboard_problem
 from luna_prep.synthetic.scans import synthesize
 
 
@@ -55,7 +54,7 @@ def test_build_prints_the_dashboard_or_why_not(tmp_path):
                                     "--out", str(tmp_path / "p.zarr"),
                                     "--workers", "1", "--dashboard", "--quiet", "--no-card"])
     assert res.exit_code == 0, res.output + repr(res.exception)
-    problem = build_module.dashboard_problem()
+    problem = dashboard_problem()
     if problem is None:
         assert "Dask dashboard: http://" in res.stderr and "/status" in res.stderr
     else:
