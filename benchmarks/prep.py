@@ -137,23 +137,23 @@ def scaling(data_root: Path, work: Path, subsets: tuple[int, ...], order: list[s
     Both clusters are the build's own (``local_cluster``) and stay up for every round. Each first builds the
     scans once untimed (``cold_*`` in the result): a worker's first scans fault in the memory it then reuses,
     which a real build (tens of scans per worker) pays once and a 4-scan build would pay in every round.
-    A third cluster, 1 worker with Dask's own malloc settings (``dask_malloc``), is the same-run baseline for
-    what ``WORKER_MALLOC_ENV`` saves."""
+    A third cluster, 1 worker with all of Dask's defaults (``dask_defaults``), is the same-run baseline for
+    what ``WORKER_MALLOC_ENV`` and ``LOCAL_CLUSTER_CONFIG`` save."""
     from distributed import LocalCluster
 
     from luna_prep.cluster import local_cluster
     from luna_prep.format.reader import PatchStore
 
-    times: dict = {1: [], 2: [], "dask_malloc": []}
-    scan_phase: dict = {1: [], 2: [], "dask_malloc": []}  # the build's scans phase alone (no planning, manifest, card)
+    times: dict = {1: [], 2: [], "dask_defaults": []}
+    scan_phase: dict = {1: [], 2: [], "dask_defaults": []}  # the scans phase alone
     cold: dict = {}
     tasks: list[float] = []
     # Dask's own first: a cluster started while ours run would take ours from this process's environment
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as plain, \
             local_cluster(1) as one, local_cluster(2) as two:
-        clusters = {1: one, 2: two, "dask_malloc": plain}
+        clusters = {1: one, 2: two, "dask_defaults": plain}
         for r in range(rounds + 1):
-            for n in (1, 2, "dask_malloc"):
+            for n in (1, 2, "dask_defaults"):
                 cfg = BuildConfig(data_root=str(data_root), out=str(work / f"scale{n}.zarr"), subsets=subsets)
                 t = time.perf_counter()
                 report = run_build(cfg, scheduler=clusters[n].scheduler_address, overwrite=True, progress=False)
@@ -173,10 +173,10 @@ def scaling(data_root: Path, work: Path, subsets: tuple[int, ...], order: list[s
     return {"seconds_1_worker": statistics.median(times[1]), "seconds_2_workers": statistics.median(times[2]),
             "seconds_1_worker_each_round": times[1], "seconds_2_workers_each_round": times[2],
             "cold_seconds_1_worker": cold[1], "cold_seconds_2_workers": cold[2],
-            "seconds_1_worker_dask_malloc": statistics.median(times["dask_malloc"]),
-            "seconds_1_worker_dask_malloc_each_round": times["dask_malloc"],
-            "dask_malloc_over_ours_1_worker": statistics.median(
-                [a / b for a, b in zip(times["dask_malloc"], times[1])]),
+            "seconds_1_worker_dask_defaults": statistics.median(times["dask_defaults"]),
+            "seconds_1_worker_dask_defaults_each_round": times["dask_defaults"],
+            "dask_defaults_over_ours_1_worker": statistics.median(
+                [a / b for a, b in zip(times["dask_defaults"], times[1])]),
             "speedup_2_workers": statistics.median(ratios), "speedup_2_workers_each_round": ratios,
             "ideal_speedup_2_workers": ideal, "speedup_2_workers_of_ideal": statistics.median(ratios) / ideal,
             "scans_phase_speedup_2_workers": statistics.median(phase_ratios),

@@ -39,6 +39,12 @@ def _faults_of_repeated_blocks(times: int = 6) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
+def _background_config() -> tuple:
+    import dask
+
+    return dask.config.get("distributed.worker.profile.enabled"), dask.config.get("distributed.admin.tick.interval")
+
+
 def _environ() -> dict[str, str | None]:
     return {name: os.environ.get(name) for name in WORKER_MALLOC_ENV}
 
@@ -72,7 +78,17 @@ def test_workers_get_the_settings_and_this_process_is_left_as_it_was(monkeypatch
         for environ in seen.values():
             assert environ == {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
                                "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
+        # Dask's background work quieted in every worker: no stack sampling, a 200 ms event-loop tick
+        assert set(client.run(_background_config).values()) == {(False, "200ms")}
         cluster.scale(3)  # a worker spawned later (as a nanny restarting a dead one) gets them too
         client.wait_for_workers(3, timeout=60)
         assert all(environ["MALLOC_ARENA_MAX"] == "1" for environ in client.run(_environ).values())
     assert _environ() == {"MALLOC_ARENA_MAX": None, "MALLOC_MMAP_THRESHOLD_": None, "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+@pytest.mark.timeout(120)
+def test_a_served_dashboard_keeps_its_profile_page():
+    from distributed import Client
+
+    with local_cluster(1, dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        assert set(client.run(_background_config).values()) == {(True, "200ms")}
