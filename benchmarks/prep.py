@@ -147,7 +147,6 @@ def scaling(data_root: Path, work: Path, subsets: tuple[int, ...], order: list[s
     times: dict = {1: [], 2: [], "dask_defaults": []}
     scan_phase: dict = {1: [], 2: [], "dask_defaults": []}  # the scans phase alone
     cold: dict = {}
-    tasks: list[float] = []
     # Dask's own first: a cluster started while ours run would take ours from this process's environment
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as plain, \
             local_cluster(1) as one, local_cluster(2) as two:
@@ -164,9 +163,8 @@ def scaling(data_root: Path, work: Path, subsets: tuple[int, ...], order: list[s
                     continue
                 times[n].append(seconds)
                 scan_phase[n].append(report.phases["scans"])
-                if n == 1:
-                    task_seconds = PatchStore(cfg.out).scans.set_index("seriesuid")["seconds"]
-                    tasks = [float(task_seconds[uid]) for uid in order]
+    task_seconds = PatchStore(work / "scale1.zarr").scans.set_index("seriesuid")["seconds"]  # the last 1-worker build
+    tasks = [float(task_seconds[uid]) for uid in order]
     ratios = [a / b for a, b in zip(times[1], times[2])]
     phase_ratios = [a / b for a, b in zip(scan_phase[1], scan_phase[2])]
     ideal = sum(tasks) / list_schedule_seconds(tasks, 2)
