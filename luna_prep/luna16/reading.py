@@ -13,7 +13,8 @@ from luna_prep.errors import LunaError
 
 _BYTES_PER_ELEMENT = {
     "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
-    "MET_UINT": 4, "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG": 8, "MET_ULONG": 8,
+    "MET_UINT": 4, "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG": 4, "MET_ULONG": 4,  # MetaIO's LONG is 32-bit
+    "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8,
 }
 
 

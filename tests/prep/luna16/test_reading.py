@@ -31,6 +31,19 @@ def test_a_good_scan_reads(tmp_path):
         assert image.GetSize() == (4, 5, 6) and image.GetSpacing() == (0.5, 0.5, 2.5)
 
 
+@pytest.mark.parametrize(("element", "dtype"), [("MET_LONG", np.int32), ("MET_ULONG", np.uint32),
+                                              ("MET_LONG_LONG", np.int64), ("MET_ULONG_LONG", np.uint64)])
+def test_every_metaio_integer_type_is_sized_as_metaio_sizes_it(tmp_path, element, dtype):
+    """MetaIO's LONG is 32-bit (LONG_LONG is 64): a valid MET_LONG scan is read, not refused for its size."""
+    values = (np.arange(120) + 1000).astype(dtype).reshape(6, 5, 4)
+    (tmp_path / "scan.raw").write_bytes(values.tobytes())
+    (tmp_path / "scan.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\nCompressedData = False\n"
+        "TransformMatrix = 1 0 0 0 1 0 0 0 1\nOffset = 0 0 0\nElementSpacing = 1 1 1\nDimSize = 4 5 6\n"
+        f"ElementType = {element}\nElementDataFile = scan.raw\n")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_scan(tmp_path / "scan.mhd")), values)
+
+
 def test_compressed_data_smaller_than_header_is_refused(tmp_path):
     path = _write(tmp_path, compressed=True)
     _edit(path, "DimSize = 4 5 6", "DimSize = 1000 1000 1000")
