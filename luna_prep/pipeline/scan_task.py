@@ -36,7 +36,7 @@ from luna_prep.pipeline.nodule_masks import AnnotationOutsideVolume, sphere_nodu
 from luna_prep.pipeline.patches import extract_patch, nodule_mask
 from luna_prep.pipeline.plan import ScanPlan, seed_for
 from luna_prep.pipeline.prepare import prepare_scan
-from luna_prep.pipeline.resampling import ResampledVolume
+from luna_prep.pipeline.resampling import AIR_HU, ResampledVolume, encode_hu
 from luna_prep.pipeline.sampling import (
     Nodule,
     SampleCentre,
@@ -105,6 +105,8 @@ def _write_patches(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules, 
     # one shard's patches at a time, cut straight into arrays reused from shard to shard
     blocks = {s: (np.empty((step, s, s, s), vol.array.dtype), np.empty((step, s, s, s), np.uint8))
               for s in job.sampling.scales}
+    # beyond the scan's edge: air, as the resampler fills (0 with the default window; more when it reaches below)
+    air = encode_hu(np.full(1, AIR_HU, np.float32), job.hu_window, job.storage.image_dtype)[0]
     for block in range(0, len(centres), step):
         part = centres[block:block + step]
         start = plan.first_index + block
@@ -112,7 +114,7 @@ def _write_patches(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules, 
             images, masks = (b[:len(part)] for b in blocks[s])
             drawn = []
             for k, c in enumerate(part):
-                extract_patch(vol.array, c.centre_zyx, s, out=images[k])
+                extract_patch(vol.array, c.centre_zyx, s, pad_value=air, out=images[k])
                 drawn.append(nodule_mask(np.asarray(c.centre_zyx), s, nodules, out=masks[k]))
             write_rows(job.store, s, start, images, masks, job.storage)
             fg = masks.reshape(len(part), -1).sum(axis=1)

@@ -264,3 +264,30 @@ def test_missing_data_file_is_named(synth3, tmp_path):
     report = run_build(small_config(root, tmp_path / "m.zarr", subsets=(0,)), workers=0, progress=False)
     assert report.scans_failed == 1
     assert f"data file {s0.seriesuid}.raw is missing" in report.failures[0][1]
+
+
+def test_patches_are_padded_with_air_whatever_the_hu_window(tmp_path):
+    """Beyond the scan's edge a patch holds air (-1000 HU), as the resampler fills: not the window's low end,
+    which with a -1200 HU window would be a band darker than any air in the scan."""
+    data = synthesize(tmp_path / "luna16", n_scans=1, seed=2, size="tiny")  # ~90 mm across: 96-voxel patches pad
+    out = tmp_path / "p.zarr"
+    cfg = BuildConfig(data_root=str(data.root), out=str(out), subsets=(0,), hu_window=(-1200.0, 600.0),
+                      sampling=SamplingConfig(scales=(32, 96), jitter_copies=0))
+    assert run_build(cfg, workers=0, progress=False).ok
+    store = PatchStore(out)
+    scan = store.scans.iloc[0]
+    shape, origin = np.asarray(scan["resampled_shape_zyx"]), np.asarray(scan["resampled_origin_xyz"], float)
+    images = np.asarray(store.image_array(96)[:])
+    air = round(255 * (-1000 + 1200) / 1800)  # 28
+    padded_voxels = 0
+    for r in store.manifest[store.manifest["scale"] == 96].itertuples():
+        centre = np.rint((np.array([r.center_x, r.center_y, r.center_z]) - origin)[::-1] / store.attrs.spacing_mm)
+        inside = np.ones((96, 96, 96), bool)
+        for axis in range(3):
+            pos = centre[axis] - 48 + np.arange(96)
+            keep = (pos >= 0) & (pos < shape[axis])
+            inside &= keep.reshape([-1 if a == axis else 1 for a in range(3)])
+        beyond = images[r.index][~inside]
+        padded_voxels += beyond.size
+        assert np.all(beyond == air), np.unique(beyond)
+    assert padded_voxels > 0
