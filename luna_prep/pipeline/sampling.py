@@ -68,7 +68,11 @@ def nodule_centres(nodules: list[Nodule], cfg: SamplingConfig, spacing_mm: float
     out: list[SampleCentre] = []
     for nod in nodules:
         centre = np.rint(nod.centre_zyx).astype(int)
-        room = half_min - int(np.ceil(nod.radius_vox)) - cfg.jitter_margin_vox
+        # the sphere's last voxels either side of the (rounded) centre; an even patch spans [c - half, c + half - 1]:
+        # any offset up to `room` keeps jitter_margin_vox empty voxels to every face of the smallest patch
+        above = np.floor(nod.centre_zyx + nod.radius_vox) - centre
+        below = centre - np.ceil(nod.centre_zyx - nod.radius_vox)
+        room = int(min(np.min(half_min - 1 - above), np.min(half_min - below))) - cfg.jitter_margin_vox
         limit = max(0, min(int(cfg.max_jitter_mm / spacing_mm), room))
         offsets = [np.zeros(3, int)]
         for _ in range(cfg.jitter_copies):

@@ -1,6 +1,7 @@
 """Sample centres and patch cutting on tiny volumes."""
 
 import numpy as np
+import pytest
 
 from luna_prep.pipeline.lungmask import lung_mask
 from luna_prep.pipeline.patches import extract_patch, nodule_mask
@@ -50,16 +51,19 @@ def test_sphere_mask_is_the_union_of_every_nodule_reaching_in():
     assert only_a.sum() == 123
 
 
-def test_jitter_keeps_the_nodule_well_inside_the_smallest_patch():
-    cfg = SamplingConfig(scales=(48, 64), jitter_copies=20, max_jitter_mm=30.0)
-    nod = Nodule(0, np.array([50.2, 60.7, 70.4]), 12.0, 24.0)
+@pytest.mark.parametrize("centre", [(50.2, 60.7, 70.4), (50.49, 60.49, 70.49), (50.0, 60.0, 70.0)])
+def test_jitter_keeps_the_nodule_well_inside_the_smallest_patch(centre):
+    """``jitter_margin_vox`` empty voxels between the mask and every face of the smallest patch, on the high side
+    of an even patch (one voxel shorter) and with the centre rounded half a voxel away, too."""
+    cfg = SamplingConfig(scales=(48, 64), jitter_copies=400, max_jitter_mm=30.0)
+    nod = Nodule(0, np.array(centre), 12.0, 24.0)
     centres = nodule_centres([nod], cfg, 1.0, np.random.default_rng(0))
-    assert len(centres) == 21 and centres[0].centre_zyx == (50, 61, 70)
-    half = 24
+    assert len(centres) == 401 and centres[0].centre_zyx == tuple(np.rint(centre).astype(int))
+    gaps = []
     for c in centres:
-        rel = nod.centre_zyx - np.asarray(c.centre_zyx) + half
-        assert np.all(rel - nod.radius_vox >= cfg.jitter_margin_vox - 1)
-        assert np.all(rel + nod.radius_vox <= 48 - cfg.jitter_margin_vox + 1)
+        filled = np.argwhere(nodule_mask(np.asarray(c.centre_zyx), 48, [nod])[0])
+        gaps.append(min(filled.min(), (47 - filled).min()))  # empty layers to the nearest face
+    assert cfg.jitter_margin_vox <= min(gaps) <= cfg.jitter_margin_vox + 1  # kept, and not given away
     assert len({c.centre_zyx for c in centres}) > 10  # copies really move
 
 
