@@ -112,9 +112,18 @@ def load_seriesuids(path: str | Path) -> list[str]:
 
 
 def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
+    """``df`` has ``cols``, and a finite number in each of them but seriesuid (a blank or NaN probability
+    would otherwise sort above every real one, where the official script stops with an error)."""
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise InputError(f"{what} lacks columns {missing}; has {list(df.columns)}")
+    numeric = [c for c in cols if c != "seriesuid"]
+    values = df[numeric].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if len(bad):
+        first = df.iloc[bad[0]]
+        raise InputError(f"{what}: {len(bad)} row(s) without a finite number in {numeric}, the first is data row "
+                         f"{bad[0] + 1}: " + ", ".join(f"{c}={first[c]!r}" for c in ["seriesuid", *numeric]))
 
 
 def _group(df: pd.DataFrame | None, value: str) -> dict[str, np.ndarray]:
@@ -242,12 +251,14 @@ def _bootstrap(gt: np.ndarray, prob: np.ndarray, missed: np.ndarray, scan_idx: n
 
 def compute_froc(submission: pd.DataFrame, annotations: pd.DataFrame,
                  excluded: pd.DataFrame | None, seriesuids: Sequence[str],
-                 n_bootstrap: int = 1000, seed: int = 0) -> FrocResult:
-    """Score a submission (seriesuid, coordX, coordY, coordZ, probability) as LUNA16 does."""
-    _require(submission, ["seriesuid", *_XYZ, "probability"], "submission")
-    _require(annotations, ["seriesuid", *_XYZ, "diameter_mm"], "annotations")
+                 n_bootstrap: int = 1000, seed: int = 0,
+                 names: tuple[str, str, str] = ("submission", "annotations", "excluded annotations")) -> FrocResult:
+    """Score a submission (seriesuid, coordX, coordY, coordZ, probability) as LUNA16 does; ``names`` (the files)
+    are what errors call the three tables."""
+    _require(submission, ["seriesuid", *_XYZ, "probability"], names[0])
+    _require(annotations, ["seriesuid", *_XYZ, "diameter_mm"], names[1])
     if excluded is not None:
-        _require(excluded, ["seriesuid", *_XYZ, "diameter_mm"], "excluded annotations")
+        _require(excluded, ["seriesuid", *_XYZ, "diameter_mm"], names[2])
     uids = [str(u).strip() for u in seriesuids]
     if len(set(uids)) != len(uids):
         raise InputError("seriesuids list has duplicates")
@@ -300,7 +311,8 @@ def run_froc(submission_csv: str | Path, annotations_csv: str | Path,
     result = compute_froc(
         load_luna_csv(submission_csv), load_luna_csv(annotations_csv),
         None if excluded_csv is None else load_luna_csv(excluded_csv),
-        load_seriesuids(seriesuids_csv), n_bootstrap=n_bootstrap, seed=seed)
+        load_seriesuids(seriesuids_csv), n_bootstrap=n_bootstrap, seed=seed,
+        names=(f"{submission_csv} (submission)", f"{annotations_csv} (annotations)", f"{excluded_csv} (excluded)"))
     if json_out is not None:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(result.to_json_dict(), indent=2) + "\n")

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from luna_prep.errors import InputError
 from luna_train.evaluation.froc import OPERATING_POINTS, compute_froc, load_luna_csv, load_seriesuids, run_froc
 
 from paths import DATA
@@ -254,3 +255,22 @@ def test_bootstrap_sorted_once_equals_a_sort_per_sample():
         np.testing.assert_array_equal(curves[b], np.interp(BAND_FPS, fps, sens))
         np.testing.assert_array_equal(points[b], np.interp(OPERATING_POINTS, fps, sens))
     assert not np.isnan(curves).all()
+
+
+@pytest.mark.parametrize("value", ["", "nan", "high"])
+def test_a_probability_that_is_not_a_number_is_an_error_naming_the_file_and_row(tmp_path, value):
+    """A blank or NaN probability would sort above every real one: the official script refuses it, so do we."""
+    sub = tmp_path / "sub.csv"
+    sub.write_text("seriesuid,coordX,coordY,coordZ,probability\r\na,0,0,0,0.9\r\na,50,50,50," + value + "\r\n")
+    ann = tmp_path / "ann.csv"
+    ann.write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\r\na,0,0,0,10\r\n")
+    uids = tmp_path / "uids.csv"
+    uids.write_text("a\r\n")
+    with pytest.raises(InputError) as err:
+        run_froc(sub, ann, None, uids, n_bootstrap=0)
+    assert f"{sub} (submission): 1 row(s) without a finite number" in str(err.value)
+    assert "data row 2" in str(err.value) and "seriesuid='a'" in str(err.value)
+    ann.write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\r\na,0,0,0,\r\n")
+    sub.write_text("seriesuid,coordX,coordY,coordZ,probability\r\na,0,0,0,0.9\r\n")
+    with pytest.raises(InputError, match=r"ann\.csv \(annotations\): 1 row\(s\)"):
+        run_froc(sub, ann, None, uids, n_bootstrap=0)
