@@ -31,16 +31,20 @@ def _axis_coords(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Ten
     return i0, i1, x - i0.float()
 
 
-def resize_linear(volume: torch.Tensor, size: int) -> torch.Tensor:
-    """Separable trilinear resize of the last three axes of ``volume`` to ``size`` (centre-preserving)."""
+def resize_linear(volume: torch.Tensor, size: int | tuple[int, int, int]) -> torch.Tensor:
+    """Separable trilinear resize of the last three axes of ``volume`` to ``size`` (one edge, or one per axis),
+    centre-preserving. Shrinking by a whole factor samples voxels (64 -> 32 takes every second one) rather
+    than averaging them: training patches and ``detect``'s whole volumes both go through here, so the model
+    sees the same texture in both."""
+    sizes = (size,) * 3 if isinstance(size, int) else tuple(int(v) for v in size)
     out = volume
-    for axis in (-3, -2, -1):
+    for axis, n_out in zip((-3, -2, -1), sizes):
         n_in = out.shape[axis]
-        if n_in == size:
+        if n_in == n_out:
             continue
-        i0, i1, w = _axis_coords(n_in, size, out.device)
+        i0, i1, w = _axis_coords(n_in, n_out, out.device)
         shape = [1] * out.dim()
-        shape[axis] = size
+        shape[axis] = n_out
         w = w.view(shape)
         out = out.index_select(axis, i0) * (1 - w) + out.index_select(axis, i1) * w
     return out.contiguous()

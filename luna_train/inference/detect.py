@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from luna_prep.format.reader import ScanVolume
+from luna_train.data.dataset import resize_linear
 from luna_train.inference.postprocess import PostprocessConfig, postprocess
 from luna_train.inference.trained_model import ProbabilityModel
 from luna_train.inference.tta import tta_predict
@@ -39,10 +39,6 @@ class DetectConfig:
     max_candidates: int = 100  # per scan (the official evaluation scores at most 100)
 
 
-def _zoom(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
-
-
 @torch.no_grad()
 def volume_probabilities(model: ProbabilityModel, image: np.ndarray, cfg: DetectConfig) -> np.ndarray:
     """Probabilities (z, y, x) float32 of a normalized [0, 1] volume at the store's spacing."""
@@ -52,9 +48,11 @@ def volume_probabilities(model: ProbabilityModel, image: np.ndarray, cfg: Detect
     # the volume goes to the model's device first: zooms, windows and blending all run there
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(model.device)
     shape = tuple(int(s) for s in x.shape[2:])
-    zoomed = tuple(max(roi, int(round(s / model.voxel_mm))) for s in shape)
+    # zoomed as training zooms its patches (resize_linear); a scan smaller than one window is not stretched:
+    # sliding_window_inference pads it with 0, which is air in the [0, 1] encoding, and crops the result back
+    zoomed = tuple(max(1, int(round(s / model.voxel_mm))) for s in shape)
     if zoomed != shape:
-        x = _zoom(x, zoomed)
+        x = resize_linear(x, zoomed)
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
         if cfg.tta:
@@ -64,7 +62,7 @@ def volume_probabilities(model: ProbabilityModel, image: np.ndarray, cfg: Detect
     prob = sliding_window_inference(x, (roi,) * 3, window_batch(cfg, model.device), predict,
                                     overlap=cfg.overlap, mode="gaussian").float()
     if zoomed != shape:
-        prob = _zoom(prob, shape)
+        prob = resize_linear(prob, shape)
     return prob[0, 0].clamp_(0, 1).cpu().numpy()
 
 
@@ -119,7 +117,8 @@ def component_centroids_and_peaks(prob: np.ndarray, labels: np.ndarray, n: int) 
 def candidates_from_probabilities(prob: np.ndarray, volume: ScanVolume, cfg: DetectConfig) -> pd.DataFrame:
     """Connected components of the post-processed map (:func:`candidate_mask`) -> (world centroid, peak
     probability) rows."""
-    labels, n = ndimage.label(candidate_mask(prob, volume, cfg))
+    # 26-connected, as post-processing's components: an object it keeps whole is one candidate
+    labels, n = ndimage.label(candidate_mask(prob, volume, cfg), structure=np.ones((3, 3, 3), bool))
     rows = []
     if n:
         centroids, peaks = component_centroids_and_peaks(prob, labels, n)

@@ -18,6 +18,7 @@ from luna_prep.format.spec import decode_image
 from luna_prep.luna16.geometry import ScanGeometry
 from luna_prep.pipeline.prepare import prepare_scan
 from luna_train.inference.detect import DetectConfig, candidate_mask, detect_volume
+from luna_train.inference.outputs import stem_of
 from luna_train.inference.trained_model import ProbabilityModel
 from luna_train.run_dir import PreprocessingSpec
 
@@ -36,7 +37,7 @@ def prepare_volume(path: str | Path, spec: PreprocessingSpec) -> tuple[ScanVolum
     prepared = prepare_scan(path, spec.spacing_mm, spec.hu_window, spec.image_dtype)
     vol = prepared.volume
     volume = ScanVolume(
-        seriesuid=Path(path).stem, image=decode_image(vol.array, spec.image_dtype), lungs=prepared.lungs_full(),
+        seriesuid=stem_of(path).name, image=decode_image(vol.array, spec.image_dtype), lungs=prepared.lungs_full(),
         origin_xyz=tuple(vol.geometry.origin), spacing_mm=vol.spacing, original=prepared.original.to_dict(),
     )
     return volume, prepared.original, prepared.warnings

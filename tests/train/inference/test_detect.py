@@ -175,3 +175,72 @@ def test_component_centroids_and_peaks_match_scipy():
     expected[1] = ndimage.center_of_mass(labels == 2)
     np.testing.assert_allclose(centroids, expected, rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(peaks, np.asarray(ndimage.maximum(prob, labels, index)))
+
+
+class _EchoModel(BrightBlobModel):
+    """Probability = the input voxel itself; keeps the windows it is given."""
+
+    def __init__(self, train_size=24, eval_scale=24):
+        super().__init__(train_size, eval_scale)
+        self.windows = []
+
+    def probabilities(self, x):
+        self.windows.append(x.clone())
+        return x
+
+
+def test_a_scan_smaller_than_one_window_is_padded_with_air_not_stretched():
+    volume = _volume_with_balls([(7, 20, 20)], radius=5, shape=(14, 40, 40))  # 14 slices, 24-voxel windows
+    model = _EchoModel()
+    prob = volume_probabilities(model, volume.image, DetectConfig())
+    np.testing.assert_allclose(prob, volume.image, atol=1e-6)  # every voxel seen as it is, none interpolated
+    windows = torch.cat(model.windows)[:, 0].numpy()
+    ball_voxels = int((volume.image > 0.5).sum())
+    whole = 0
+    for window in windows:  # the 10 slices beyond the scan are air (0); the ball stays round
+        assert len(np.flatnonzero(window.max(axis=(1, 2)) > 0)) == 14
+        ball = window > 0.5
+        if ball.sum() == ball_voxels:
+            whole += 1
+            assert [np.ptp(np.nonzero(ball)[a]) + 1 for a in range(3)] == [11, 11, 11]
+    assert whole > 0
+
+
+def test_detect_zooms_a_volume_as_training_zooms_its_patches():
+    """Model voxels of 2 mm: the model sees every second voxel (training's resize_linear), with the
+    texture of its training patches, not a smoothed average of neighbours."""
+    from luna_train.data.dataset import resize_linear
+
+    rng = np.random.default_rng(0)
+    image = (0.5 + 0.1 * rng.standard_normal((48, 48, 48))).astype(np.float32)
+    model = _EchoModel(train_size=24, eval_scale=48)
+    prob = volume_probabilities(model, image, DetectConfig())
+    assert len(model.windows) == 1  # 48 voxels at 2 mm: one 24^3 window
+    seen = model.windows[0]
+    torch.testing.assert_close(seen, resize_linear(torch.from_numpy(image)[None, None], 24))
+    np.testing.assert_allclose(seen[0, 0].numpy(), image[::2, ::2, ::2], atol=1e-6)
+    assert abs(float(seen.std()) - 0.1) < 0.01  # trilinear averaging of 2^3 voxels would give ~0.035
+    assert prob.shape == image.shape
+    np.testing.assert_allclose(prob[::2, ::2, ::2], image[::2, ::2, ::2], atol=1e-6)  # zoomed back on the same taps
+
+
+def test_one_26_connected_object_is_one_candidate():
+    """Candidates are the components post-processing keeps: 26-connected, so blocks touching along an edge
+    are one object (and one candidate), not two."""
+    prob = np.zeros((20, 20, 20), np.float32)
+    prob[7:9, 7:9, 7:9] = 0.9
+    prob[7:9, 9:11, 9:11] = 0.8  # touches the first block along an edge only
+    volume = ScanVolume("1.2.3", prob, np.ones(prob.shape, bool), (0.0, 0.0, 0.0), 1.0, {})
+    cands = candidates_from_probabilities(prob, volume, DetectConfig(postprocess=PostprocessConfig(0.5, 10)))
+    assert len(cands) == 1 and cands["probability"].iloc[0] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mhd"])
+def test_predicted_candidates_name_the_scan_without_its_image_suffix(tmp_path, suffix):
+    from luna_train.inference.predict_scan import prepare_volume
+
+    data = synthesize(tmp_path / "luna16", n_scans=1, seed=5)
+    path = tmp_path / f"1.3.6.1.4.1.14519.5.2.1.6279.6001.105756658031515062000744821260{suffix}"
+    sitk.WriteImage(sitk.ReadImage(str(data.scans[0].path)), str(path))
+    volume = prepare_volume(path, SPEC)[0]
+    assert volume.seriesuid == "1.3.6.1.4.1.14519.5.2.1.6279.6001.105756658031515062000744821260"
