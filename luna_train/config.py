@@ -131,7 +131,7 @@ class OptimConfig:
     warmup_epochs: NonNegativeFloat = 5.0
     schedule: Schedule = "cosine"
     restart_epochs: NonNegativeFloat = 0.0  # > 0: SGDR, first cosine period in epochs
-    restart_mult: PositiveFloat = 1.0  # period growth factor after each restart
+    restart_mult: Annotated[float, Range(ge=1)] = 1.0  # period growth after each restart (< 1: the periods would end)
     grad_clip: NonNegativeFloat = 1.0  # max gradient norm; 0 = off
 
 
@@ -140,7 +140,7 @@ class TrainLoopConfig:
     """Epochs, precision, early stopping, checkpoints, seeding."""
 
     epochs: PositiveInt = 100
-    patience: NonNegativeInt = 20  # epochs without val Dice improvement before stopping; 0 = never
+    patience: NonNegativeInt = 20  # epochs without a better val Dice (from the first validation) to stop; 0 = never
     amp: Precision = "bf16"  # mixed precision applies on CUDA only
     seed: int = 0
     val_every: PositiveInt = 1  # validate every N epochs (and at the last one)

@@ -148,6 +148,8 @@ class Fit:
     def run(self) -> FitOutcome:
         """Epochs until ``train.epochs`` or ``train.patience`` epochs without a better validation Dice."""
         tc, ddp_check = self.cfg.train, None
+        if self._patience_spent():  # a resumed run that had stopped early stays stopped
+            return FitOutcome(stopped_early=True, rank_draws=None)
         while self.state.epoch < tc.epochs:
             e, t_epoch = self.state.epoch, time.perf_counter()
             check = ddp_check is None and self.state.step_in_epoch == 0
@@ -163,9 +165,13 @@ class Fit:
             self.save([LAST, BEST] if improved or self.state.best_epoch < 0 else [LAST])
             self._plot(e, improved, res)
             self._report(time.perf_counter() - t_epoch)
-            if tc.patience > 0 and self.state.bad_epochs >= tc.patience:
+            if self._patience_spent():
                 return FitOutcome(stopped_early=True, rank_draws=ddp_check)
         return FitOutcome(stopped_early=False, rank_draws=ddp_check)
+
+    def _patience_spent(self) -> bool:
+        patience = self.cfg.train.patience
+        return patience > 0 and self.state.bad_epochs >= patience
 
     def _train(self, collect_seen: bool) -> tuple[float, list[int]]:
         """One epoch (or its rest after a resume): this rank's mean loss and the positions trained on."""
@@ -196,7 +202,13 @@ class Fit:
             metric = res.dice if not math.isnan(res.dice) else res.pooled_dice
             if not math.isnan(metric) and metric > state.best_metric:
                 state.best_metric, state.best_epoch, improved = float(metric), epoch, True
-        state.bad_epochs = epoch - state.best_epoch if state.best_epoch >= 0 else epoch + 1
+        if state.best_epoch >= 0:
+            state.bad_epochs = epoch - state.best_epoch
+        else:  # no usable metric yet: the epochs count from the first validation, none before it
+            validated = [r["epoch"] - 1 for r in state.history
+                         if any(_finite(r.get(k)) for k in ("val_loss", "val_dice", "val_pooled_dice"))]
+            first = min(validated + ([epoch] if res is not None else []), default=None)
+            state.bad_epochs = 0 if first is None else epoch - first + 1
         return improved
 
     def _log_epoch(self, epoch: int, train_loss: float, res: ValidationResult | None) -> None:
@@ -249,3 +261,11 @@ def epoch_line(row: dict, epochs: int, best: float, best_epoch: int, wall: float
     return (f"epoch {int(row['epoch'])}/{epochs}  step {int(row['step'])}  loss {row['train_loss']:.4f}  "
             f"val Dice {val}  best {best_text}  lr {row['lr']:.2e}  {wall:.1f} s  "
             f"ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}")
+
+
+def _finite(value) -> bool:
+    """Whether a metrics-row value is a finite number (a validated epoch's; NaN or None where none ran)."""
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

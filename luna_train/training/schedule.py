@@ -38,9 +38,11 @@ def lr_at(step: int, spec: ScheduleSpec) -> float:
     t = step - spec.warmup_steps
     if spec.restart_steps > 0:
         period = float(spec.restart_steps)
+        if spec.restart_mult < 1:  # the periods would sum to a finite step, and the LR be undefined after it
+            raise ValueError(f"restart_mult must be >= 1, got {spec.restart_mult}")
         while t >= period:
             t -= period
-            period *= max(spec.restart_mult, 1e-9)
+            period *= spec.restart_mult
         frac = t / period
     else:
         span = max(spec.total_steps - spec.warmup_steps, 1)

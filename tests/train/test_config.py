@@ -88,6 +88,7 @@ def test_shipped_configs_load(name):
     ("split.test_subsets=[9, 11]", "split.test_subsets", "LUNA16 has subsets 0-9, not 11"),
     ("split.fold=9", "split", "fold 9 is a test subset"),
     ("model.strides=[2, 2]", "model.strides", "4 model.channels need 3 strides"),
+    ("optim.restart_mult=0.5", "optim.restart_mult", ">= 1"),  # shrinking periods end: the LR would be undefined
 ])
 def test_bad_values_fail_at_load_naming_key_and_allowed_values(override, key, allowed):
     with pytest.raises(ConfigError) as err:

@@ -31,6 +31,12 @@ def test_restarts_reset_to_base():
     assert lr_at(30, spec) == pytest.approx(1.0)  # second restart after 10 + 20 steps
 
 
+def test_shrinking_restart_periods_are_refused_rather_than_looping_forever():
+    spec = ScheduleSpec(base_lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=1000, restart_steps=10, restart_mult=0.5)
+    with pytest.raises(ValueError, match="restart_mult must be >= 1"):
+        lr_at(25, spec)  # past 10 + 5 + 2.5 + ... = 20 steps
+
+
 def test_scheduler_sets_optimizer_lr_and_round_trips():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=123.0)

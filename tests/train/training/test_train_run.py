@@ -65,6 +65,20 @@ def test_unknown_set_key_is_a_usage_error(tiny_store, tmp_path):
     assert res.exit_code == 2 and "optim.learning_rate" in res.output and "weight_decay" in res.output
 
 
+def test_patience_counts_from_the_first_validation_and_an_early_stop_survives_resume(tiny_store, tmp_path):
+    """Validation every 3rd epoch, patience 2: the run validates (epoch 3) before patience can run out, stops
+    after epochs 4 and 5 bring nothing new, and a --resume of the stopped run trains no further."""
+    common = TINY + [f"data.dataset={tiny_store}", "logging.plots=false", "logging.tensorboard=false",
+                     "train.epochs=6", "train.val_every=3", "train.patience=2"]
+    summary = run_training(load_config(None, common), tmp_path / "run")
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert metrics["val_loss"].notna().tolist() == [False, False, True, False, False]
+    assert summary["stopped_early"] and summary["epochs_run"] == 5 and summary["best_epoch"] == 3
+    again = run_training(load_config(None, common), tmp_path / "run", resume=True)
+    assert again["stopped_early"] and again["epochs_run"] == 5
+    assert len(pd.read_csv(tmp_path / "run" / "metrics.csv")) == 5
+
+
 def test_resume_mid_epoch_matches_uninterrupted_run(tiny_store, tmp_path):
     # dropout draws from torch's RNG, hard mining changes the sampler: both must be restored exactly
     common = TINY + [f"data.dataset={tiny_store}", "model.dropout=0.2", "sampler.hard_mining_every=1",
