@@ -24,8 +24,8 @@ class AugmentConfig:
     intensity_scale: float = 0.05
     intensity_prob: float = 0.5
     affine_prob: float = 0.0
-    # random crop of this edge from every training patch (after flips/rotations), at the patch's own
-    # resolution: trains on the evaluated voxel size at the cost of a smaller patch; None = whole patch
+    # random crop of this edge from every training patch, at the patch's own resolution: trains on the evaluated
+    # voxel size at the cost of a smaller patch; a patch with nodule voxels keeps some (data/crop.py); None = whole
     crop_size: int | None = None
 
 
@@ -52,9 +52,9 @@ def build_train_transform(cfg: AugmentConfig):
     keys = list(KEYS)
     ts: list[Any] = []
     if cfg.crop_size:
-        from monai.transforms import RandSpatialCropd
+        from luna_train.data.crop import RandForegroundCropd
 
-        ts.append(RandSpatialCropd(keys, roi_size=(int(cfg.crop_size),) * 3, random_size=False))
+        ts.append(RandForegroundCropd(keys, int(cfg.crop_size)))
     if cfg.affine_prob > 0:
         ts.append(RandAffined(keys, prob=cfg.affine_prob, rotate_range=(math.pi / 18,) * 3, scale_range=(0.1,) * 3,
                               mode=("bilinear", "nearest"), padding_mode=("border", "zeros")))
@@ -108,7 +108,11 @@ def augment_batch_on_device(batch: dict, cfg: AugmentConfig, generator: torch.Ge
     view = (n,) + (1,) * (image.dim() - 1)
     if cfg.intensity_prob > 0 and (cfg.intensity_shift > 0 or cfg.intensity_scale > 0):
         img = (img + _to(shift, img).view(view)) * _to(scale, img).view(view)
-    out["image"], out["label"] = random_crop(img, lbl, cfg.crop_size, generator)
+    if cfg.crop_size:
+        from luna_train.data.crop import crop_batch
+
+        img, lbl = crop_batch(img, lbl, cfg.crop_size, generator)
+    out["image"], out["label"] = img, lbl
     return out
 
 
@@ -159,16 +163,3 @@ def permute_batch(image: torch.Tensor, label: torch.Tensor, flips: torch.Tensor,
                 dims = (2 + a0, 2 + a1)
                 x, y = choose(picked, torch.rot90(x, k, dims), x), choose(picked, torch.rot90(y, k, dims), y)
     return x.contiguous(), y.contiguous()
-
-
-def random_crop(image: torch.Tensor, label: torch.Tensor, size: int | None,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same random ``size``^3 window of each item's image and label (B, C, S, S, S); no-op for None or >= S."""
-    edge = image.shape[-1]
-    if not size or size >= edge:
-        return image, label
-    n = image.shape[0]
-    starts = torch.randint(0, edge - size + 1, (n, 3), generator=generator, device=generator.device).tolist()
-    window = [tuple(slice(a, a + size) for a in starts[b]) for b in range(n)]
-    crop = lambda x: torch.stack([x[b][(Ellipsis, *window[b])] for b in range(n)])  # noqa: E731
-    return crop(image), crop(label)

@@ -103,3 +103,47 @@ def test_whole_batch_permutation_equals_item_by_item():
     got_x, got_y = permute_batch(image, label, flips, rots, ks)
     assert torch.equal(got_x, want_x) and torch.equal(got_y, want_y)
     assert sum(not torch.equal(want_x[b], image[b]) for b in range(16)) >= 10  # the draws did permute
+
+
+def _corner_blob_batch(n=64, size=12):
+    """Items with one foreground voxel near a corner (even items) and items without foreground (odd ones)."""
+    image = torch.rand((n, 1, size, size, size), generator=torch.Generator().manual_seed(0))
+    label = torch.zeros_like(image)
+    label[0::2, 0, 1, 10, 2] = 1.0
+    return {"image": image, "label": label}
+
+
+def test_a_crop_of_a_foreground_patch_holds_its_foreground_anywhere_in_the_window():
+    """The sampler's fg_fraction survives the crop: every foreground item keeps its nodule voxel, at a place
+    in the window drawn uniformly (all the windows that hold it occur); background items crop uniformly."""
+    from luna_train.data.crop import crop_starts
+
+    batch = _corner_blob_batch()
+    cfg = AugmentConfig(flip_prob=0.0, rot90_prob=0.0, intensity_prob=0.0, crop_size=8)
+    starts_fg, starts_bg = set(), set()
+    for step in range(8):
+        out = augment_batch_on_device(batch, cfg, batch_generator(0, 0, step))
+        assert torch.equal(out["label"][0::2].flatten(1).sum(1), torch.ones(32))  # every fg item keeps its voxel
+        starts = crop_starts(batch["label"], 8, batch_generator(0, 0, step)).tolist()
+        starts_fg |= {tuple(s) for s in starts[0::2]}
+        starts_bg |= {tuple(s) for s in starts[1::2]}
+    # the voxel (1, 10, 2) is held by windows starting at z in 0..1, y in 3..4, x in 0..2: 2 * 2 * 3 of them
+    assert starts_fg == {(z, y, x) for z in (0, 1) for y in (3, 4) for x in (0, 1, 2)}
+    assert len(starts_bg) > 60 and all(max(s) <= 4 for s in starts_bg)  # 5^3 = 125 windows, uniformly
+
+
+def test_the_monai_crop_keeps_foreground_too_and_follows_the_random_state():
+    batch = _corner_blob_batch(n=2)
+    transform = build_train_transform(AugmentConfig(crop_size=8, intensity_prob=0.0))
+    kept = []
+    for seed in range(40):
+        transform.set_random_state(seed=seed)
+        out = transform({"image": batch["image"][0].clone(), "label": batch["label"][0].clone()})
+        assert tuple(out["image"].shape) == tuple(out["label"].shape) == (1, 8, 8, 8)
+        kept.append(float(torch.as_tensor(out["label"]).sum()))
+    assert kept == [1.0] * 40
+    transform.set_random_state(seed=3)
+    a = transform({"image": batch["image"][1].clone(), "label": batch["label"][1].clone()})
+    transform.set_random_state(seed=3)
+    b = transform({"image": batch["image"][1].clone(), "label": batch["label"][1].clone()})
+    assert torch.equal(torch.as_tensor(a["image"]), torch.as_tensor(b["image"]))
