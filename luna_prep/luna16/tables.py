@@ -55,16 +55,19 @@ def parse_subsets(spec: str) -> list[int]:
 
 
 def _read_table(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, dtype={"seriesuid": str})  # CRLF is fine; floats parse exactly (pandas >= 3)
+    """The table's ``columns``, checked; its index is each row's file line - 2 (blank lines skipped, not
+    renumbered), which :func:`_refuse` names."""
+    try:  # CRLF is fine; floats parse exactly (pandas >= 3)
+        df = pd.read_csv(path, dtype={"seriesuid": str}, skip_blank_lines=False)
     except Exception as exc:
         raise TableError(f"{path}: cannot read {what} ({exc})") from exc
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise TableError(f"{path}: {what} lacks columns {missing}; expected {','.join(columns)}")
-    df = df[list(columns)].copy()
+    df = df.loc[~df.isna().all(axis=1), list(columns)].copy()
     df["seriesuid"] = df["seriesuid"].str.strip()
+    _refuse(path, what, df["seriesuid"].isna() | (df["seriesuid"] == ""), "has an empty seriesuid")
     for col in columns[1:]:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     _refuse(path, what, df[list(columns[1:])].isna().any(axis=1), "has a non-numeric or empty value")
@@ -73,18 +76,29 @@ def _read_table(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame
 
 
 def _refuse(path: Path, what: str, bad: pd.Series, problem: str) -> None:
-    """Raise a TableError naming the first line (1-based, counting the header) where ``bad`` holds."""
+    """Raise a TableError naming the first file line (1-based, counting the header) where ``bad`` holds."""
     if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
-        raise TableError(f"{path}: {what} line {row + 2} {problem}")
+        raise TableError(f"{path}: {what} line {_line(bad.index[bad.to_numpy()][0])} {problem}")
+
+
+def _line(index) -> int:
+    return int(index) + 2
 
 
 def read_annotations(path: str | Path) -> pd.DataFrame:
-    """annotations.csv (``seriesuid,coordX,coordY,coordZ,diameter_mm``) with its row numbers kept."""
+    """annotations.csv (``seriesuid,coordX,coordY,coordZ,diameter_mm``) with its row numbers kept
+    (``annotation_index``: 0, 1, ... over the nodules, blank lines not counted)."""
     df = _read_table(Path(path), ANNOTATION_COLUMNS, "annotations")
     d = df["diameter_mm"]
     _refuse(Path(path), "annotations", (d <= 0) | (d > MAX_DIAMETER_MM),
             f"has diameter_mm outside (0, {MAX_DIAMETER_MM:g}] mm")
+    copies = df.duplicated(list(ANNOTATION_COLUMNS), keep="first")
+    if copies.any():  # one nodule listed twice would get twice its samples
+        again = copies.index[copies.to_numpy()][0]
+        first = df.index[(df == df.loc[again]).all(axis=1).to_numpy()][0]
+        raise TableError(f"{path}: annotations lines {_line(first)} and {_line(again)} are the same nodule "
+                         "(every value equal); remove one copy")
+    df = df.reset_index(drop=True)
     df["annotation_index"] = range(len(df))
     return df
 
@@ -94,6 +108,7 @@ def read_candidates(path: str | Path) -> pd.DataFrame:
     df = _read_table(Path(path), CANDIDATE_COLUMNS, "candidates")
     _refuse(Path(path), "candidates", ~df["class"].isin(CANDIDATE_CLASSES),
             f"has class outside {CANDIDATE_CLASSES} (0: not a nodule, 1: nodule)")
+    df = df.reset_index(drop=True)
     df["class"] = df["class"].astype(int)
     return df
 

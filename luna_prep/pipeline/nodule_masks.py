@@ -26,8 +26,8 @@ def sphere_nodules(annotations: tuple[Annotation, ...], original: ScanGeometry, 
         vox = original.world_to_voxel([x, y, z])
         if not original.contains_voxel(vox):
             raise AnnotationOutsideVolume(
-                f"{where}: annotation row {row} at world ({x:.2f}, {y:.2f}, {z:.2f}) mm lies outside "
-                f"the volume (voxel {np.round(vox, 1).tolist()}, size {list(original.size)})"
+                f"{where}: annotation_index {row} (0: the first nodule) at world ({x:.2f}, {y:.2f}, {z:.2f}) mm lies "
+                f"outside the volume (voxel {np.round(vox, 1).tolist()}, size {list(original.size)})"
             )
         out.append(Nodule(row, vol.world_to_zyx([x, y, z]), d / 2.0 / vol.spacing, d))
     return out

@@ -37,6 +37,35 @@ def test_annotation_coordinates_must_be_finite_numbers(tmp_path, value):
         read_annotations(path)
 
 
+def test_lines_are_named_as_the_file_numbers_them_blank_lines_included(tmp_path):
+    path = tmp_path / "annotations.csv"
+    path.write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\r\n{UID},1,2,3,6\r\n\r\n\r\n{UID},1,x,3,6\r\n")
+    with pytest.raises(TableError, match=r"annotations line 5 has a non-numeric or empty value"):
+        read_annotations(path)
+    path.write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{UID},1,2,3,6\n\n{UID},4,5,6,7\n")
+    df = read_annotations(path)  # blank lines are skipped; the nodules are numbered 0, 1
+    assert list(df["annotation_index"]) == [0, 1] and list(df.index) == [0, 1]
+
+
+@pytest.mark.parametrize("uid", ["", "  "])
+def test_an_empty_seriesuid_is_refused(tmp_path, uid):
+    for name, header, last in (("annotations.csv", "diameter_mm", "6"), ("candidates.csv", "class", "0")):
+        path = tmp_path / name
+        path.write_text(f"seriesuid,coordX,coordY,coordZ,{header}\n{UID},1,2,3,{last}\n{uid},1,2,3,{last}\n")
+        with pytest.raises(TableError, match=rf"{name}: \w+ line 3 has an empty seriesuid"):
+            (read_annotations if name == "annotations.csv" else read_candidates)(path)
+
+
+def test_a_nodule_listed_twice_is_refused_naming_both_lines(tmp_path):
+    """It would get twice its samples; LUNA16's annotations.csv lists each nodule once."""
+    path = tmp_path / "annotations.csv"
+    path.write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{UID},1,2,3,6\n{UID},4,5,6,7\n{UID},1,2,3,6\n")
+    with pytest.raises(TableError, match=r"annotations lines 2 and 4 are the same nodule"):
+        read_annotations(path)
+    path.write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{UID},1,2,3,6\n{UID},1,2,3,6.5\n")
+    assert len(read_annotations(path)) == 2  # two readings of one place are two rows: not a copy
+
+
 @pytest.mark.parametrize("cls", ["2", "-1", "9", "0.5"])
 def test_candidate_class_must_be_0_or_1(tmp_path, cls):
     path = tmp_path / "candidates.csv"
