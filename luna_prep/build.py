@@ -19,6 +19,7 @@ from luna_prep.errors import LunaError
 from luna_prep.files import is_temporary, sha256_bytes, sha256_file
 from luna_prep.format.spec import (
     BUILD_DIR,
+    FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_COLUMNS,
     MANIFEST_FILE,
@@ -127,6 +128,14 @@ def _resolve_tables(cfg: BuildConfig) -> tuple[Path, Path | None]:
     return ann, cand
 
 
+def _refuse_out_holding_inputs(cfg: BuildConfig, ann: Path, cand: Path | None) -> None:
+    """--out must not be, or hold, an input: the build writes there and --overwrite deletes it."""
+    out = Path(cfg.out).resolve()
+    for item in (cfg.data_root, ann, cand, cfg.lidc_db, cfg.mask_dir, cfg.lung_masks):
+        if item is not None and (Path(item).resolve() == out or out in Path(item).resolve().parents):
+            raise BuildError(f"{cfg.out}: --out holds the input {item}; build into a folder of its own")
+
+
 def config_hash(cfg: BuildConfig, plans: list[ScanPlan], ann: Path, cand: Path | None) -> str:
     """sha256 over what decides the store's bytes: settings, table contents and the scan list."""
     content = asdict(cfg)
@@ -141,26 +150,71 @@ def config_hash(cfg: BuildConfig, plans: list[ScanPlan], ann: Path, cand: Path |
     return sha256_bytes(json.dumps(content, sort_keys=True, default=list).encode())
 
 
-def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool) -> set[str]:
-    """Create the store, or reopen it for resuming; return the seriesuids already finished."""
+def _store_attrs(out: Path) -> dict | None:
+    """The root attributes of the luna-patches store at ``out``, or None where there is none."""
     import zarr
 
-    out = Path(cfg.out)
-    if (out / ROOT_METADATA).exists() and not overwrite:
+    if not (out / ROOT_METADATA).is_file():
+        return None
+    try:
         attrs = dict(zarr.open_group(str(out), mode="r").attrs)
+    except Exception:  # a half-written or foreign zarr.json
+        return None
+    return attrs if attrs.get("format") == FORMAT_NAME else None
+
+
+def _changed_settings(stored: dict, cfg: BuildConfig) -> list[str]:
+    """``setting: old -> new`` for each build setting that differs from the store's recorded ``build_config``."""
+    new = json.loads(json.dumps(asdict(cfg), default=list))
+    changed = []
+    for key in sorted(set(stored) | set(new)):
+        if key in ("out", "data_root") or stored.get(key) == new.get(key):
+            continue
+        changed.append(f"{key}: {json.dumps(stored.get(key))} -> {json.dumps(new.get(key))}")
+    return changed
+
+
+def _remove_store(out: Path) -> None:
+    """Delete the store at ``out``: renamed aside first, so a kill midway never leaves a half-deleted store
+    that a re-run would resume."""
+    aside = out.with_name(f".{out.name}.deleting")
+    if aside.exists():
+        shutil.rmtree(aside)
+    out.rename(aside)
+    shutil.rmtree(aside)
+
+
+def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool) -> set[str]:
+    """Create the store, or reopen it for resuming; return the seriesuids already finished.
+
+    A store is resumed only once its creation finished (``_build/done/`` is made after every array); one whose
+    creation was killed holds nothing finished and is created again."""
+    out = Path(cfg.out)
+    leftover = out.with_name(f".{out.name}.deleting")  # an --overwrite killed while deleting
+    if leftover.exists():
+        shutil.rmtree(leftover)
+    attrs = _store_attrs(out)
+    created = attrs is not None and (out / BUILD_DIR / "done").is_dir()
+    if created and not overwrite:
         if attrs.get("config_hash") != digest:
+            changed = _changed_settings(attrs.get("build_config") or {}, cfg)
+            what = ("; ".join(changed) if changed else
+                    "the same settings, but other inputs: the annotations or candidates file, or the scans found")
             raise BuildError(
-                f"{out}: store was built with a different configuration or inputs "
-                f"(config hash {str(attrs.get('config_hash'))[:12]} != {digest[:12]}); "
-                "re-run with --overwrite to replace it"
+                f"{out}: store was built with a different configuration or inputs (config hash "
+                f"{str(attrs.get('config_hash'))[:12]} != {digest[:12]}; changed: {what}). Build into another "
+                "--out, or re-run with --overwrite to replace it (its finished scans are deleted)"
             )
         for stale in (p for p in out.glob(".*") if is_temporary(p)):  # a killed table write's temporary
             stale.unlink()
         return {p.stem for p in (out / BUILD_DIR / "done").glob("*.json")}
     if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise BuildError(f"{out}: exists and is not a luna-patches store; pass --overwrite to replace it")
-        shutil.rmtree(out)
+        if attrs is None:
+            raise BuildError(f"{out}: exists and is not a luna-patches store; --overwrite replaces only a store, "
+                             "so choose another --out (or empty this folder yourself)")
+        if created and not overwrite:  # unreachable: resumed above
+            raise BuildError(f"{out}: exists; pass --overwrite to replace it")
+        _remove_store(out)  # --overwrite, or a store whose creation was killed (nothing finished in it)
     attrs = StoreAttributes(
         spacing_mm=cfg.spacing_mm, hu_window=tuple(cfg.hu_window), scales=tuple(cfg.sampling.scales),
         image_dtype=cfg.storage.image_dtype, shard_patches=cfg.storage.shard_patches, capacity=capacity,
@@ -240,18 +294,31 @@ def unmatched_annotations(data_root: str | Path, annotations: pd.DataFrame) -> l
 @contextmanager
 def build_lock(out: str | Path):
     """Hold an exclusive lock on ``<out>.lock`` for the build; a second build of the same store is
-    refused at once instead of racing the first (the lock dies with its process, kill -9 included)."""
+    refused at once instead of racing the first (the lock dies with its process, kill -9 included).
+
+    The file is deleted when the build ends. A build that opened it just before locks a file no longer there,
+    so a build checks, once locked, that the path is still its file, and otherwise takes the new one."""
     import fcntl
 
     lock = Path(f"{Path(out).resolve()}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as f:
+    while True:
+        f = open(lock, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            raise BuildError(f"{out}: another luna-prep build is writing this store (pid {f.read().strip() or '?'}); "
+            holder = f.read().strip() or "?"
+            f.close()
+            raise BuildError(f"{out}: another luna-prep build is writing this store (pid {holder}); "
                              "wait for it to finish, or build into another --out") from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()  # the previous holder deleted this file as we locked it
+    with f:
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -288,14 +355,15 @@ def _build(cfg: BuildConfig, workers: int, scheduler: str | None, overwrite: boo
            scheduler_file: str | None, card_name: str | None, manifests_dir: str | Path | None,
            t0: float, dashboard: bool = False) -> BuildReport:
     if manifests_dir is not None:  # a bad card name fails now, not after the build
-        from luna_prep.sharing.cards import CardError, card_path, default_name
+        from luna_prep.sharing.cards import CardError, card_slot
 
         try:
-            card_path(card_name or default_name(cfg.out), manifests_dir)
+            card_slot(card_name, cfg.out, manifests_dir)
         except CardError as exc:
             raise BuildError(str(exc)) from exc
     cfg = resolve_masks(cfg)
     ann_path, cand_path = _resolve_tables(cfg)
+    _refuse_out_holding_inputs(cfg, ann_path, cand_path)
     annotations = read_annotations(ann_path)
     candidates = read_candidates(cand_path) if cand_path else None
     scans = find_scans(cfg.data_root, list(cfg.subsets))

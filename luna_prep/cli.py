@@ -148,9 +148,10 @@ def build(data_root, subsets, out, workers, scheduler, scheduler_file, scales, s
 
 
 @main.command()
-@click.argument("store", default=DEFAULT_STORE, type=click.Path(file_okay=False))
+@click.argument("store", default=DEFAULT_STORE)
 def info(store):
-    """Print a store's summary: configuration, scans, patches per scale and kind, bytes."""
+    """Print a store's summary: configuration, scans, patches per scale and kind, bytes (STORE: a folder, a .zip
+    or a URL)."""
     from luna_prep.format.reader import PatchStore
     from luna_prep.report.summary import store_summary
 
@@ -158,12 +159,12 @@ def info(store):
 
 
 @main.command()
-@click.argument("store", default=DEFAULT_STORE, type=click.Path(file_okay=False))
+@click.argument("store", default=DEFAULT_STORE)
 @click.option("--out", default="preview.png", type=click.Path(dir_okay=False), help="PNG to write.")
 @click.option("-n", "--samples", default=8, type=click.IntRange(min=1), help="Samples (rows) to show.")
 @click.option("--seed", default=0, type=int, help="Which samples to pick.")
 def preview(store, out, samples, seed):
-    """Render a montage of patches (every scale) with mask outlines to a PNG."""
+    """Render a montage of patches (every scale) with mask outlines to a PNG (STORE: a folder, a .zip or a URL)."""
     from luna_prep.report.preview import render_preview
 
     click.echo(f"wrote {render_preview(store, out, n=samples, seed=seed)}")

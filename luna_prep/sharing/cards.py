@@ -83,6 +83,22 @@ def card_path(name: str, manifests_dir: str | Path = DEFAULT_MANIFESTS_DIR) -> P
     return Path(manifests_dir) / f"{name}.json"
 
 
+def card_slot(name: str | None, store_path: str | Path, manifests_dir: str | Path = DEFAULT_MANIFESTS_DIR) -> Path:
+    """Where the card of the local store ``store_path`` goes: ``manifests_dir/<name>.json``. With the default name
+    (``name`` None), a card there that describes another store is refused, not replaced: two stores both called
+    ``patches.zarr`` would otherwise share one card, the last build's."""
+    out = card_path(name or default_name(store_path), manifests_dir)
+    if name is None and out.is_file():
+        try:
+            other = json.loads(out.read_text()).get("store", {}).get("absolute")
+        except (OSError, ValueError, AttributeError):
+            other = None  # not a readable card: replaced as before
+        if other and Path(other) != Path(store_path).resolve():
+            raise CardError(f"{out}: already the card of another store ({other}); give this store's card another "
+                            "name with --name, or remove that card")
+    return out
+
+
 def store_files(root: str | Path) -> list[str]:
     """Relative paths of every file of a local store folder, sorted; ``_build/`` and temporaries a killed
     write left behind are not part of the data."""
@@ -141,8 +157,8 @@ def write_card(store_path: str | Path, name: str | None = None,
     digests the build's scan tasks took of the files they wrote (see :func:`file_checksums`).
     """
     root = Path(store_path)
+    out = card_slot(name, store_path, manifests_dir)
     name = name or default_name(store_path)
-    out = card_path(name, manifests_dir)
     store = PatchStore(root)
     attrs, manifest, scans = store.attrs, store.manifest, store.scans
     status = scans["status"]

@@ -98,3 +98,101 @@ def test_a_killed_table_writes_temporary_is_neither_kept_nor_listed(synth2, tmp_
     assert ".manifest.parquet.tmp4242" not in store_files(out)
     assert run_build(config(synth2, out), workers=0, progress=False).skipped == 2  # a re-run cleans it up
     assert not stale.exists()
+
+
+def test_a_store_whose_creation_was_killed_is_created_again_not_resumed(synth2, tmp_path):
+    """The root zarr.json (with the config hash) is written before the arrays: a build killed in between left a
+    store that matched the hash, was resumed as sound and failed verification. Only a store whose creation ended
+    (``_build/done/`` exists) is resumed."""
+    from luna_prep.format.spec import BUILD_DIR
+    from luna_prep.sharing.verify import verify
+
+    out = tmp_path / "p.zarr"
+    assert run_build(config(synth2, out), workers=0, progress=False).ok
+    for path in (out / BUILD_DIR, out / "patches" / "32"):  # as a kill between the root and the arrays leaves it
+        shutil.rmtree(path)
+    for name in ("manifest.parquet", "scans.parquet"):
+        (out / name).unlink()
+    report = run_build(config(synth2, out), workers=0, progress=False)
+    assert report.ok and report.skipped == 0  # built again: nothing in it had finished
+    assert verify(str(out)).ok
+
+
+def test_an_overwrite_killed_while_deleting_leaves_nothing_to_resume(synth2, tmp_path, monkeypatch):
+    out = tmp_path / "p.zarr"
+    assert run_build(config(synth2, out), workers=0, progress=False).ok
+    real_rmtree = shutil.rmtree
+
+    def killed(path, *args, **kwargs):  # the deletion stops after the first scale's arrays
+        real_rmtree(next(p for p in (tmp_path / ".p.zarr.deleting" / "patches").iterdir() if p.is_dir()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_build(config(synth2, out), workers=0, progress=False, overwrite=True)
+    monkeypatch.setattr(build_module.shutil, "rmtree", real_rmtree)
+    assert not out.exists() and (tmp_path / ".p.zarr.deleting").is_dir()  # the old store was moved aside whole
+    report = run_build(config(synth2, out), workers=0, progress=False)
+    assert report.ok and report.skipped == 0 and not (tmp_path / ".p.zarr.deleting").exists()
+
+
+def test_overwrite_replaces_only_a_store_and_out_may_not_hold_an_input(synth2, tmp_path):
+    keep = tmp_path / "results"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(BuildError, match=r"results: exists and is not a luna-patches store; --overwrite "
+                                             r"replaces only a store"):
+            run_build(config(synth2, keep), workers=0, progress=False, overwrite=overwrite)
+    assert (keep / "notes.txt").read_text() == "mine"
+    with pytest.raises(BuildError, match=rf"{tmp_path.name}: --out holds the input .*luna16; build into a folder"):
+        run_build(config(synth2, tmp_path), workers=0, progress=False, overwrite=True)
+    assert (synth2 / "annotations.csv").is_file()
+
+
+def test_a_changed_setting_is_named_when_the_store_was_built_otherwise(synth2, tmp_path):
+    out = tmp_path / "p.zarr"
+    assert run_build(config(synth2, out), workers=0, progress=False).ok
+    cfg = config(synth2, out)
+    with pytest.raises(BuildError, match=r"changed: seed: 0 -> 1; subsets: \[0, 1\] -> \[0\]\)\. Build into another "
+                                         r"--out, or re-run with --overwrite"):
+        run_build(BuildConfig(**{**cfg.__dict__, "seed": 1, "subsets": (0,)}), workers=0, progress=False)
+    (synth2 / "annotations.csv").write_text((synth2 / "annotations.csv").read_text() + "\n")
+    (synth2 / "annotations.csv").write_text((synth2 / "annotations.csv").read_text().rstrip("\n") + "0\n")
+    with pytest.raises(BuildError, match="changed: the same settings, but other inputs"):
+        run_build(cfg, workers=0, progress=False)
+
+
+def test_a_default_card_name_never_replaces_another_stores_card(synth2, tmp_path):
+    manifests = tmp_path / "manifests"
+    first, second = tmp_path / "a" / "patches.zarr", tmp_path / "b" / "patches.zarr"
+    assert run_build(config(synth2, first), workers=0, progress=False, manifests_dir=manifests).ok
+    with pytest.raises(BuildError, match=r"patches\.json: already the card of another store \(.*a/patches\.zarr\); "
+                                         r"give this store's card another name with --name"):
+        run_build(config(synth2, second), workers=0, progress=False, manifests_dir=manifests)
+    assert not second.exists()  # refused before building
+    assert run_build(config(synth2, second), workers=0, progress=False, manifests_dir=manifests,
+                     card_name="patches-b").ok
+    assert run_build(config(synth2, first), workers=0, progress=False, manifests_dir=manifests).ok  # its own card
+
+
+def test_a_build_that_locks_a_lock_file_just_deleted_takes_the_new_one(tmp_path, monkeypatch):
+    """The holder deletes ``<out>.lock`` as it ends; a build that had opened the file just before would lock a
+    file no longer there, beside a third build locking the new one. It notices, and locks the file at the path."""
+    import fcntl
+    import os
+
+    out = tmp_path / "p.zarr"
+    lock = tmp_path / "p.zarr.lock"
+    real_flock, calls = fcntl.flock, []
+
+    def flock(f, op):
+        calls.append(os.fstat(f.fileno()).st_ino)
+        if len(calls) == 1:
+            lock.unlink()  # the previous holder ends just as we lock
+        real_flock(f, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with build_lock(out):
+        assert len(calls) == 2 and os.stat(lock).st_ino == calls[1]
+    assert not lock.exists()

@@ -405,6 +405,12 @@ def test_pack_to_zip_reads_and_verifies_like_the_folder(built, tmp_path):
     assert checked.ok and checked.files_checked == len(names), checked.format()
     assert verify(str(zip_path)).ok
     assert resolve_dataset(str(card_file), store_url=str(zip_path)) == str(zip_path)
+    # info and preview take the zip as they take the folder
+    info = CliRunner().invoke(cli, ["info", str(zip_path)])
+    folder_info = CliRunner().invoke(cli, ["info", str(out)]).output
+    assert info.exit_code == 0 and info.output.splitlines()[1:] == folder_info.splitlines()[1:]  # but the store line
+    shown = CliRunner().invoke(cli, ["preview", str(zip_path), "--out", str(tmp_path / "zip.png"), "-n", "2"])
+    assert shown.exit_code == 0 and (tmp_path / "zip.png").stat().st_size > 1000, shown.output
     # same bytes every time; the CLI does the same
     result = CliRunner().invoke(cli, ["pack", str(out), str(tmp_path / "again.zip")])
     assert result.exit_code == 0 and f"{len(names)} files" in result.output
