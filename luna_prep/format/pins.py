@@ -52,7 +52,17 @@ class PinnedLocation:
         self._blocks: dict[str, np.ndarray] = {}  # verified file -> crc32c of each block
 
     def __getattr__(self, name):  # fs, root, exists, list_files, zarr_store, ...: as the inner location
+        if name.startswith(("read", "each")):  # a read the inner location would serve unchecked
+            raise AttributeError(f"PinnedLocation has no {name}: it would read around the card's pins")
         return getattr(self.inner, name)
+
+    def read_range_into(self, rel: str, start: int, stop: int) -> memoryview:
+        """The local batch reader's call: the checked bytes of :meth:`read_range`."""
+        return memoryview(self.read_range(rel, start, stop))
+
+    def each_range(self, rels: list[str], starts: list[int], stops: list[int | None]):
+        """The remote batch reader's call: ``(position, checked bytes or exception)`` of :meth:`read_ranges`."""
+        yield from enumerate(self.read_ranges(rels, starts, stops))
 
     def _changed(self, rel: str, why: str) -> StoreChangedError:
         return StoreChangedError(f"{self.display}/{rel} changed since the card {self.pins.source} was checked ({why}); "

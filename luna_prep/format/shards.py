@@ -197,6 +197,9 @@ class ShardedPatchArray:
 
     def requests(self, rows) -> list[tuple[str, int, int] | None]:
         """(shard key, start, stop) of each row's chunk, None for rows never written."""
+        bad = [int(i) for i in rows if not 0 <= int(i) < self.shape[0]]
+        if bad:  # else a row past the end maps to a shard that does not exist, and reads as a blank patch
+            raise IndexError(f"{self.path}: row {bad[0]} outside 0..{self.shape[0] - 1}")
         self.prefetch_indexes(rows)
         return [self._requests_of(shard)[within] for shard, within in (divmod(int(i), self.shard_len) for i in rows)]
 

@@ -88,6 +88,34 @@ def test_a_shard_replaced_mid_run_is_noticed(carded):
     assert np.array_equal(before, PatchStore(root).read_patch(16, 9)[0])  # the bit is in another chunk
 
 
+@pytest.mark.parametrize("served", [False, True])
+def test_a_shard_replaced_mid_run_is_noticed_by_the_loaders_batch_reads(carded, served, monkeypatch):
+    """The training loader reads batches (``read_stored_many``): locally into a reused buffer, remotely as ranges
+    arrive. Both go through the pins: they had read the inner location directly, unchecked after a shard's
+    first read."""
+    from luna_prep.format.shards import ShardedPatchArray
+
+    monkeypatch.setattr(ShardedPatchArray, "remote_tail", 0)  # no small shard held whole: every chunk is fetched
+    root, card = carded
+    with serve_directory(root.parent) as (base, _):
+        store = open_dataset(resolve_dataset(card, store_url=f"{base}/s.zarr" if served else None, pinned=True))
+        assert store.pins is not None
+        store.read_stored_many(16, [8, 9])  # first read: the whole shard, checked against the card
+        data = bytearray((root / SHARD).read_bytes())
+        data[100] ^= 0x01
+        (root / SHARD).write_bytes(bytes(data))
+        with pytest.raises(StoreChangedError, match=rf"{SHARD} changed since .*differ from what this run read first"):
+            store.read_stored_many(16, [8, 9])
+
+
+def test_rows_past_the_arrays_are_an_error_not_blank_patches(carded):
+    store = PatchStore(carded[0])
+    rows = store.image_array(16).shape[0]
+    for row in (rows, -1):
+        with pytest.raises(IndexError, match=rf"patches/16/image: row {row} outside 0\.\.{rows - 1}"):
+            store.read_stored_many(16, [0, row])
+
+
 def test_files_the_card_does_not_list_are_refused(carded):
     root, _ = carded
     extra = "patches/24/mask/c/3/0/0/0"
