@@ -153,15 +153,15 @@ def _check_schema(data: Any) -> str | None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """A checkpoint written by :func:`save_checkpoint`, loaded with ``weights_only=True`` and its schema checked.
 
-    Raises :class:`CheckpointError` (naming ``path``) for a file it cannot use; OSError (e.g. a
-    missing file) passes through.
+    Raises :class:`CheckpointError` (naming ``path``) for a file it cannot use, a truncated one included (torch's
+    zip reader calls that an OSError, EINVAL); a missing or unreadable file's own OSError passes through.
     """
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             data = torch.load(path, map_location=map_location, weights_only=True)
-    except OSError:
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
     except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError, KeyError... for bad files
         raise CheckpointError(f"{path}: {_unreadable(path, exc)}{_advice(path)}") from None

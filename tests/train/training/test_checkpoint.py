@@ -73,6 +73,17 @@ def test_truncated_file(tmp_path):
     assert "truncated" in msg and LAST in msg
 
 
+def test_a_real_sized_checkpoint_cut_anywhere_is_a_checkpoint_error(tmp_path):
+    """torch's zip reader calls many cuts of a larger file an OSError (EINVAL): a traceback, not this error."""
+    payload = _payload()
+    payload["model"] = {"w": torch.arange(16384.0)}  # 64 KiB of weights, as a small network's best.pt
+    save_checkpoint(tmp_path / BEST, payload)
+    data = (tmp_path / BEST).read_bytes()
+    for cut in range(1000, len(data), len(data) // 25):
+        (tmp_path / BEST).write_bytes(data[:cut])
+        assert str(tmp_path / BEST) in _error(tmp_path / BEST)
+
+
 def test_random_bytes(tmp_path):
     (tmp_path / LAST).write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     msg = _error(tmp_path / LAST)
