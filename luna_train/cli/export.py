@@ -11,7 +11,9 @@ import click
               help="torchscript (torch.jit.load) or onnx (onnxruntime; needs the [export] extra).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The model file to write.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
-def export(run_dir, fmt, out, checkpoint):
+@click.option("--dataset", default=None,
+              help="The store the run trained on (only for a run without preprocessing.json whose store moved).")
+def export(run_dir, fmt, out, checkpoint, dataset):
     """Write the run's model as one file: (B, 1, D, H, W) image in [0, 1] -> sigmoid probabilities.
 
     The preprocessing spec (spacing, HU window, eval scale, input size) and the frozen post-processing
@@ -19,5 +21,5 @@ def export(run_dir, fmt, out, checkpoint):
     """
     from luna_train.inference.export import export_run
 
-    path = export_run(run_dir, fmt, out, checkpoint)
+    path = export_run(run_dir, fmt, out, checkpoint, dataset)
     click.echo(f"wrote {path} ({fmt}, {checkpoint} checkpoint of {run_dir})")

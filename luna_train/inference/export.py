@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from luna_prep.errors import UsageError
+from luna_prep.errors import InputError, UsageError
 from luna_train.inference.trained_model import load_trained_model
 from luna_train.nets.models import main_output
 from luna_train.run_dir import POSTPROCESS_FILE, PREPROCESSING_FILE, RunDir
@@ -40,10 +40,16 @@ class ProbabilityNet(nn.Module):
         return torch.sigmoid(main_output(self.model(x)).float())
 
 
-def run_metadata(run_dir: str | Path, eval_scale: int, input_size: int | None) -> dict[str, str]:
-    """The JSON texts that travel with the exported model: preprocessing spec and frozen post-processing."""
+def run_metadata(run_dir: str | Path, eval_scale: int, input_size: int | None,
+                 dataset: str | None = None) -> dict[str, str]:
+    """The JSON texts that travel with the exported model: preprocessing spec and frozen post-processing.
+    ``dataset``: the store the run trained on, for a run older than ``preprocessing.json`` whose store moved."""
     run = RunDir(run_dir)
-    meta = {PREPROCESSING_FILE: json.dumps(run.preprocessing(None, eval_scale, input_size).to_dict())}
+    spec = run.preprocessing(dataset, eval_scale, input_size)
+    if (spec.eval_scale, spec.input_size) != (eval_scale, input_size):
+        raise InputError(f"{run.file(PREPROCESSING_FILE)}: eval scale {spec.eval_scale} resized to {spec.input_size}, "
+                         f"but the checkpoint was trained at {eval_scale} resized to {input_size}")
+    meta = {PREPROCESSING_FILE: json.dumps(spec.to_dict())}
     if run.file(POSTPROCESS_FILE).is_file():
         meta[POSTPROCESS_FILE] = run.file(POSTPROCESS_FILE).read_text()
     return meta
@@ -71,8 +77,10 @@ def _export_onnx(net: nn.Module, example: torch.Tensor, out: Path, meta: dict[st
     onnx.save(model, str(out))
 
 
-def export_run(run_dir: str | Path, fmt: ExportFormat, out: str | Path, checkpoint: str = "best") -> Path:
-    """Write the run's model (``checkpoint``) as ``fmt`` to ``out``, with the run's preprocessing spec inside."""
+def export_run(run_dir: str | Path, fmt: ExportFormat, out: str | Path, checkpoint: str = "best",
+               dataset: str | None = None) -> Path:
+    """Write the run's model (``checkpoint``) as ``fmt`` to ``out``, with the run's preprocessing spec inside
+    (``dataset``: see :func:`run_metadata`)."""
     if fmt not in FORMATS:
         raise UsageError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
     trained = load_trained_model(run_dir, checkpoint_file(checkpoint), torch.device("cpu"))
@@ -82,7 +90,7 @@ def export_run(run_dir: str | Path, fmt: ExportFormat, out: str | Path, checkpoi
     example = torch.rand(1, 1, size, size, size, generator=torch.Generator().manual_seed(0))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = run_metadata(run_dir, data.eval_scale, data.train_size)
+    meta = run_metadata(run_dir, data.eval_scale, data.train_size, dataset)
     (_export_torchscript if fmt == "torchscript" else _export_onnx)(net, example, out, meta)
     return out
 

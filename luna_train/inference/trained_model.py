@@ -17,6 +17,7 @@ from torch import nn
 from luna_prep.errors import InputError
 from luna_train.config import TrainConfig, from_dict
 from luna_train.nets.models import build_model, main_output
+from luna_train.run_dir import PREPROCESSING_FILE, RunDir
 from luna_train.training.checkpoint import BEST, checkpoint_file, load_checkpoint
 from luna_train.training.loop import amp_context
 from luna_train.training.speed import StepOptions, format_batch, format_model, plain_state_dict
@@ -118,6 +119,14 @@ class Ensemble:
         sizes = {(m.input_size, m.voxel_mm) for m in members}
         if len(sizes) > 1:
             raise InputError(f"ensemble members disagree on (input size, voxel size): {sorted(sizes, key=str)}")
+        # one preparation feeds every member: each must have been trained on scans prepared alike
+        prepared = {m.run_dir: _scan_preparation(m.run_dir) for m in members}
+        known = [(run, how) for run, how in prepared.items() if how is not None]
+        for run, how in known[1:]:
+            if how != known[0][1]:
+                raise InputError(f"ensemble members prepare scans differently: {known[0][0]} at (spacing mm, HU "
+                                 f"window, image dtype) {known[0][1]}, {run} at {how}; ensemble runs trained on "
+                                 "stores built with the same settings")
         self.members = members
 
     @property
@@ -143,6 +152,14 @@ class Ensemble:
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m.probabilities(x) for m in self.members]).mean(0)
+
+
+def _scan_preparation(run_dir: Path | None) -> tuple | None:
+    """(spacing mm, HU window, image dtype) of a run's ``preprocessing.json``; None where it has none."""
+    if run_dir is None or not (Path(run_dir) / PREPROCESSING_FILE).is_file():
+        return None
+    spec = RunDir(run_dir).preprocessing()
+    return spec.spacing_mm, tuple(spec.hu_window), spec.image_dtype
 
 
 def load_ensemble(run_dirs: list[str | Path], checkpoint: str = BEST, device: torch.device | None = None) -> Ensemble:

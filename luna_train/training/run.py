@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from luna_train.config import TrainConfig, save_config
+from luna_train.config import ConfigError, TrainConfig, save_config, to_dict
 from luna_train.run_dir import CONFIG_FILE, absolute_location
 from luna_train.training import distributed as D
 from luna_train.training.assemble import assemble, open_logger, training_module
@@ -36,13 +36,16 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     cfg = replace(cfg, data=replace(cfg.data, dataset=absolute_location(cfg.data.dataset)))
     info = info or D.init_distributed()
     run_dir = Path(run_dir)
+    saved = load_checkpoint(run_dir / LAST, map_location="cpu") if resume else None
+    if saved is not None:
+        _refuse_changed_geometry(saved["config"], cfg, run_dir / LAST)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / CONFIG_FILE)
     D.barrier()
     seed_everything(cfg.train.seed)
     parts = assemble(cfg, info)
-    start = restore(parts, load_checkpoint(run_dir / LAST, map_location="cpu"), info.rank) if resume else Start()
+    start = restore(parts, saved, info.rank) if saved is not None else Start()
     net = training_module(parts.model, cfg, info)
     logger = open_logger(cfg, run_dir, info)
     if resume:
@@ -50,3 +53,21 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     fit = Fit(cfg, run_dir, info, parts, net, logger, start, on_step)
     outcome = fit.run()
     return finalize(cfg, run_dir, info, parts, logger, fit.state, outcome, t0)
+
+
+# what a resumed run may not change: the model, what it sees (its input edge and the store scale resized to it),
+# and which subsets validate and test it (the best checkpoint, the exported spec and the summary rest on them)
+RESUME_FIXED = {"model": None, "split": None, "data": ("train_size", "eval_scale")}
+
+
+def _refuse_changed_geometry(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
+    now = to_dict(cfg)
+    changed = []
+    for section, keys in RESUME_FIXED.items():
+        old, new = saved.get(section, {}), now.get(section, {})
+        for key in keys or sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                changed.append(f"{section}.{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    if changed:
+        raise ConfigError(f"{where}: --resume continues the run as it was trained; these settings changed: "
+                          f"{'; '.join(changed)}. Start a new run (another --out) to train with them")

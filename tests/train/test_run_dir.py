@@ -59,6 +59,41 @@ def test_an_older_run_without_its_spec_falls_back_to_its_store(tiny_run, tmp_pat
         RunDir(old).preprocessing()
 
 
+def test_an_older_run_whose_store_moved_exports_with_dataset(tiny_run, tmp_path):
+    run_dir, store = tiny_run
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    (old / PREPROCESSING_FILE).unlink()
+    cfg = yaml.safe_load((old / "config.yaml").read_text())
+    cfg["data"]["dataset"] = str(tmp_path / "gone.zarr")
+    (old / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(main, ["export", str(old), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
+                                    "--dataset", str(store)])
+    assert res.exit_code == 0, res.output
+    from luna_train.inference.export import load_torchscript
+
+    spec = json.loads(load_torchscript(tmp_path / "m.pt")[1][PREPROCESSING_FILE])
+    assert PreprocessingSpec.from_dict(spec) == RunDir(run_dir).preprocessing()
+
+
+def test_an_ensemble_of_runs_trained_on_differently_prepared_scans_is_refused(tiny_run, tmp_path):
+    """One preparation (the first run's) feeds every member: a member trained at another HU window would see
+    wrongly scaled input."""
+    from luna_train.inference.trained_model import load_ensemble
+
+    run_dir, _ = tiny_run
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    spec = json.loads((other / PREPROCESSING_FILE).read_text())
+    assert len(load_ensemble([run_dir, other]).members) == 2
+    spec["hu_window"] = [-1200.0, 600.0]
+    (other / PREPROCESSING_FILE).write_text(json.dumps(spec))
+    with pytest.raises(InputError, match=r"ensemble members prepare scans differently: .* at \(spacing mm, HU window, "
+                                         r"image dtype\) \(1\.0, \(-1000\.0, 400\.0\), 'uint8'\), .*other at "
+                                         r"\(1\.0, \(-1200\.0, 600\.0\)"):
+        load_ensemble([run_dir, other])
+
+
 def test_a_relative_dataset_of_an_older_run_is_found_above_the_run(tmp_path, monkeypatch):
     (tmp_path / "demo" / "patches.zarr").mkdir(parents=True)
     (tmp_path / "demo" / "run").mkdir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -77,6 +78,23 @@ def test_patience_counts_from_the_first_validation_and_an_early_stop_survives_re
     again = run_training(load_config(None, common), tmp_path / "run", resume=True)
     assert again["stopped_early"] and again["epochs_run"] == 5
     assert len(pd.read_csv(tmp_path / "run" / "metrics.csv")) == 5
+
+
+def test_resume_refuses_a_changed_model_input_or_split(tiny_store, tmp_path):
+    """best.pt, the exported spec and the summary rest on what the model saw and where it was validated."""
+    from luna_train.config import ConfigError
+
+    common = TINY + [f"data.dataset={tiny_store}", "logging.plots=false", "logging.tensorboard=false",
+                     "train.epochs=1"]
+    run_training(load_config(None, common), tmp_path / "run")
+    for change, named in (("data.eval_scale=24", "data.eval_scale: 16 -> 24"),
+                          ("model.channels=[4, 16]", "model.channels: [4, 8] -> [4, 16]"),
+                          ("split.val_subsets=[7]", "split.val_subsets: [8] -> [7]")):
+        with pytest.raises(ConfigError, match=rf"last\.pt: --resume continues the run as it was trained; these "
+                                              rf"settings changed: {re.escape(named)}"):
+            run_training(load_config(None, common + ["train.epochs=2", change]), tmp_path / "run", resume=True)
+    summary = run_training(load_config(None, common + ["train.epochs=2"]), tmp_path / "run", resume=True)
+    assert summary["epochs_run"] == 2  # more epochs are fine
 
 
 def test_resume_mid_epoch_matches_uninterrupted_run(tiny_store, tmp_path):
