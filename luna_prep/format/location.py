@@ -42,6 +42,13 @@ def safe_relpath(rel: str, where: str = "store") -> str:
     return norm
 
 
+def _named(display: str, rel: str, exc: Exception) -> OSError:
+    """An fsspec client's error (aiohttp's name only the host) as an OSError naming the file."""
+    err = OSError(f"{display}/{rel}: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
 def _ok(blob):
     if isinstance(blob, Exception):
         raise blob
@@ -138,6 +145,10 @@ class StoreLocation:
             return self.fs.cat_file(self._inside(path) if self._local else path)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{self.display}: {rel} not found") from exc
+        except Exception as exc:
+            if self._local or self._curl:  # their errors name the file already
+                raise
+            raise _named(self.display, rel, exc) from exc
 
     def read_range(self, rel: str, start: int, stop: int | None) -> bytes:
         """Bytes [start, stop) of a file; negative ``start`` counts from the end."""
@@ -225,7 +236,11 @@ class StoreLocation:
                 f"{asked:,}); serve the store from a server that supports Range requests, or download it first")
         if isinstance(blob, Exception):
             # a range wholly past the end (HTTP 416) holds no bytes, as a local read there returns none
-            return b"" if getattr(blob, "status", None) == 416 else blob
+            if getattr(blob, "status", None) == 416:
+                return b""
+            if self._curl or isinstance(blob, FileNotFoundError):  # these name the file already, or mean "none"
+                return blob
+            return _named(self.display, rel, blob)
         return blob
 
     def exists(self, rel: str) -> bool:

@@ -144,6 +144,25 @@ def test_the_fsspec_client_reads_the_same(tmp_path, monkeypatch):
             assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+def test_the_fsspec_clients_errors_name_the_file(tmp_path, monkeypatch):
+    """aiohttp's errors name only the host; a reader needs the file (and the store) that could not be read."""
+    import socket
+
+    from luna_prep.format.location import StoreLocation
+
+    monkeypatch.setenv("LUNA_HTTP_CLIENT", "fsspec")
+    with socket.socket() as s:  # a port with no server behind it
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/s.zarr"
+    location = StoreLocation.open(url)
+    assert not location._curl
+    with pytest.raises(OSError, match=rf"{url}/zarr\.json: \w+"):
+        location.read("zarr.json")
+    shard = "patches/16/image/c/0/0/0/0"
+    with pytest.raises(OSError, match=rf"{url}/{shard}: \w+"):
+        location.read_range(shard, -100, None)
+
+
 def test_loader_workers_over_http_give_the_local_batches(tmp_path):
     root = write_tiny_store(tmp_path / "s.zarr", scales=(16,), n_scans=4)
     rows = PatchStore(root).manifest
