@@ -5,10 +5,12 @@ the eager baseline, all in one run on one card.
                                   [--batch 32] [--json OUT] [--set KEY=VALUE ...]
 
 The model, loss, augmentation and step options of configs/luna16.yaml (``--set`` overrides any key,
-e.g. ``train.compile=false``), batch 32 at 64^3. Three measurements, in this order:
+e.g. ``train.compile=false``), batch 32 at 64^3. Four measurements, in this order:
 
 - **baseline, model only**: eager, no channels-last, unfused AdamW (``train.compile``, ``channels_last``
   and ``fused_optimizer`` false), a random batch already on the device: the step as it was;
+- **channels-last alone, model only**: the baseline with ``train.channels_last`` on (what evaluate, detect,
+  predict and uncompiled runs get on CUDA; InstanceNorm3d may undo the layout at every norm);
 - **optimized, model only**: the config's step options (null = on for CUDA), same model and batch;
 - **end to end**, once per ``--workers``: the trainer's own epoch loop (``train_epoch``) on the same
   parts: store -> PatchDataset -> N loader workers -> pinned uint8 batches -> device decode and
@@ -165,6 +167,14 @@ def measure(store: str, overrides: list[str], batch: int, steps: int, warmup: in
                                          **model_only(parts, input_size(cfg), steps, warmup)}
         del parts
         partial(result)
+        # channels-last alone, eager: what evaluate / detect / predict and an uncompiled run get. MONAI's UNet
+        # normalizes with InstanceNorm3d, which makes its input contiguous: each may undo the layout
+        cfg = bench_config(store, [*overrides, *BASELINE, "train.channels_last=true"], batch, steps, warmup)
+        parts = step_parts(cfg, info)
+        result["eager_channels_last_model_only"] = {"options": parts.options.to_dict(),
+                                                    **model_only(parts, input_size(cfg), steps, warmup)}
+        del parts
+        partial(result)
     cfg = bench_config(store, overrides, batch, steps, warmup)
     parts = step_parts(cfg, info)
     try:
@@ -232,6 +242,9 @@ def summary(result: dict) -> dict:
                                                 for r in result["end_to_end"]}}
     if "baseline_model_only" in result:
         out["speedup_over_baseline"] = mo / result["baseline_model_only"]["patches_per_s"]
+    if "eager_channels_last_model_only" in result:
+        out["eager_channels_last_over_baseline"] = (result["eager_channels_last_model_only"]["patches_per_s"]
+                                                    / result["baseline_model_only"]["patches_per_s"])
     best = max(result["end_to_end"], key=lambda r: r["patches_per_s"])
     out["targets"] = {"end_to_end_over_model_only_ge_0.9": best["patches_per_s"] / mo >= 0.9,
                       "data_wait_lt_5pct": best["data_wait_share"] < 0.05}

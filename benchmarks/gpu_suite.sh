@@ -39,7 +39,7 @@ fi
 CORES=$(nproc)
 REC=$(( CORES > 3 ? CORES - 2 : 1 ))   # all cores but the training process's two (main thread, pin thread)
 if [ $QUICK = 1 ]; then
-  STORE_ARGS=(--scans 10 --samples 4); VOL_ARGS=(--scans 2 --shape 96,112,112)
+  STORE_ARGS=(--scans 10 --samples 12); VOL_ARGS=(--scans 2 --shape 96,112,112)  # > 8 a scan: shards fill
   STEP_ARGS=(--steps 3 --warmup 2 --batch 4 --set 'model.channels=[4,8]' --set 'model.strides=[2]'
              --set model.num_res_units=1 --set data.train_size=32 --set data.eval_scale=48)
   RUN_ARGS=(--set 'model.channels=[4,8]' --set 'model.strides=[2]' --set model.num_res_units=1
@@ -66,7 +66,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
   return $rc
 }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; echo "cores $CORES";
-  "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } >"$OUT/suite.txt" 2>&1
+  "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())";
+  df -h /dev/shm | tail -1; } >"$OUT/suite.txt" 2>&1  # loader batches travel through /dev/shm
 step stores "${LIMITS[0]}" bash -c "'$PY' benchmarks/suite_stores.py patches '$WORK/bench.zarr' ${STORE_ARGS[*]} &&
   '$PY' benchmarks/suite_stores.py volumes '$WORK/full.zarr' ${VOL_ARGS[*]}" || exit 1
 step loader "${LIMITS[1]}" "$PY" benchmarks/gpu_step.py --store "$WORK/bench.zarr" --loader-only device-resize \

@@ -54,9 +54,10 @@ def write_tiny_store(root, scales=(16, 24), n_scans=10, samples_per_scan=8, seed
                     img[mask > 0] = rng.normal(0.75, 0.05, size=int(mask.sum())).clip(0, 1)
                 images.append(img)
                 masks.append(mask)
-            enc = np.stack(images)
-            enc = encode_image(enc, image_dtype)
-            write_rows(root, s, first, enc, np.stack(masks), cfg)
+            enc = encode_image(np.stack(images), image_dtype)
+            stacked = np.stack(masks)
+            for o in range(0, len(enc), cfg.shard_patches):  # write_rows takes one shard at a time
+                write_rows(root, s, first + o, enc[o:o + cfg.shard_patches], stacked[o:o + cfg.shard_patches], cfg)
             for j, kind in enumerate(kinds):
                 rows.append({
                     "sample_id": first + j, "seriesuid": uid, "subset": k % 10, "scale": s, "index": first + j,
