@@ -147,3 +147,27 @@ def test_the_monai_crop_keeps_foreground_too_and_follows_the_random_state():
     transform.set_random_state(seed=3)
     b = transform({"image": batch["image"][1].clone(), "label": batch["label"][1].clone()})
     assert torch.equal(torch.as_tensor(a["image"]), torch.as_tensor(b["image"]))
+
+
+def test_the_gpu_crops_gather_the_same_windows_as_the_cpu_slices():
+    from luna_train.data.crop import crop_starts, gather_windows
+
+    batch = _corner_blob_batch(n=6)
+    batch["image"] = torch.cat([batch["image"], batch["image"] * 2], dim=1)  # two channels
+    starts = crop_starts(batch["label"], 8, batch_generator(0, 0, 1))
+    gathered = gather_windows(batch["image"], starts, 8)
+    for b, (z, y, x) in enumerate(starts.tolist()):
+        assert torch.equal(gathered[b], batch["image"][b, :, z:z + 8, y:y + 8, x:x + 8])
+
+
+def test_the_gpus_running_count_picks_the_same_foreground_voxel_as_nonzero():
+    from luna_train.data.crop import foreground_pick
+
+    g = torch.Generator().manual_seed(0)
+    fg = torch.rand((12, 5000), generator=g) > 0.995
+    fg[3] = False  # a row without foreground
+    r = torch.rand(12, generator=g)
+    has_a, pick_a = foreground_pick(fg, r, running_count=True)
+    has_b, pick_b = foreground_pick(fg, r, running_count=False)
+    assert torch.equal(has_a, has_b) and not has_a[3] and has_a.sum() == 11
+    assert torch.equal(pick_a[has_a], pick_b[has_b]) and bool(fg[has_a.nonzero()[:, 0], pick_a[has_a]].all())
