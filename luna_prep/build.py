@@ -188,7 +188,8 @@ def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool
     """Create the store, or reopen it for resuming; return the seriesuids already finished.
 
     A store is resumed only once its creation finished (``_build/done/`` is made after every array); one whose
-    creation was killed holds nothing finished and is created again."""
+    creation was killed (no ``_build/done/``, no manifest) holds nothing finished and is created again. A finished
+    store without build records (a copy, an unpacked zip) is replaced only with ``overwrite``."""
     out = Path(cfg.out)
     leftover = out.with_name(f".{out.name}.deleting")  # an --overwrite killed while deleting
     if leftover.exists():
@@ -212,8 +213,9 @@ def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool
         if attrs is None:
             raise BuildError(f"{out}: exists and is not a luna-patches store; --overwrite replaces only a store, "
                              "so choose another --out (or empty this folder yourself)")
-        if created and not overwrite:  # unreachable: resumed above
-            raise BuildError(f"{out}: exists; pass --overwrite to replace it")
+        if not overwrite and (out / MANIFEST_FILE).exists():
+            raise BuildError(f"{out}: a finished luna-patches store without its build records (a copy, or an "
+                             "unpacked zip?); build into another --out, or pass --overwrite to replace it")
         _remove_store(out)  # --overwrite, or a store whose creation was killed (nothing finished in it)
     attrs = StoreAttributes(
         spacing_mm=cfg.spacing_mm, hu_window=tuple(cfg.hu_window), scales=tuple(cfg.sampling.scales),

@@ -116,6 +116,12 @@ def test_a_store_whose_creation_was_killed_is_created_again_not_resumed(synth2, 
     report = run_build(config(synth2, out), workers=0, progress=False)
     assert report.ok and report.skipped == 0  # built again: nothing in it had finished
     assert verify(str(out)).ok
+    # a finished store without build records (a copy, an unpacked zip) is never taken for a killed creation
+    shutil.rmtree(out / BUILD_DIR)
+    with pytest.raises(BuildError, match=r"p\.zarr: a finished luna-patches store without its build records"):
+        run_build(config(synth2, out), workers=0, progress=False)
+    assert verify(str(out)).ok
+    assert run_build(config(synth2, out), workers=0, progress=False, overwrite=True).ok
 
 
 def test_an_overwrite_killed_while_deleting_leaves_nothing_to_resume(synth2, tmp_path, monkeypatch):
