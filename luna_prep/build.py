@@ -174,14 +174,16 @@ def _changed_settings(stored: dict, cfg: BuildConfig) -> list[str]:
     return changed
 
 
+def _aside(out: Path) -> Path:
+    """Where a store is moved while it is deleted (a kill midway leaves it there, not half-deleted at ``out``)."""
+    return out.with_name(f".{out.name}.deleting")
+
+
 def _remove_store(out: Path) -> None:
     """Delete the store at ``out``: renamed aside first, so a kill midway never leaves a half-deleted store
-    that a re-run would resume."""
-    aside = out.with_name(f".{out.name}.deleting")
-    if aside.exists():
-        shutil.rmtree(aside)
-    out.rename(aside)
-    shutil.rmtree(aside)
+    that a re-run would resume (:func:`_prepare_store` clears what such a kill left aside)."""
+    out.rename(_aside(out))
+    shutil.rmtree(_aside(out))
 
 
 def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool) -> set[str]:
@@ -191,9 +193,8 @@ def _prepare_store(cfg: BuildConfig, digest: str, capacity: int, overwrite: bool
     creation was killed (no ``_build/done/``, no manifest) holds nothing finished and is created again. A finished
     store without build records (a copy, an unpacked zip) is replaced only with ``overwrite``."""
     out = Path(cfg.out)
-    leftover = out.with_name(f".{out.name}.deleting")  # an --overwrite killed while deleting
-    if leftover.exists():
-        shutil.rmtree(leftover)
+    if _aside(out).exists():  # an --overwrite killed while deleting
+        shutil.rmtree(_aside(out))
     attrs = _store_attrs(out)
     created = attrs is not None and (out / BUILD_DIR / "done").is_dir()
     if created and not overwrite:

@@ -37,12 +37,18 @@ def test_annotation_coordinates_must_be_finite_numbers(tmp_path, value):
         read_annotations(path)
 
 
-def test_lines_are_named_as_the_file_numbers_them_blank_lines_included(tmp_path):
+def _annotations(tmp_path, *rows: str, eol: str = "\n"):
+    """annotations.csv with the header and ``rows`` (``""``: a blank line)."""
     path = tmp_path / "annotations.csv"
-    path.write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\r\n{UID},1,2,3,6\r\n\r\n\r\n{UID},1,x,3,6\r\n")
+    path.write_text(eol.join(["seriesuid,coordX,coordY,coordZ,diameter_mm", *rows]) + eol)
+    return path
+
+
+def test_lines_are_named_as_the_file_numbers_them_blank_lines_included(tmp_path):
+    path = _annotations(tmp_path, f"{UID},1,2,3,6", "", "", f"{UID},1,x,3,6", eol="\r\n")
     with pytest.raises(TableError, match=r"annotations line 5 has a non-numeric or empty value"):
         read_annotations(path)
-    path.write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{UID},1,2,3,6\n\n{UID},4,5,6,7\n")
+    path = _annotations(tmp_path, f"{UID},1,2,3,6", "", f"{UID},4,5,6,7")
     df = read_annotations(path)  # blank lines are skipped; the nodules are numbered 0, 1
     assert list(df["annotation_index"]) == [0, 1] and list(df.index) == [0, 1]
 
@@ -58,11 +64,10 @@ def test_an_empty_seriesuid_is_refused(tmp_path, uid):
 
 def test_a_nodule_listed_twice_is_refused_naming_both_lines(tmp_path):
     """It would get twice its samples; LUNA16's annotations.csv lists each nodule once."""
-    path = tmp_path / "annotations.csv"
-    path.write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{UID},1,2,3,6\n{UID},4,5,6,7\n{UID},1,2,3,6\n")
+    path = _annotations(tmp_path, f"{UID},1,2,3,6", f"{UID},4,5,6,7", f"{UID},1,2,3,6")
     with pytest.raises(TableError, match=r"annotations lines 2 and 4 are the same nodule"):
         read_annotations(path)
-    path.write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{UID},1,2,3,6\n{UID},1,2,3,6.5\n")
+    path = _annotations(tmp_path, f"{UID},1,2,3,6", f"{UID},1,2,3,6.5")
     assert len(read_annotations(path)) == 2  # two readings of one place are two rows: not a copy
 
 
