@@ -11,6 +11,7 @@ config with :func:`dataclasses.replace`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,14 @@ import yaml
 from luna_prep.errors import UsageError
 from luna_prep.format.spec import DEFAULT_STORE
 from luna_prep.luna16.tables import LUNA16_SUBSETS
+from luna_train.config_fields import (  # noqa: F401 (re-exported: the configs' field types)
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Range,
+)
 from luna_train.data.augment import AugmentConfig
 from luna_train.data.sampler import SamplerConfig
 from luna_train.data.splits import SplitConfig
@@ -31,30 +40,6 @@ class ConfigError(UsageError):
     """A configuration file or override that does not match :class:`TrainConfig` (a usage error, exit 2)."""
 
 
-@dataclass(frozen=True)
-class Range:
-    """``Annotated`` bounds of a number field, checked at load."""
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-
-    def admits(self, v: float) -> bool:
-        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
-                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
-
-    def __str__(self) -> str:
-        parts = [f"{op} {b:g}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
-                 if b is not None]
-        return " and ".join(parts)
-
-
-PositiveInt = Annotated[int, Range(ge=1)]
-NonNegativeInt = Annotated[int, Range(ge=0)]
-PositiveFloat = Annotated[float, Range(gt=0)]
-NonNegativeFloat = Annotated[float, Range(ge=0)]
-Probability = Annotated[float, Range(ge=0, le=1)]
 ModelName = Literal["unet", "attention_unet", "dynunet"]
 LossName = Literal["dicefocal", "dicece", "dice", "tversky", "combo"]
 Precision = Literal["bf16", "fp16", "none"]
@@ -209,7 +194,8 @@ def _describe(hint: Any) -> str:
         return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
     if origin is dict:
         return f"a mapping of {_describe(args[0])} to {_describe(args[1])}"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string (quote a number)"}.get(
+        hint, str(hint))
 
 
 def _fail(where: str, value: Any, hint: Any) -> ConfigError:
@@ -228,15 +214,18 @@ def _scalar(value: Any, typ: Any, where: str) -> Any:
         if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
             return int(value)
     if typ is float and not isinstance(value, bool):
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 3e-4 as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 3e-4 as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-    if typ is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
+        if number is not None and math.isfinite(number):
+            return number
+    if typ is str and isinstance(value, str):  # a number is not taken for a string: 1.10 would become '1.1'
+        return value
     raise _fail(where, value, typ)
 
 
@@ -307,6 +296,20 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if len(m.strides) != len(m.channels) - 1:
         raise ConfigError(f"model.strides: {len(m.channels)} model.channels need {len(m.channels) - 1} strides, "
                           f"got {list(m.strides)}")
+    if m.kernel_size % 2 == 0:
+        raise ConfigError(f"model.kernel_size: {m.kernel_size} is not valid; expected an odd integer (same padding)")
+    if m.name == "dynunet" and m.deep_supervision and not 1 <= m.deep_supr_num < len(m.strides):
+        levels = len(m.strides) - 1
+        allowed = f"expected 1..{levels} or" if levels else "expected"
+        raise ConfigError(f"model.deep_supr_num: {m.deep_supr_num} is not valid; a DynUNet with {len(m.strides)} "
+                          f"model.strides has {levels} decoder level(s) for auxiliary outputs: {allowed} "
+                          f"model.deep_supervision=false")
+    if cfg.loss.ce_pos_weight is not None and cfg.loss.name != "dicece":
+        raise ConfigError(f"loss.ce_pos_weight: only the dicece loss has a cross-entropy term to weight, "
+                          f"not {cfg.loss.name}")
+    crop, size = cfg.augment.crop_size, cfg.data.train_size
+    if crop is not None and size is not None and crop > size:
+        raise ConfigError(f"augment.crop_size: {crop} is larger than the {size}^3 training patches (data.train_size)")
     s = cfg.split
     for key in ("train_subsets", "val_subsets", "test_subsets"):
         outside = sorted(set(getattr(s, key)) - set(LUNA16_SUBSETS))
@@ -336,18 +339,35 @@ def to_dict(cfg: Any) -> Any:
 # files and overrides
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the later one would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The raw nested dict of a ``.yaml``/``.yml`` or ``.toml`` file."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
-    if p.suffix.lower() == ".toml":
-        import tomllib
+    try:
+        if p.suffix.lower() == ".toml":
+            import tomllib
 
-        with open(p, "rb") as fh:
-            data = tomllib.load(fh)
-    else:
-        data = yaml.safe_load(p.read_text()) or {}
+            with open(p, "rb") as fh:
+                data = tomllib.load(fh)
+        else:
+            data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except (yaml.YAMLError, ValueError) as exc:  # tomllib.TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(f"{p}: not a valid {'TOML' if p.suffix.lower() == '.toml' else 'YAML'} file: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping of sections")
     return data
@@ -382,6 +402,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"unknown config key {'.'.join(keys[:depth + 1])!r} in --set {text!r}; "
                                   f"valid keys of {where}: {', '.join(names)}")
             if depth == len(keys) - 1:
+                if _hints(cls)[k] is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    value = text.split("=", 1)[1].strip()  # a name as typed: 1.10 stays 1.10, 0755 stays 0755
                 node[k] = value
                 break
             sub = _hints(cls).get(k)
@@ -396,7 +418,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Checked TrainConfig from an optional file plus ``--set`` overrides (defaults elsewhere)."""
     data = read_config_file(path) if path is not None else {}
-    return check_config(from_dict(TrainConfig, apply_overrides(data, list(overrides or []))))
+    try:
+        return check_config(from_dict(TrainConfig, apply_overrides(data, list(overrides or []))))
+    except ConfigError as exc:
+        if path is not None and _file_error(data) == str(exc):  # the file's own mistake: name the file
+            raise ConfigError(f"{path}: {exc}") from exc
+        raise
+
+
+def _file_error(data: dict[str, Any]) -> str | None:
+    """The error a config file's contents give without overrides, if any."""
+    try:
+        check_config(from_dict(TrainConfig, data))
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

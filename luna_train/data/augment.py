@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+
+from luna_train.config_fields import NonNegativeFloat, PositiveInt, Probability, Range
 
 KEYS = ("image", "label")
 PLANES = ((0, 1), (0, 2), (1, 2))  # spatial axis pairs of (z, y, x): patches are isotropic, so every plane is fair
@@ -18,15 +20,15 @@ class AugmentConfig:
     """Augmentation settings. Probabilities are per spatial axis (flips) and per plane (rot90)."""
 
     enabled: bool = True
-    flip_prob: float = 0.5
-    rot90_prob: float = 0.5
-    intensity_shift: float = 0.05
-    intensity_scale: float = 0.05
-    intensity_prob: float = 0.5
-    affine_prob: float = 0.0
+    flip_prob: Probability = 0.5
+    rot90_prob: Probability = 0.5
+    intensity_shift: NonNegativeFloat = 0.05
+    intensity_scale: Annotated[float, Range(ge=0, lt=1)] = 0.05
+    intensity_prob: Probability = 0.5
+    affine_prob: Probability = 0.0
     # random crop of this edge from every training patch, at the patch's own resolution: trains on the evaluated
     # voxel size at the cost of a smaller patch; a patch with nodule voxels keeps some (data/crop.py); None = whole
-    crop_size: int | None = None
+    crop_size: PositiveInt | None = None
 
 
 def build_train_transform(cfg: AugmentConfig):

@@ -6,11 +6,16 @@ import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
+from luna_prep.format.spec import KINDS
+from luna_train.config_fields import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Range
+
+Kind = Literal[KINDS]  # the store's sample kinds: nodule, random, candidate
 _AUG_STREAM = 0xA06  # separates the aug-seed stream from the position stream of an epoch
 
 
@@ -18,13 +23,14 @@ _AUG_STREAM = 0xA06  # separates the aug-seed stream from the position stream of
 class SamplerConfig:
     """How patches are drawn. Scales or kinds missing from the weight dicts weigh 1.0; weight 0 drops them."""
 
-    fg_fraction: float = 0.5
-    kind_weights: dict[str, float] = field(default_factory=lambda: {"nodule": 1.0, "random": 1.0, "candidate": 1.0})
-    scale_weights: dict[int, float] = field(default_factory=lambda: {48: 1.0, 64: 1.0, 96: 1.0})
-    samples_per_epoch: int | None = None
-    hard_mining_every: int = 0
-    hard_mining_top: float = 0.1
-    hard_mining_boost: float = 4.0
+    fg_fraction: Probability = 0.5
+    kind_weights: dict[Kind, NonNegativeFloat] = field(
+        default_factory=lambda: {"nodule": 1.0, "random": 1.0, "candidate": 1.0})
+    scale_weights: dict[PositiveInt, NonNegativeFloat] = field(default_factory=lambda: {48: 1.0, 64: 1.0, 96: 1.0})
+    samples_per_epoch: PositiveInt | None = None
+    hard_mining_every: NonNegativeInt = 0  # epochs between hard-negative mining passes; 0 = never
+    hard_mining_top: Annotated[float, Range(gt=0, le=1)] = 0.1  # share of the scored negatives boosted
+    hard_mining_boost: PositiveFloat = 4.0  # their weight multiplier
 
 
 def _dist_default(num_replicas: int | None, rank: int | None) -> tuple[int, int]:

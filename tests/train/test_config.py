@@ -11,10 +11,10 @@ from paths import REPO
 
 def test_yaml_and_toml_load_the_same(tmp_path):
     (tmp_path / "a.yaml").write_text(
-        "model:\n  name: dynunet\n  channels: [8, 16, 32]\n  strides: [2, 2]\n"
+        "model:\n  name: dynunet\n  channels: [8, 16, 32]\n  strides: [2, 2]\n  deep_supr_num: 1\n"
         "optim:\n  lr: 3e-4\nsampler:\n  scale_weights: {48: 1, 64: 2}\nsplit:\n  val_subsets: [7]\n")
     (tmp_path / "a.toml").write_text(
-        '[model]\nname = "dynunet"\nchannels = [8, 16, 32]\nstrides = [2, 2]\n'
+        '[model]\nname = "dynunet"\nchannels = [8, 16, 32]\nstrides = [2, 2]\ndeep_supr_num = 1\n'
         '[optim]\nlr = 3e-4\n[sampler.scale_weights]\n48 = 1\n64 = 2\n[split]\nval_subsets = [7]\n')
     a, b = load_config(tmp_path / "a.yaml"), load_config(tmp_path / "a.toml")
     assert a == b
@@ -74,21 +74,36 @@ def test_shipped_configs_load(name):
 
 @pytest.mark.parametrize("override, key, allowed", [
     ("loss.name=dicefocall", "loss.name", "one of dicefocal, dicece, dice, tversky, combo"),
-    ("optim.lr=abc", "optim.lr", "expected a number"),
+    ("optim.lr=abc", "optim.lr", "expected a finite number"),
     ("train.epochs=1.5", "train.epochs", "expected an integer >= 1"),
     ("model.name=foo", "model.name", "one of unet, attention_unet, dynunet"),
     ("train.amp=fp8", "train.amp", "one of bf16, fp16, none"),
     ("data.batch_size=-3", "data.batch_size", "an integer >= 1"),
-    ("train.threshold=1.5", "train.threshold", "a number >= 0 and <= 1"),
+    ("train.threshold=1.5", "train.threshold", "a finite number >= 0 and <= 1"),
     ("optim.betas=[0.9]", "optim.betas", "a list of 2 values"),
     ("model.channels=[8, x]", "model.channels[1]", "an integer >= 1"),
     ("logging.tensorboard=maybe", "logging.tensorboard", "true or false"),
     ("data.eval_scale=null", "data.eval_scale", "null is not allowed"),
-    ("sampler.scale_weights={48: heavy}", "sampler.scale_weights.48", "a number"),
+    ("sampler.scale_weights={48: heavy}", "sampler.scale_weights.48", "a finite number"),
     ("split.test_subsets=[9, 11]", "split.test_subsets", "LUNA16 has subsets 0-9, not 11"),
     ("split.fold=9", "split", "fold 9 is a test subset"),
     ("model.strides=[2, 2]", "model.strides", "4 model.channels need 3 strides"),
     ("optim.restart_mult=0.5", "optim.restart_mult", ">= 1"),  # shrinking periods end: the LR would be undefined
+    ("optim.lr=inf", "optim.lr", "a finite number > 0"),
+    ("loss.gamma=.inf", "loss.gamma", "a finite number >= 0"),
+    # the data-side sections are checked like the others (they were taken as given: a probability of 2, a
+    # negative crop, a misspelt kind whose weight was silently ignored)
+    ("augment.flip_prob=2", "augment.flip_prob", "a finite number >= 0 and <= 1"),
+    ("augment.crop_size=-8", "augment.crop_size", "an integer >= 1"),
+    ("augment.crop_size=80", "augment.crop_size", "larger than the 64^3 training patches"),
+    ("sampler.fg_fraction=1.5", "sampler.fg_fraction", ">= 0 and <= 1"),
+    ("sampler.kind_weights={nodules: 0}", "sampler.kind_weights key 'nodules'", "one of nodule, random, candidate"),
+    ("sampler.kind_weights={nodule: -1}", "sampler.kind_weights.nodule", ">= 0"),
+    ("sampler.samples_per_epoch=-3", "sampler.samples_per_epoch", "an integer >= 1"),
+    ("sampler.hard_mining_top=5", "sampler.hard_mining_top", "> 0 and <= 1"),
+    ("model.kernel_size=2", "model.kernel_size", "an odd integer"),
+    ("loss.ce_pos_weight=3", "loss.ce_pos_weight", "only the dicece loss"),  # the default loss is dicefocal
+    ("logging.wandb_project=[a]", "logging.wandb_project", "a string"),
 ])
 def test_bad_values_fail_at_load_naming_key_and_allowed_values(override, key, allowed):
     with pytest.raises(ConfigError) as err:
@@ -96,14 +111,58 @@ def test_bad_values_fail_at_load_naming_key_and_allowed_values(override, key, al
     assert str(err.value).startswith(f"{key}:") and allowed in str(err.value), str(err.value)
 
 
-def test_bad_value_in_a_file_is_named_by_its_key(tmp_path):
-    (tmp_path / "c.toml").write_text('[train]\namp = "fp8"\n')
-    with pytest.raises(ConfigError, match=r"^train\.amp: 'fp8' is not valid; expected one of bf16, fp16, none$"):
-        load_config(tmp_path / "c.toml")
+def test_bad_value_in_a_file_is_named_by_file_and_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\namp = "fp8"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: train.amp: 'fp8' is not valid; expected one of bf16, fp16, none"
+    # an override's mistake is the override's, not the file's
+    with pytest.raises(ConfigError, match=r"^train\.epochs: 0 is not valid"):
+        load_config(path, ["train.amp=bf16", "train.epochs=0"])
+    with pytest.raises(ConfigError, match=r"c\.toml: unknown config key model\.chanels"):
+        path.write_text('[model]\nchanels = [4]\n')
+        load_config(path)
+
+
+@pytest.mark.parametrize("name, text, needle", [
+    ("bad.yaml", b"model:\n  channels: [16, 32\n", "not a valid YAML file: while parsing a flow sequence"),
+    ("bad.toml", b"[model]\nchannels = [1,\n", "not a valid TOML file"),
+    ("bin.yaml", b"\xff\xfe", "not a valid YAML file: 'utf-8' codec can't decode"),
+    ("dup.yaml", b"model:\n  name: unet\nmodel:\n  name: dynunet\n", "key 'model' is given twice"),
+    ("dupkey.yaml", b"optim:\n  lr: 1e-3\n  lr: 1e-2\n", "key 'lr' is given twice"),
+])
+def test_unreadable_config_files_are_usage_errors_naming_the_file(tmp_path, name, text, needle):
+    (tmp_path / name).write_bytes(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / name)
+    assert str(err.value).startswith(f"{tmp_path / name}: ") and needle in str(err.value), str(err.value)
+
+
+def test_string_fields_keep_what_was_typed(tmp_path):
+    cfg = load_config(None, ["logging.wandb_project=1.10", "logging.mlflow_experiment=0755"])
+    assert cfg.logging.wandb_project == "1.10" and cfg.logging.mlflow_experiment == "0755"
+    (tmp_path / "c.yaml").write_text("logging:\n  wandb_project: 1.10\n")  # YAML reads a float: refused, not 1.1
+    with pytest.raises(ConfigError, match=r"logging\.wandb_project: 1\.1 is not valid; expected a string"):
+        load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("channels, strides, supr, allowed", [
+    ("[16, 32, 64]", "[2, 2]", 2, "expected 1..1 or model.deep_supervision=false"),
+    ("[16, 32]", "[2]", 1, "expected model.deep_supervision=false"),
+])
+def test_dynunet_deep_supervision_levels_are_checked_at_load(channels, strides, supr, allowed):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.name=dynunet", f"model.channels={channels}", f"model.strides={strides}",
+                           f"model.deep_supr_num={supr}"])
+    assert str(err.value).startswith("model.deep_supr_num:") and allowed in str(err.value)
+    load_config(None, ["model.name=dynunet", f"model.channels={channels}", f"model.strides={strides}",
+                       "model.deep_supervision=false"])
 
 
 def test_values_are_converted_losslessly_only():
-    cfg = load_config(None, ["optim.lr=3e-4", "train.epochs=3.0", "data.train_size=null", "loss.ce_pos_weight=5"])
+    cfg = load_config(None, ["optim.lr=3e-4", "train.epochs=3.0", "data.train_size=null", "loss.name=dicece",
+                             "loss.ce_pos_weight=5"])
     assert cfg.optim.lr == 3e-4 and cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
     assert cfg.data.train_size is None and cfg.loss.ce_pos_weight == 5.0 and isinstance(cfg.loss.ce_pos_weight, float)
     with pytest.raises(ConfigError, match="train.compile"):

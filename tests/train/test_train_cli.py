@@ -26,7 +26,8 @@ def test_run_without_checkpoint_is_a_clear_error(args, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("override, needle", [
-    ("loss.name=dicefocall", "one of dicefocal, dicece, dice, tversky, combo"), ("optim.lr=abc", "expected a number"),
+    ("loss.name=dicefocall", "one of dicefocal, dicece, dice, tversky, combo"),
+    ("optim.lr=abc", "expected a finite number"),
     ("train.epochs=1.5", "expected an integer"), ("model.name=foo", "one of unet, attention_unet, dynunet"),
     ("train.amp=fp8", "one of bf16, fp16, none"), ("data.batch_size=-3", "an integer >= 1"),
     ("optim.learning_rate=0.1", "weight_decay"),
