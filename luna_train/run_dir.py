@@ -157,6 +157,16 @@ class RunDir:
         _write_json(f, {**asdict(cfg), **provenance})
         return f
 
+    def postprocess_tuned_for(self) -> dict[str, Any]:
+        """What ``postprocess.json`` was tuned for: ``checkpoint`` (``best.pt``/``last.pt``) and ``tta``, where
+        recorded ({} without the file or the record)."""
+        f = self.file(POSTPROCESS_FILE)
+        try:
+            d = json.loads(f.read_text()) if f.is_file() else {}
+        except json.JSONDecodeError:
+            return {}
+        return {k: d[k] for k in ("checkpoint", "tta") if k in d} if isinstance(d, dict) else {}
+
     def postprocess(self) -> PostprocessConfig | None:
         """The frozen post-processing of ``postprocess.json`` (in model voxels), or None when not tuned."""
         f = self.file(POSTPROCESS_FILE)

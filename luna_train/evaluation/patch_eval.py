@@ -39,17 +39,44 @@ METRIC_KEYS = ("n_patches", "n_foreground", "dice", "pooled_dice", "precision", 
 # rows and predictions
 
 
-def eval_rows(cfg, subsets: Sequence[int], dataset: str | None = None) -> pd.DataFrame:
-    """Manifest rows of ``subsets`` at ``cfg.data.eval_scale``, as a run's val/test rows (select_rows)."""
-    split = SplitConfig(train_subsets=(), val_subsets=(), test_subsets=tuple(int(s) for s in subsets))
+def eval_rows(cfg, subsets: Sequence[int], dataset: str | None = None, role: str = "test") -> pd.DataFrame:
+    """Manifest rows of ``subsets`` at ``cfg.data.eval_scale``, as a run's val/test rows (select_rows).
+
+    Every asked subset must have rows: an error names the store, the ``role`` (``"test"``: evaluated,
+    ``"val"``: the validation rows post-processing is tuned on) and the missing subsets.
+    """
+    asked = tuple(int(s) for s in subsets)
+    split = SplitConfig(train_subsets=(), val_subsets=asked if role == "val" else (),
+                        test_subsets=asked if role != "val" else ())
     store = cfg.data.dataset if dataset is None else str(dataset)
-    return select_rows(store, split, cfg.sampler.scale_weights, cfg.data.eval_scale, cfg.data.train_size).test
+    what = "validation subsets (post-processing is tuned on them)" if role == "val" else "evaluated subsets"
+    try:
+        rows = getattr(select_rows(store, split, cfg.sampler.scale_weights, cfg.data.eval_scale,
+                                   cfg.data.train_size), "val" if role == "val" else "test")
+    except InputError as exc:
+        raise InputError(f"{store}: {what} {list(asked)}: {exc}") from None
+    missing = sorted(set(asked) - {int(s) for s in pd.unique(rows["subset"])})
+    if missing:
+        raise InputError(f"{store}: {what} {list(asked)}: no patches of subsets {missing} at scale "
+                         f"{cfg.data.eval_scale} in this store")
+    return rows
 
 
-def eval_dataset(cfg, subsets: Sequence[int], dataset: str | None = None) -> PatchDataset:
+def eval_dataset(cfg, subsets: Sequence[int], dataset: str | None = None, role: str = "test") -> PatchDataset:
     """The :class:`PatchDataset` a run evaluates ``subsets`` with (eval_scale rows resized to train_size)."""
-    rows = eval_rows(cfg, subsets, dataset)
+    rows = eval_rows(cfg, subsets, dataset, role)
     return PatchDataset(cfg.data.dataset if dataset is None else str(dataset), rows, train_size=cfg.data.train_size)
+
+
+def trained_on(model: ProbabilityModel, subsets: Sequence[int], role: str) -> list[str]:
+    """Warnings for each model of ``model`` (one run or an ensemble's members) that trained on ``subsets``."""
+    out = []
+    for member in getattr(model, "members", [model]):
+        seen = sorted(set(member.config.split.resolved()["train"]) & {int(s) for s in subsets})
+        if seen:
+            out.append(f"{member.run_dir} trained on subsets {seen}, which are {role}: its figures there are "
+                       "optimistic")
+    return out
 
 
 def predict_fn(model_like: ProbabilityModel, tta: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -168,6 +195,7 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Se
         "ensemble": members, "device": str(model.device),
     }
 
+    warnings = trained_on(model, subsets, "evaluated")
     pp_cfg: PostprocessConfig | None = None
     if postprocess_tune:
         val_subsets = resolved["val"]
@@ -177,7 +205,9 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Se
         if overlap:
             raise InputError(f"evaluated subsets {list(subsets)} include validation subsets {overlap}: "
                              f"post-processing tuned on them would be evaluated on them")
-        val_ds = eval_dataset(cfg, val_subsets, store)
+        # an ensemble of cross-validation folds: the other folds trained on this fold's validation subsets
+        warnings += trained_on(model, val_subsets, "the validation subsets post-processing is tuned on")
+        val_ds = eval_dataset(cfg, val_subsets, store, role="val")
         say(f"tuning post-processing on validation subsets {list(val_subsets)} ({len(val_ds)} patches)")
         vp, vl = predict_patches(model, val_ds, tta, bs, workers)
         # the run's own threshold is always a candidate: a calibrated 0.85 must not lose to the grid's 0.7
@@ -187,6 +217,9 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Se
                               "val_raw": patch_metrics(vp, vl, thr), "val_postprocessed": patch_metrics(vp, vl, pp_cfg)}
         del vp, vl
 
+    for text in warnings:
+        say(f"WARNING: {text}")
+    out["warnings"] = warnings
     ds = eval_dataset(cfg, subsets, store)
     say(f"evaluating subsets {list(subsets)} ({len(ds)} patches, scale {cfg.data.eval_scale} -> "
         f"{cfg.data.train_size}){' with TTA' if tta else ''}")
@@ -238,6 +271,7 @@ def format_report(res: dict[str, Any]) -> str:
             f"models {len(res['ensemble'])}"]
     if len(res["ensemble"]) > 1:
         head.append("ensemble: " + ", ".join(res["ensemble"]))
+    head += [f"WARNING: {text}" for text in res.get("warnings", ())]
     if "postprocess" in res:
         pp = res["postprocess"]
         head.append(f"post-processing tuned on val subsets {pp['val_subsets']} ({pp['n_val_patches']} patches): "

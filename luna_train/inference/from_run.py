@@ -21,20 +21,53 @@ from luna_train.inference.detect import DetectConfig, window_batch
 from luna_train.inference.postprocess import PostprocessConfig, rescaled
 from luna_train.inference.trained_model import ProbabilityModel, load_model_like
 from luna_train.run_dir import DEFAULT_POSTPROCESS, POSTPROCESS_FILE, RunDir
+from luna_train.training.checkpoint import checkpoint_file
 
 log = logging.getLogger("luna_train")
 
 
 def scan_postprocess(run_dir: str | Path, model_voxel: float, threshold: float | None = None,
-                     min_size: int | None = None) -> tuple[PostprocessConfig, str]:
-    """The post-processing of whole-scan maps on the store's grid, and where it came from (for the log)."""
-    tuned = RunDir(run_dir).postprocess()
+                     min_size: int | None = None, checkpoint: str = "best", tta: bool = False,
+                     members: int = 1) -> tuple[PostprocessConfig, str]:
+    """The post-processing of whole-scan maps on the store's grid, and where it came from (for the log).
+
+    The tuned values are used even when they were tuned for another model than this one (another
+    checkpoint, TTA or not, the run alone rather than an ensemble), with a WARNING in the source text
+    that says so and how to tune for this model.
+    """
+    run = RunDir(run_dir)
+    tuned = run.postprocess()
     base = DEFAULT_POSTPROCESS if tuned is None else rescaled(tuned, model_voxel)
     source = "defaults" if tuned is None else f"tuned ({Path(run_dir) / POSTPROCESS_FILE})"
+    if tuned is not None:
+        source += _tuned_for_another_model(run, checkpoint, tta, members)
     given = {k: v for k, v in (("threshold", threshold), ("min_size", min_size)) if v is not None}
     if given:
         source += ", overridden: " + ", ".join(f"{k}={v}" for k, v in given.items())
     return replace(base, **given), source
+
+
+def _tuned_for_another_model(run: RunDir, checkpoint: str, tta: bool, members: int) -> str:
+    """A WARNING when ``postprocess.json`` was tuned for another model than (checkpoint, tta, ensemble) ; else ''."""
+    record = run.postprocess_tuned_for()
+    name = checkpoint_file(checkpoint)
+    differs = []
+    if "checkpoint" in record and checkpoint_file(str(record["checkpoint"])) != name:
+        differs.append(f"it was tuned for {checkpoint_file(str(record['checkpoint']))}, this is {name}")
+    if "tta" in record and bool(record["tta"]) != bool(tta):
+        differs.append(f"it was tuned {'with' if record['tta'] else 'without'} TTA, this runs "
+                       f"{'with' if tta else 'without'}")
+    if members > 1:
+        differs.append(f"it was tuned for the run alone, this is an ensemble of {members}")
+    if not differs:
+        return ""
+    if members > 1:  # an ensemble's tuning is reported by evaluate, not frozen into a run
+        how = ("pass --threshold and --min-size (`luna-train evaluate ... --ensemble ... --postprocess` reports the "
+               "ensemble's own)")
+    else:
+        flags = f"--checkpoint {name.removesuffix('.pt')}{' --tta' if tta else ''} --postprocess"
+        how = f"tune for this model with `luna-train evaluate {run.path} {flags}`, or pass --threshold and --min-size"
+    return f"; WARNING: {'; '.join(differs)} ({how})"
 
 
 @dataclass
@@ -50,7 +83,8 @@ def load_run_model(run_dir: str | Path, ensemble: Sequence[str | Path] = (), che
                    tta: bool = False, threshold: float | None = None, min_size: int | None = None,
                    sw_batch_size: int | None = None, overlap: float = 0.5) -> RunModel:
     model = load_model_like(run_dir, ensemble, checkpoint)
-    pp, source = scan_postprocess(run_dir, model.voxel_mm, threshold, min_size)
+    pp, source = scan_postprocess(run_dir, model.voxel_mm, threshold, min_size, checkpoint, tta,
+                                  len(model.run_dirs))
     return RunModel(model, DetectConfig(overlap=overlap, tta=tta, postprocess=pp, sw_batch_size=sw_batch_size), source)
 
 

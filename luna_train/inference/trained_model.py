@@ -118,7 +118,8 @@ class Ensemble:
             raise InputError("an ensemble needs at least one model")
         sizes = {(m.input_size, m.voxel_mm) for m in members}
         if len(sizes) > 1:
-            raise InputError(f"ensemble members disagree on (input size, voxel size): {sorted(sizes, key=str)}")
+            each = ", ".join(f"{m.run_dir} {(m.input_size, m.voxel_mm)}" for m in members)
+            raise InputError(f"ensemble members disagree on (input size, voxel size): {each}")
         # one preparation feeds every member: each must have been trained on scans prepared alike
         prepared = {m.run_dir: _scan_preparation(m.run_dir) for m in members}
         known = [(run, how) for run, how in prepared.items() if how is not None]

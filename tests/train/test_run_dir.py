@@ -111,6 +111,22 @@ def test_tuned_postprocessing_is_rescaled_to_the_store_grid_and_overridable(tmp_
     assert cfg == PostprocessConfig(0.7, 34, 2, 0.8) and source.startswith("tuned")  # 10 * 1.5^3, 1 * 1.5
     cfg, source = scan_postprocess(tmp_path, 1.5, threshold=0.4, min_size=0)
     assert cfg == PostprocessConfig(0.4, 0, 2, 0.8) and "threshold=0.4" in source
+    assert "WARNING" not in scan_postprocess(tmp_path, 1.5, checkpoint="last", tta=True)[1]  # nothing recorded
+
+
+def test_postprocessing_tuned_for_another_model_is_used_with_a_warning(tmp_path):
+    """evaluate --checkpoint last --postprocess replaced best.pt's tuning, and detect used it silently."""
+    RunDir(tmp_path).write_postprocess(PostprocessConfig(0.7, 10), {"model_voxel": 1.0, "checkpoint": "best",
+                                                                    "tta": False})
+    assert scan_postprocess(tmp_path, 1.0, checkpoint="best") == (PostprocessConfig(0.7, 10),
+                                                                  f"tuned ({tmp_path / 'postprocess.json'})")
+    cfg, source = scan_postprocess(tmp_path, 1.0, checkpoint="last", tta=True)
+    assert cfg == PostprocessConfig(0.7, 10)
+    assert source.endswith("; WARNING: it was tuned for best.pt, this is last.pt; it was tuned without TTA, this runs "
+                           f"with (tune for this model with `luna-train evaluate {tmp_path} --checkpoint last --tta "
+                           "--postprocess`, or pass --threshold and --min-size)")
+    _, source = scan_postprocess(tmp_path, 1.0, members=3)
+    assert "WARNING: it was tuned for the run alone, this is an ensemble of 3 (pass --threshold and" in source
 
 
 def test_evaluate_postprocess_freezes_it_into_the_run(tiny_run, tmp_path):
@@ -164,3 +180,16 @@ def test_predict_refuses_file_names_it_cannot_write_before_predicting(tiny_run, 
         res = CliRunner().invoke(main, ["predict", str(run_dir), "--scan", str(scan), *args])
         assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
     assert not list(tmp_path.iterdir())
+
+
+def test_an_ensemble_of_differently_sized_inputs_names_each_run():
+    from types import SimpleNamespace
+
+    from luna_train.inference.trained_model import Ensemble
+
+    members = [SimpleNamespace(run_dir=Path("runs/a"), input_size=48, voxel_mm=1.0),
+               SimpleNamespace(run_dir=Path("runs/b"), input_size=32, voxel_mm=1.5)]
+    with pytest.raises(InputError) as err:
+        Ensemble(members)
+    assert str(err.value) == ("ensemble members disagree on (input size, voxel size): runs/a (48, 1.0), "
+                              "runs/b (32, 1.5)")

@@ -181,3 +181,34 @@ def test_cli_froc_half_missed(tmp_path):
     expected = [s * min(fp, 1.0) for fp in (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)]
     assert data["sensitivities"] == pytest.approx(expected)
     assert data["cpm"] == pytest.approx(np.mean(expected))
+
+
+def test_every_asked_subset_must_be_in_the_store(tiny_run, tmp_path):
+    """Subsets without patches used to be skipped silently while the report listed them; and tuning on missing
+    validation subsets was reported as an empty 'test' set."""
+    run_dir, _ = tiny_run
+    partial = write_tiny_store(tmp_path / "eight.zarr", n_scans=8)  # subsets 0-7
+    with pytest.raises(ValueError) as err:
+        evaluate_run(run_dir, dataset=str(partial), subsets=[7, 9])
+    assert str(err.value) == f"{partial}: evaluated subsets [7, 9]: no patches of subsets [9] at scale 16 in this store"
+    with pytest.raises(ValueError, match=r"eight\.zarr: evaluated subsets \[9\]: .*subsets \[9\] asked"):
+        evaluate_run(run_dir, dataset=str(partial), subsets=[9])
+    with pytest.raises(ValueError, match=r"eight\.zarr: validation subsets \(post-processing is tuned on them\) \[8\]"):
+        evaluate_run(run_dir, dataset=str(partial), subsets=[7], postprocess_tune=True)
+    assert evaluate_run(run_dir, dataset=str(partial), subsets=[7])["n_patches"] == 8
+
+
+def test_models_trained_on_the_evaluated_or_tuning_subsets_are_named(tiny_run, tmp_path):
+    """An ensemble of cross-validation folds: the other fold trained on RUN_DIR's validation subset."""
+    run_dir, _ = tiny_run
+    cfg = load_config(run_dir / "config.yaml")
+    other = tmp_path / "fold"
+    run_training(load_config(None, TINY + [f"data.dataset={cfg.data.dataset}", "split.train_subsets=[0, 1, 8]",
+                                           "split.val_subsets=[7]", "split.test_subsets=[9]", "train.epochs=1"]), other)
+    assert evaluate_run(run_dir)["warnings"] == []
+    res = evaluate_run(run_dir, ensemble=[other], postprocess_tune=True, grid={"threshold": [0.5]})
+    assert res["warnings"] == [f"{other} trained on subsets [8], which are the validation subsets post-processing "
+                               "is tuned on: its figures there are optimistic"]
+    res = evaluate_run(run_dir, subsets=[0, 9])
+    assert res["warnings"] == [f"{run_dir} trained on subsets [0], which are evaluated: its figures there are "
+                               "optimistic"]
