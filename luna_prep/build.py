@@ -41,7 +41,7 @@ from luna_prep.luna16.tables import (
 )
 from luna_prep.pipeline.plan import ScanPlan, plan_build
 from luna_prep.pipeline.sampling import SamplingConfig
-from luna_prep.pipeline.scan_task import ScanJob, done_paths, process_scan
+from luna_prep.pipeline.scan_task import ScanJob, StoreWriteError, done_paths, process_scan
 from luna_prep.report.summary import folder_bytes
 
 
@@ -253,6 +253,8 @@ def _run_tasks(plans: list[ScanPlan], job: ScanJob, workers: int, scheduler: str
             plan = futures[fut]
             try:
                 records.append(fut.result())
+            except StoreWriteError:
+                raise  # the store cannot be written: every other scan would fail the same way
             except Exception as exc:  # the worker died (killed, out of memory) more than dask retries
                 records.append({"seriesuid": plan.seriesuid, "subset": plan.subset, "status": "failed",
                                 "error": f"{plan.path}: worker failed ({type(exc).__name__}: {exc})",

@@ -55,6 +55,28 @@ def _ok(blob):
     return blob
 
 
+def _zip_filesystem(loc: str) -> fsspec.AbstractFileSystem:
+    """The files of the ``.zip`` at ``loc`` (a path or URL); errors name the archive and say what is wrong."""
+    import zipfile
+
+    from luna_prep.format.spec import FormatError
+
+    try:
+        return fsspec.filesystem("zip", fo=loc if is_url(loc) else str(Path(loc).resolve()))
+    except zipfile.BadZipFile as exc:
+        raise FormatError(f"{loc}: not a complete zip archive ({exc}); a truncated download? Fetch it again "
+                          "(`luna-prep verify CARD --store-url ...` checks every file against its card)") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{loc}: no such file") from None
+    except ValueError as exc:  # fsspec's HTTP file: "The HTTP server doesn't appear to support range requests"
+        if "range" not in str(exc).lower():
+            raise
+        raise RangeRequestIgnored(f"{loc}: the server does not support HTTP Range requests, which reading a .zip "
+                                  "there needs; serve it from a server that does, or download it first") from None
+    except OSError as exc:
+        raise OSError(f"{loc}: {type(exc).__name__}: {exc}") from exc
+
+
 def is_url(location: str) -> bool:
     return "://" in str(location)
 
@@ -119,8 +141,7 @@ class StoreLocation:
         if loc.startswith("file://"):
             loc = urlparse(loc).path
         if loc.lower().endswith(".zip"):
-            fo = loc if is_url(loc) else str(Path(loc).resolve())
-            return cls(fsspec.filesystem("zip", fo=fo), "", loc)
+            return cls(_zip_filesystem(loc), "", loc)
         if is_url(loc):
             fs, root = fsspec.core.url_to_fs(loc)
             return cls(fs, root, loc)

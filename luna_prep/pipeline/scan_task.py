@@ -1,7 +1,9 @@
 """One scan, start to finish: read, resample, sample centres, cut patches, write rows, record.
 
 This is the unit of work of a build (one Dask task per scan). It never raises for bad input:
-problems come back as a ``failed`` record naming the file and the problem.
+problems come back as a ``failed`` record naming the file and the problem. An error writing the
+store (disk full, read-only, quota, permissions) is no problem of the scan and would fail every
+scan after it: it is raised as :class:`StoreWriteError`, which stops the build.
 """
 
 from __future__ import annotations
@@ -152,6 +154,10 @@ def _record(plan: ScanPlan, status: str, error: str, seconds: float, original=No
     }
 
 
+class StoreWriteError(OSError):
+    """Writing a scan's rows into the store failed (``OSError(errno, strerror, filename)``): the build stops."""
+
+
 def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
     """Build one scan's patches into the store; return its scans-table record."""
     import SimpleITK as sitk
@@ -160,6 +166,7 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(job.itk_threads)
     t0 = time.perf_counter()
     original = vol = None
+    writing = False
     try:
         # encoded once for the whole volume: patches are then plain copies of stored values
         lungs_file = find_mask_file(job.lung_masks, plan.seriesuid, plan.subset) if job.lung_masks else None
@@ -170,6 +177,7 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
         nodules, mask_counts = _nodules(plan, job, original, vol)
         rng = np.random.default_rng(seed_for(job.seed, plan.seriesuid))
         centres = _centres(plan, job, vol, nodules, lungs, rng)
+        writing = True  # from here on an OSError is the store's, not the scan's
         clear_rows(job.store, job.sampling.scales, plan.first_index, plan.n_samples, job.storage.shard_patches)
         rows = _write_patches(plan, job, vol, nodules, centres)
         if job.volumes:
@@ -179,16 +187,27 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
     except (ScanReadError, AnnotationOutsideVolume) as exc:
         return _record(plan, "failed", str(exc), time.perf_counter() - t0, original, vol)
     except Exception as exc:  # a bug or an odd input: keep the build going, name the scan
+        if writing and isinstance(exc, OSError):
+            raise _store_write_error(exc, job, plan) from exc
         detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         return _record(plan, "failed", f"{plan.path}: {detail}", time.perf_counter() - t0, original, vol)
     counts = pd.Series([c.kind for c in centres]).value_counts().to_dict()
     record = _record(plan, "ok", "", time.perf_counter() - t0, original, vol, counts, mask_counts)
     record["warnings"] = list(prepared.warnings)  # in the build's record and summary, not in scans.parquet
-    record["files"] = owned_files(plan, job)  # the card takes these digests instead of reading the bytes again
     json_path, rows_path = done_paths(job.store, plan.seriesuid)
-    write_table(conform(pd.DataFrame(rows), MANIFEST_COLUMNS, plan.seriesuid), rows_path)
-    write_text_atomic(json_path, json.dumps(record))  # the scan is finished once this file exists
+    try:
+        record["files"] = owned_files(plan, job)  # the card takes these digests instead of reading the bytes again
+        write_table(conform(pd.DataFrame(rows), MANIFEST_COLUMNS, plan.seriesuid), rows_path)
+        write_text_atomic(json_path, json.dumps(record))  # the scan is finished once this file exists
+    except OSError as exc:
+        raise _store_write_error(exc, job, plan) from exc
     return record
+
+
+def _store_write_error(exc: OSError, job: ScanJob, plan: ScanPlan) -> StoreWriteError:
+    """``exc`` as a StoreWriteError naming the file (the store where the OS gave none) and the scan."""
+    return StoreWriteError(exc.errno, f"{exc.strerror or exc} (writing scan {plan.seriesuid})",
+                           exc.filename or job.store)
 
 
 def owned_files(plan: ScanPlan, job: ScanJob) -> dict[str, list]:

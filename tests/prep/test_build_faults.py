@@ -202,3 +202,49 @@ def test_a_build_that_locks_a_lock_file_just_deleted_takes_the_new_one(tmp_path,
     with build_lock(out):
         assert len(calls) == 2 and os.stat(lock).st_ino == calls[1]
     assert not lock.exists()
+
+
+def test_a_store_that_cannot_be_written_stops_the_build_naming_the_file(synth2, tmp_path, monkeypatch):
+    """A full disk while writing shards failed each scan in turn, naming its input .mhd, and the build went on
+    to write a manifest and a card; now it stops at the first, naming the store's file, and resumes."""
+    import luna_prep.format.writer as writer_module
+
+    out = tmp_path / "p.zarr"
+    real = writer_module.write_bytes_atomic
+    full = [True]
+
+    def disk_full(path, parts):
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, parts)
+
+    monkeypatch.setattr(writer_module, "write_bytes_atomic", disk_full)
+    with pytest.raises(BuildError) as err:
+        run_build(config(synth2, out), workers=0, progress=False, manifests_dir=tmp_path / "manifests")
+    assert str(err.value).startswith(f"{out}: the build stopped (No space left on device (writing scan ")
+    assert str(err.value).endswith(f"): {out.resolve()}). Finished scans are kept: fix the cause (disk space, "
+                                   "permissions) and run the same command again to resume")
+    assert not (out / "manifest.parquet").exists() and not (tmp_path / "manifests").exists()
+    full[0] = False
+    report = run_build(config(synth2, out), workers=0, progress=False)
+    assert report.ok and report.scans_ok == 2 and report.skipped == 0
+
+
+def test_a_real_write_error_in_a_dask_worker_stops_the_build(synth2, tmp_path):
+    """The same through the command line and a local cluster, with a real OS error: a file size limit
+    (inherited by the workers; Python ignores SIGXFSZ, so a write past it fails with EFBIG)."""
+    import resource
+    import subprocess
+    import sys
+
+    out = tmp_path / "p.zarr"
+    args = [sys.executable, "-m", "luna_prep.cli", "build", "--data-root", str(synth2), "--out", str(out),
+            "--subsets", "0,1", "--scales", "24,32", "--jitter-copies", "1", "--workers", "1", "--quiet", "--no-card"]
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))  # noqa: E731
+    res = subprocess.run(args, capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"Error: {out}: the build stopped (File too large (writing scan " in res.stderr, res.stderr
+    assert "FAILED" not in res.stdout + res.stderr and not (out / "manifest.parquet").exists()
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert PatchStore(out).manifest["seriesuid"].nunique() == 2

@@ -105,3 +105,27 @@ def test_threads_reading_one_store_at_once_get_the_values_read_alone(tmp_path):
     for order, (images, masks) in zip(orders, results):
         for row, image, mask in zip(order, images, masks):
             assert np.array_equal(image, images_alone[row]) and np.array_equal(mask, masks_alone[row])
+
+
+def test_a_damaged_or_unreachable_zip_is_named_with_what_is_wrong(tmp_path):
+    """A truncated download raised zipfile.BadZipFile from deep inside fsspec; a server without Range support
+    raised fsspec's ValueError; a missing one said only its address."""
+    from luna_prep.format.spec import FormatError
+    from luna_prep.sharing.pack import pack_store
+
+    pack_store(write_tiny_store(tmp_path / "s.zarr", n_scans=1), tmp_path / "s.zip")
+    whole = (tmp_path / "s.zip").read_bytes()
+    (tmp_path / "trunc.zip").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(FormatError, match=r"trunc\.zip: not a complete zip archive \(File is not a zip file\); a "
+                                          r"truncated download\?"):
+        StoreLocation.open(tmp_path / "trunc.zip")
+    with pytest.raises(FileNotFoundError, match=r"nope\.zip: no such file"):
+        StoreLocation.open(tmp_path / "nope.zip")
+    with serve_directory(tmp_path, ranges=False) as (base, _):
+        with pytest.raises(RangeRequestIgnored, match=r"s\.zip: the server does not support HTTP Range requests, "
+                                                      r"which reading a \.zip there needs"):
+            StoreLocation.open(f"{base}/s.zip")
+        with pytest.raises(FileNotFoundError, match=r"nope\.zip: no such file"):
+            StoreLocation.open(f"{base}/nope.zip")
+    with serve_directory(tmp_path) as (base, _):
+        assert len(PatchStore(f"{base}/s.zip").manifest) == 16
