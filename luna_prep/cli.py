@@ -107,8 +107,9 @@ def synth(out, scans, seed, size, full_size, difficulty, workers):
         help="Consensus: share of a nodule's readers who marked a voxel.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built with another configuration.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--dashboard", is_flag=True, help="Serve the local Dask cluster's dashboard (port 8787 or the next free "
-              "one; needs bokeh: pip install .[dashboard]) and print its address; with --scheduler, print that one's.")
+@click.option("--dashboard", is_flag=True, help="Serve the local Dask cluster's dashboard (port 8787, else a free one "
+              "Dask picks; needs bokeh: pip install .[dashboard]) and print its address; with --scheduler, print "
+              "that one's.")
 @click.option("--name", default=None, help="Dataset card name  [default: the store's name without .zarr]")
 @click.option("--manifests-dir", default="manifests", envvar="LUNA_PREP_MANIFESTS_DIR",
               type=click.Path(file_okay=False),

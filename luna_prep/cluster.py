@@ -87,7 +87,10 @@ def local_cluster(workers: int, dashboard_address: str | None = None):
         # without it, a worker heartbeat racing the shutdown prints CommClosedError tracebacks after a good build
         with dask.config.set(config), quiet_shutdown(), \
                 LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                             dashboard_address=dashboard_address, silence_logs=logging.CRITICAL) as cluster:
+                             dashboard_address=dashboard_address, silence_logs=logging.CRITICAL,
+                             # no dashboard: the scheduler's HTTP server (health, metrics) still starts, on 8787 by
+                             # default, warning when another process holds it; on any free port instead
+                             scheduler_kwargs=None if dashboard_address else {"dashboard_address": ":0"}) as cluster:
             yield cluster
     finally:
         for name, value in before.items():
@@ -100,7 +103,8 @@ def local_cluster(workers: int, dashboard_address: str | None = None):
 @contextmanager
 def dask_client(workers: int, scheduler: str | None, scheduler_file: str | None = None, dashboard: bool = False):
     """A client on ``scheduler`` (an address or a scheduler file) or ``scheduler_file``, else on a new local cluster
-    (serving the dashboard on port 8787, or the next free one, when ``dashboard`` and bokeh is installed)."""
+    (serving the dashboard on port 8787, or on a free port Dask picks when that one is taken, when ``dashboard`` and
+    bokeh is installed)."""
     from distributed import Client
 
     if scheduler_file:

@@ -75,15 +75,21 @@ def _check_geometry(path: Path, header: dict[str, str]) -> list[int]:
     return [int(d) for d in dims]
 
 
-def _inflated_size(data: Path, stop_after: int) -> int:
-    """Bytes a zlib-compressed data file inflates to, counted in bounded memory (stops past ``stop_after``)."""
-    inflater, total = zlib.decompressobj(), 0
+def _inflated_size(data: Path, stop_after: int, offset: int = 0, gzip: bool = False) -> int:
+    """Bytes a zlib- (or ``gzip``-) compressed data file, from byte ``offset`` on, inflates to, counted in bounded
+    memory (stops past ``stop_after``); a stream cut short counts what it holds. gzip members one after another
+    (bgzip's blocks) count together."""
+    wbits = 47 if gzip else 15  # 47: a gzip or zlib header
+    inflater, total = zlib.decompressobj(wbits=wbits), 0
     try:
         with open(data, "rb") as f:
+            f.seek(offset)
             while chunk := f.read(1 << 20):
                 while chunk:
                     total += len(inflater.decompress(chunk, 1 << 24))
                     chunk = inflater.unconsumed_tail
+                    if gzip and inflater.eof and inflater.unused_data:  # the next member
+                        chunk, inflater = inflater.unused_data, zlib.decompressobj(wbits=wbits)
                     if total > stop_after:
                         return total
         return total + len(inflater.flush())
@@ -126,6 +132,74 @@ def check_mhd_files(path: Path) -> None:
                             f"header says {expected:,} bytes ({shape})")
 
 
+NIFTI_HEADER_BYTES = 348  # the smallest NIfTI header; the voxels follow it (NIfTI-1 at 352, NIfTI-2 at 544)
+
+
+def _voxel_bytes(path: Path) -> tuple[int, str]:
+    """The bytes of voxel data ``path``'s header promises, and its size in words, from SimpleITK's reading of
+    the header alone."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ScanReadError(f"{path}: SimpleITK cannot read its header ({_itk_cause(exc)})") from exc
+    one = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+    element = sitk.GetArrayViewFromImage(one).itemsize * reader.GetNumberOfComponents()
+    size = reader.GetSize()
+    return int(np.prod(size, dtype=np.int64)) * element, f"{'x'.join(map(str, size))} {one.GetPixelIDTypeAsString()}"
+
+
+def _text_header(path: Path, ends: re.Pattern) -> tuple[str, int] | None:
+    """The text header of a one-file .mha/.nrrd and the offset of the data after it (None: not found)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    m = ends.search(head)
+    return (head[:m.end()].decode("latin-1"), m.end()) if m else None
+
+
+def check_single_file(path: Path) -> None:
+    """Check that a one-file scan (.nii, .nii.gz, .mha, .nrrd) holds the voxel bytes its header promises.
+
+    SimpleITK reads a NIfTI cut short without a word and fills what is missing with zeros (a truncated
+    download then segments as a smaller or empty scan); a short .mha is reported as "No such file". Counted
+    on disk, or after inflating (in bounded memory) for gzip and zlib data. Other formats are left to ITK.
+    """
+    name = path.name.lower()
+    if name.endswith(".nii"):
+        kind, offset, compressed = "nii", NIFTI_HEADER_BYTES, None
+    elif name.endswith(".nii.gz"):
+        kind, offset, compressed = "nii", NIFTI_HEADER_BYTES, "gzip"
+    elif name.endswith(".mha"):
+        found = _text_header(path, re.compile(rb"ElementDataFile\s*=\s*LOCAL[^\n]*\n"))
+        if found is None:
+            return  # data in another file: ITK names it
+        text, offset = found
+        kind = "mha"
+        compressed = "zlib" if re.search(r"CompressedData\s*=\s*True", text, flags=re.I) else None
+    elif name.endswith(".nrrd"):
+        found = _text_header(path, re.compile(rb"\r?\n\r?\n"))
+        if found is None or re.search(r"^data ?file:", found[0], flags=re.M | re.I):
+            return  # detached data: ITK names the file
+        text, offset = found
+        encoding = (re.search(r"^encoding:\s*(\S+)", text, flags=re.M | re.I) or [None, "raw"])[1].lower()
+        if encoding not in ("raw", "gzip", "gz"):
+            return
+        kind, compressed = "nrrd", "gzip" if encoding in ("gzip", "gz") else None
+    else:
+        return
+    expected, shape = _voxel_bytes(path)
+    if compressed == "gzip" and kind == "nii":  # the header is inside the compressed stream
+        actual = _inflated_size(path, expected + offset, gzip=True) - offset
+    elif compressed:
+        actual = _inflated_size(path, expected, offset=offset, gzip=compressed == "gzip")
+    else:
+        actual = path.stat().st_size - offset
+    if actual < expected:
+        held = f"{max(actual, 0):,} bytes of voxel data{' once inflated' if compressed else ''}"
+        raise ScanReadError(f"{path}: holds {held}, its header says {expected:,} ({shape}); a truncated file?")
+
+
 def _itk_cause(exc: RuntimeError) -> str:
     """The cause in an ITK exception ("ITK ERROR: Bad direction, ..."), not its source-file line."""
     text = str(exc).strip()
@@ -143,6 +217,8 @@ def read_scan(path: str | Path) -> sitk.Image:
         raise ScanReadError(f"{path}: file not found")
     if path.suffix.lower() == ".mhd":
         check_mhd_files(path)
+    else:
+        check_single_file(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:

@@ -40,8 +40,9 @@ _POSTPROCESS_OPTIONS = [
                  help="Probability threshold of the segmentation "
                       "[default: the run's tuned postprocess.json, else 0.5]."),
     click.option("--min-size", type=click.IntRange(min=0), default=None,
-                 help="Components smaller than this (voxels) are dropped [default: the run's tuned postprocess.json, "
-                      "else 3]."),
+                 help="Components smaller than this are dropped, in voxels of the store's grid (spacing_mm of "
+                      "preprocessing.json, 1 mm by default), not of the written mask [default: the run's tuned "
+                      "postprocess.json, else 3]."),
     click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
                  help="Overlap of neighbouring sliding windows, as a fraction of the window: 0.25 runs about a "
                       "third of 0.5's windows (docs/benchmarks.md has what it costs in FROC)."),

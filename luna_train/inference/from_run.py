@@ -100,6 +100,7 @@ def predict_to_files(run: RunModel, run_dir: str | Path, scan: str | Path, out: 
         candidates_path,
         check_candidates_path,
         check_mask_path,
+        check_probabilities_path,
         write_candidates,
         write_mask,
     )
@@ -108,6 +109,8 @@ def predict_to_files(run: RunModel, run_dir: str | Path, scan: str | Path, out: 
     check_mask_path(out)
     candidates = candidates or candidates_path(out)
     check_candidates_path(candidates)
+    if probabilities:
+        check_probabilities_path(probabilities)
     cfg = run.model.config.data
     spec = RunDir(run_dir).preprocessing(dataset, cfg.eval_scale, cfg.train_size)
     pred = predict_scan(run.model, scan, spec, run.detect)

@@ -46,6 +46,11 @@ def check_mask_path(path: str | Path) -> None:
     _check_suffix(Path(path), MASK_SUFFIXES, "a mask file")
 
 
+def check_probabilities_path(path: str | Path) -> None:
+    """Refuse a probability-map file name SimpleITK cannot write (before any work is done)."""
+    _check_suffix(Path(path), tuple(s for s in MASK_SUFFIXES if s != ".seg.nrrd"), "a probability map")
+
+
 def check_candidates_path(path: str | Path) -> None:
     """Refuse a candidates file name that is neither .csv nor .mrk.json."""
     _check_suffix(Path(path), (".csv", MARKUPS_SUFFIX), "a candidates file")

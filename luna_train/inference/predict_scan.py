@@ -45,7 +45,8 @@ def prepare_volume(path: str | Path, spec: PreprocessingSpec) -> tuple[ScanVolum
 
 def size_warning(path: str | Path, volume: ScanVolume, model: ProbabilityModel) -> str | None:
     """A warning when the scan is smaller than one model input along some axis (padded with air there)."""
-    roi_mm = (model.input_size or model.config.data.eval_scale) * model.voxel_mm
+    # model.voxel_mm is store voxels per model voxel; a store voxel is spacing_mm
+    roi_mm = (model.input_size or model.config.data.eval_scale) * model.voxel_mm * volume.spacing_mm
     extent = np.asarray(volume.image.shape) * volume.spacing_mm
     if np.all(extent >= roi_mm):
         return None

@@ -92,3 +92,26 @@ def test_a_served_dashboard_keeps_its_profile_page():
 
     with local_cluster(1, dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         assert set(client.run(_background_config).values()) == {(True, "200ms")}
+
+
+@pytest.mark.timeout(120)
+def test_no_dashboard_asked_no_warning_when_port_8787_is_taken():
+    """Without --dashboard the scheduler's HTTP server still started on 8787, warning 'Port 8787 is already in use'
+    whenever another process (a notebook's cluster, another build) held it."""
+    import socket
+    import warnings
+
+    holder = socket.socket()
+    try:
+        holder.bind(("", 8787))
+        holder.listen()
+    except OSError:
+        pass  # something else holds it already: the same situation
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with local_cluster(1) as cluster:
+                assert cluster.scheduler.http_server is not None
+        assert not [w for w in seen if "8787" in str(w.message)], [str(w.message) for w in seen]
+    finally:
+        holder.close()

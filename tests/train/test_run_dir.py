@@ -176,7 +176,10 @@ def test_predict_refuses_file_names_it_cannot_write_before_predicting(tiny_run, 
     run_dir, _ = tiny_run
     for args, needle in ((["--out", str(tmp_path / "p.png")], "a mask file must end with one of .seg.nrrd, .nii.gz"),
                          (["--out", str(tmp_path / "p.nii.gz"), "--candidates", str(tmp_path / "c.txt")],
-                          "a candidates file must end with one of .csv, .mrk.json")):
+                          "a candidates file must end with one of .csv, .mrk.json"),
+                         # it used to fail after predicting, with the mask written, in a SimpleITK traceback
+                         (["--out", str(tmp_path / "p.nii.gz"), "--probabilities", str(tmp_path / "p.xyz")],
+                          "a probability map must end with one of .nii.gz, .nii, .nrrd, .mhd, .mha")):
         res = CliRunner().invoke(main, ["predict", str(run_dir), "--scan", str(scan), *args])
         assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
     assert not list(tmp_path.iterdir())

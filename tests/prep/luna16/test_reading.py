@@ -98,3 +98,41 @@ def test_itk_errors_report_their_cause_not_a_source_line(tmp_path):
         read_scan(path)
     message = str(info.value)
     assert "scan.mhd" in message and ".hxx" not in message
+
+
+def _written(tmp_path, name: str, compress: bool) -> tuple:
+    from paths import DATA
+
+    image = sitk.ReadImage(str(DATA / "example_ct.nii.gz"))
+    path = tmp_path / name
+    sitk.WriteImage(image, str(path), useCompression=compress)
+    return image, path
+
+
+@pytest.mark.parametrize("name, compress", [("ct.nii", False), ("ct.nii.gz", True), ("ct.mha", False),
+                                            ("ct.mha", True), ("ct.nrrd", False), ("ct.nrrd", True)])
+def test_a_one_file_scan_cut_short_is_refused_naming_it(tmp_path, name, compress):
+    """SimpleITK read a truncated .nii/.nii.gz without a word, the missing voxels zero (predict then segmented a
+    smaller scan), and called a short .mha 'No such file or directory'."""
+    image, path = _written(tmp_path, name, compress)
+    assert np.array_equal(sitk.GetArrayViewFromImage(read_scan(path)), sitk.GetArrayViewFromImage(image))
+    whole = path.read_bytes()
+    path.write_bytes(whole[:int(len(whole) * 0.7)])
+    with pytest.raises(ScanReadError) as err:
+        read_scan(path)
+    size = "x".join(map(str, image.GetSize()))
+    assert str(err.value).startswith(f"{path}: holds ")
+    voxel_bytes = sitk.GetArrayViewFromImage(image).nbytes
+    assert str(err.value).endswith(f"bytes of voxel data{' once inflated' if compress else ''}, its header says "
+                                   f"{voxel_bytes:,} ({size} {image.GetPixelIDTypeAsString()}); a truncated file?")
+
+
+def test_a_nifti_of_several_gzip_members_is_counted_whole(tmp_path):
+    """bgzip writes a .nii.gz as many gzip members back to back; each counts."""
+    import gzip
+
+    image, path = _written(tmp_path, "ct.nii", False)
+    raw = path.read_bytes()
+    split = tmp_path / "blocks.nii.gz"
+    split.write_bytes(b"".join(gzip.compress(raw[i:i + 65280]) for i in range(0, len(raw), 65280)))
+    assert np.array_equal(sitk.GetArrayViewFromImage(read_scan(split)), sitk.GetArrayViewFromImage(image))

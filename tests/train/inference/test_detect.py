@@ -244,3 +244,18 @@ def test_predicted_candidates_name_the_scan_without_its_image_suffix(tmp_path, s
     sitk.WriteImage(sitk.ReadImage(str(data.scans[0].path)), str(path))
     volume = prepare_volume(path, SPEC)[0]
     assert volume.seriesuid == "1.3.6.1.4.1.14519.5.2.1.6279.6001.105756658031515062000744821260"
+
+
+@pytest.mark.parametrize("slices, warned", [(30, False), (20, True)])
+def test_the_size_warning_measures_the_model_input_in_mm(slices, warned):
+    """The model's input was taken as input_size x (store voxels per model voxel) mm: on a 2 mm store a 24-voxel
+    input spans 48 mm, and a scan 40 mm deep was not warned about."""
+    from luna_train.inference.predict_scan import size_warning
+
+    shape = (slices, 33, 33)
+    volume = ScanVolume("1.2.3", np.zeros(shape, np.float32), np.ones(shape, bool), (0.0, 0.0, 0.0), 2.0, {})
+    text = size_warning("x.mhd", volume, BrightBlobModel(train_size=24, eval_scale=24))
+    assert (text is not None) == warned, text
+    if warned:
+        assert text == ("x.mhd: the scan covers 66 x 66 x 40 mm (x, y, z), less than the model's input of 48 mm "
+                        "along some axis; it is padded with air there, expect poorer results")
