@@ -130,7 +130,8 @@ class TrainLoopConfig:
     seed: int = 0
     val_every: PositiveInt = 1  # validate every N epochs (and at the last one)
     checkpoint_every_steps: NonNegativeInt = 0  # also write last.pt every N steps (0: only at epoch end)
-    stop_after_steps: PositiveInt | None = None  # simulate an interruption: save last.pt and exit after N steps
+    # simulate an interruption: save last.pt and exit after N steps in all (not kept in the run's config.yaml)
+    stop_after_steps: PositiveInt | None = None
     threshold: Probability = 0.5  # probability above which a voxel is predicted foreground
     # step speed (docs/benchmarks.md, GPU training step); None = on for CUDA, off on the CPU
     compile: bool | None = None  # torch.compile the training module (checkpoints keep the plain module's keys)

@@ -106,9 +106,19 @@ def load_luna_csv(path: str | Path) -> pd.DataFrame:
 
 
 def load_seriesuids(path: str | Path) -> list[str]:
-    """Read seriesuids.csv: one uid per line (first field), no header."""
-    lines = Path(path).read_text().splitlines()
-    return [ln.split(",")[0].strip() for ln in lines if ln.strip()]
+    """Read seriesuids.csv: one uid per line (first field), no header; a first line ``seriesuid`` (a header) is
+    skipped, not counted as a scan. A uid listed twice is an error naming both lines."""
+    uids: list[str] = []
+    line_of: dict[str, int] = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        uid = line.split(",")[0].strip()
+        if not uid or (not line_of and uid.lower() == "seriesuid"):
+            continue
+        if uid in line_of:
+            raise InputError(f"{path}: seriesuid {uid} is listed twice, on lines {line_of[uid]} and {number}")
+        line_of[uid] = number
+        uids.append(uid)
+    return uids
 
 
 def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
@@ -261,7 +271,8 @@ def compute_froc(submission: pd.DataFrame, annotations: pd.DataFrame,
         _require(excluded, ["seriesuid", *_XYZ, "diameter_mm"], names[2])
     uids = [str(u).strip() for u in seriesuids]
     if len(set(uids)) != len(uids):
-        raise InputError("seriesuids list has duplicates")
+        twice = next(u for i, u in enumerate(uids) if u in uids[:i])
+        raise InputError(f"seriesuids list has duplicates: {twice} is listed twice")
     if not uids:
         raise InputError("seriesuids list is empty")
     cands, nods, excl = (_group(submission, "probability"), _group(annotations, "diameter_mm"),

@@ -41,7 +41,9 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
         _refuse_changed_geometry(saved["config"], cfg, run_dir / LAST)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / CONFIG_FILE)
+        # stop_after_steps stops this invocation, it is no setting of the run: `--resume` from config.yaml with it
+        # ran one more step each time and stopped again
+        save_config(replace(cfg, train=replace(cfg.train, stop_after_steps=None)), run_dir / CONFIG_FILE)
     D.barrier()
     seed_everything(cfg.train.seed)
     parts = assemble(cfg, info)

@@ -274,3 +274,19 @@ def test_a_probability_that_is_not_a_number_is_an_error_naming_the_file_and_row(
     sub.write_text("seriesuid,coordX,coordY,coordZ,probability\r\na,0,0,0,0.9\r\n")
     with pytest.raises(InputError, match=r"ann\.csv \(annotations\): 1 row\(s\)"):
         run_froc(sub, ann, None, uids, n_bootstrap=0)
+
+
+def test_a_seriesuids_file_with_a_header_or_a_uid_twice(tmp_path):
+    """A header line was counted as a scan (every false-positive rate off by one scan); a duplicate said only
+    'seriesuids list has duplicates'."""
+    path = tmp_path / "uids.csv"
+    path.write_text("seriesuid\r\n1.2.3\r\n\r\n1.2.4,extra\r\n")
+    assert load_seriesuids(path) == ["1.2.3", "1.2.4"]
+    path.write_text("1.2.3\n1.2.4\n\n1.2.3\n")
+    with pytest.raises(ValueError) as err:
+        load_seriesuids(path)
+    assert str(err.value) == f"{path}: seriesuid 1.2.3 is listed twice, on lines 1 and 4"
+    with pytest.raises(ValueError, match="seriesuids list has duplicates: 1.2.4 is listed twice"):
+        compute_froc(pd.DataFrame(columns=["seriesuid", "coordX", "coordY", "coordZ", "probability"]),
+                     pd.DataFrame(columns=["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]), None,
+                     ["1.2.4", "1.2.5", "1.2.4"])

@@ -134,3 +134,15 @@ def test_ddp_two_processes_gloo(tiny_store, tmp_path):
     assert draws["items_per_rank"] == [8, 8] and draws["disjoint_shares_match"] is True
     assert summary["n_val"] == 8 and summary["n_test"] == 8  # sharded evaluation still counts every patch once
     assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+
+
+def test_a_run_stopped_by_stop_after_steps_resumes_to_its_end_from_the_command_line(tiny_store, tmp_path):
+    """config.yaml kept train.stop_after_steps, so each `--resume` ran one more step and stopped again (exit 3)."""
+    out = tmp_path / "r"
+    args = ["--dataset", tiny_store, "--out", str(out), *_args(TINY + ["logging.plots=false"])]
+    res = CliRunner().invoke(main, ["run", *args, "--set", "train.stop_after_steps=2"])
+    assert res.exit_code == 3, res.output
+    assert load_checkpoint(out / "last.pt")["state"]["step"] == 2
+    res = CliRunner().invoke(main, ["run", "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert json.loads((out / "summary.json").read_text())["steps"] == load_config(out / "config.yaml").train.epochs * 4
