@@ -243,6 +243,8 @@ def _run_tasks(plans: list[ScanPlan], job: ScanJob, workers: int, scheduler: str
             bar.update()
         bar.close()
         return records
+    from concurrent.futures import CancelledError
+
     from distributed import as_completed
 
     with dask_client(workers, scheduler, scheduler_file, dashboard) as client:
@@ -255,6 +257,10 @@ def _run_tasks(plans: list[ScanPlan], job: ScanJob, workers: int, scheduler: str
                 records.append(fut.result())
             except StoreWriteError:
                 raise  # the store cannot be written: every other scan would fail the same way
+            except CancelledError as exc:  # the scheduler went away: no scan's fault, and none will finish
+                raise BuildError(f"{job.store}: the build stopped: the Dask scheduler "
+                                 f"{scheduler or scheduler_file or '(local)'} was lost ({exc}). Finished scans are "
+                                 "kept: run the same command again to resume") from None
             except Exception as exc:  # the worker died (killed, out of memory) more than dask retries
                 records.append({"seriesuid": plan.seriesuid, "subset": plan.subset, "status": "failed",
                                 "error": f"{plan.path}: worker failed ({type(exc).__name__}: {exc})",
@@ -366,7 +372,12 @@ def _build(cfg: BuildConfig, workers: int, scheduler: str | None, overwrite: boo
             card_slot(card_name, cfg.out, manifests_dir)
         except CardError as exc:
             raise BuildError(str(exc)) from exc
-    cfg = resolve_masks(cfg)
+    for given in (scheduler_file, scheduler if scheduler and scheduler.endswith(".json") else None):
+        if given and not Path(given).is_file():  # Dask would wait for it to appear, without end or a word
+            raise BuildError(f"{given}: scheduler file not found (`dask scheduler --scheduler-file {given}` writes it "
+                             "once the scheduler is up)")
+    # the scans' paths go to workers that may run in another folder (or on another machine sharing the file system)
+    cfg = resolve_masks(replace(cfg, data_root=os.path.abspath(cfg.data_root)))
     ann_path, cand_path = _resolve_tables(cfg)
     _refuse_out_holding_inputs(cfg, ann_path, cand_path)
     annotations = read_annotations(ann_path)

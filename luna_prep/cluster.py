@@ -10,6 +10,8 @@ import logging
 import os
 from contextlib import contextmanager
 
+from luna_prep.errors import LunaError
+
 DASHBOARD_NEEDS = "bokeh>=3.1"
 
 # glibc's malloc in each worker of a local cluster. A scan task allocates ~1 GB of short-lived buffers (the decoded
@@ -65,6 +67,10 @@ def dashboard_note(client, local: bool) -> str:
     return "no Dask dashboard: the scheduler serves none"
 
 
+class SchedulerUnreachable(LunaError, RuntimeError):
+    """The Dask scheduler given with --scheduler / --scheduler-file does not answer."""
+
+
 @contextmanager
 def local_cluster(workers: int, dashboard_address: str | None = None):
     """A LocalCluster of ``workers`` single-threaded worker processes with ``WORKER_MALLOC_ENV`` and
@@ -107,13 +113,15 @@ def dask_client(workers: int, scheduler: str | None, scheduler_file: str | None 
     bokeh is installed)."""
     from distributed import Client
 
-    if scheduler_file:
-        with Client(scheduler_file=str(scheduler_file)) as client:
-            yield client
-        return
-    if scheduler:
-        kwargs = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
-        with Client(**kwargs) as client:
+    if scheduler_file or scheduler:
+        kwargs = ({"scheduler_file": str(scheduler_file)} if scheduler_file else
+                  {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler})
+        try:
+            client = Client(**kwargs)
+        except OSError as exc:  # distributed's connect timeout is an OSError: not the disk's
+            where = scheduler_file or scheduler
+            raise SchedulerUnreachable(f"cannot reach the Dask scheduler {where}: {exc}") from None
+        with client:
             yield client
         return
     address = ":8787" if dashboard and dashboard_problem() is None else None

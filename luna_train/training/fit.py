@@ -76,6 +76,9 @@ def restore(parts: RunParts, ckpt: dict, rank: int) -> Start:
     parts.sampler.load_state_dict(ckpt["sampler"])
     mine = ckpt["per_rank"][min(rank, len(ckpt["per_rank"]) - 1)]
     state.samples_seen = mine["samples_seen"]
+    # each rank's own partial epoch (the state holds rank 0's); checkpoints before these keys keep rank 0's
+    state.loss_sum = float(mine.get("loss_sum", state.loss_sum))
+    state.epoch_seconds = float(mine.get("epoch_seconds", state.epoch_seconds))
     return Start(state=state, hard=mine["hard"], rng=mine["rng"])
 
 
@@ -136,7 +139,8 @@ class Fit:
     def save(self, names: list[str]) -> None:
         """Write the run's state to each of ``names`` in the run directory (rank 0; every rank sends its share)."""
         per_rank = D.all_gather_object({"rng": rng_state(), "hard": {k: list(v) for k, v in self.hard.items()},
-                                        "samples_seen": self.state.samples_seen})
+                                        "samples_seen": self.state.samples_seen, "loss_sum": self.state.loss_sum,
+                                        "epoch_seconds": self.state.epoch_seconds})
         if not self.info.is_main:
             return
         payload = checkpoint_payload(self.parts, self.state, self.cfg, per_rank, self.info.world_size)

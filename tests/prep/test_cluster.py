@@ -57,7 +57,8 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGTERM, wait: float = 10) -> None:
 
 @contextmanager
 def local_cluster_processes(tmp: Path, n_workers: int = 2):
-    """Yield (scheduler_file, {nanny pid: Popen}, client) of a scheduler and ``n_workers`` workers."""
+    """Yield (scheduler_file, {nanny pid: Popen}, client, scheduler Popen) of a scheduler and ``n_workers``
+    workers."""
     from distributed import Client
 
     scheduler_file = tmp / "scheduler.json"
@@ -80,7 +81,7 @@ def local_cluster_processes(tmp: Path, n_workers: int = 2):
             workers[p.pid] = p
         client = Client(scheduler_file=str(scheduler_file), timeout=START_TIMEOUT)
         client.wait_for_workers(n_workers, timeout=START_TIMEOUT)
-        yield scheduler_file, workers, client
+        yield scheduler_file, workers, client, procs[0]
     finally:
         if client is not None:
             client.close(timeout=10)
@@ -119,9 +120,10 @@ def assert_identical(store: PatchStore, reference: PatchStore) -> None:
         assert np.array_equal(store.mask_array(s)[:], reference.mask_array(s)[:])
 
 
-@pytest.mark.timeout(180)
-def test_build_on_a_dask_cluster_matches_local_and_survives_a_killed_worker(synth4, reference, tmp_path):
-    with local_cluster_processes(tmp_path) as (scheduler_file, workers, client):
+@pytest.mark.timeout(300)
+def test_build_on_a_dask_cluster_matches_local_survives_a_killed_worker_and_stops_without_its_scheduler(
+        synth4, reference, tmp_path):
+    with local_cluster_processes(tmp_path) as (scheduler_file, workers, client, scheduler):
         # 1. a plain build through the two workers
         out = tmp_path / "cluster.zarr"
         result = subprocess.run(build_cmd(synth4, out, scheduler_file), capture_output=True, text=True, timeout=120)
@@ -164,3 +166,51 @@ def test_build_on_a_dask_cluster_matches_local_and_survives_a_killed_worker(synt
         assert victim.poll() is not None
         assert len(client.scheduler_info()["workers"]) == 1  # the other worker took over
         assert_identical(PatchStore(out), reference)
+
+        # 3. a relative --data-root from another folder than the workers': the scans' paths reach them whole
+        out = tmp_path / "relative.zarr"
+        cmd = build_cmd(synth4, out, scheduler_file)
+        cmd[cmd.index("--data-root") + 1] = synth4.root.name
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=synth4.root.parent)
+        assert result.returncode == 0 and f"scans: {N_SCANS} ok, 0 failed" in result.stdout, \
+            result.stdout + result.stderr  # each scan failed, "file not found" on the workers
+        assert_identical(PatchStore(out), reference)
+
+        # 4. the scheduler lost mid-build: the build stops, no scan is blamed, the re-run resumes
+        out = tmp_path / "lost.zarr"
+        proc = subprocess.Popen(build_cmd(synth4, out, scheduler_file), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            done = out / BUILD_DIR / "done"
+            deadline = time.time() + 90
+            while not (done.exists() and any(done.glob("*.json"))) and time.time() < deadline:
+                time.sleep(0.02)
+            _stop(scheduler, signal.SIGKILL)
+            stdout, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 1, stdout
+        assert f"Error: {out.resolve()}: the build stopped: the Dask scheduler {scheduler_file} was lost" in stdout, \
+            stdout
+        assert "FAILED" not in stdout and not (out / "scans.parquet").exists()
+
+
+def test_a_missing_scheduler_file_or_an_unreachable_scheduler_is_named_at_once(synth4, tmp_path):
+    """Dask waited for a missing scheduler file without end or a word (after creating the store); a scheduler
+    that did not answer was reported with the disk-space hint."""
+    import dask
+
+    from luna_prep.build import BuildError
+    from luna_prep.cluster import SchedulerUnreachable
+
+    cfg = BuildConfig(data_root=str(synth4.root), out=str(tmp_path / "p.zarr"), subsets=(0,),
+                      sampling=SamplingConfig(scales=SCALES, jitter_copies=1))
+    for kwargs in ({"scheduler_file": str(tmp_path / "nope.json")}, {"scheduler": str(tmp_path / "nope.json")}):
+        with pytest.raises(BuildError, match=r"nope\.json: scheduler file not found"):
+            run_build(cfg, progress=False, **kwargs)
+        assert not (tmp_path / "p.zarr").exists()
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(SchedulerUnreachable, match=r"^cannot reach the Dask scheduler tcp://127\.0\.0\.1:1: "):
+            run_build(cfg, progress=False, scheduler="tcp://127.0.0.1:1")

@@ -146,3 +146,24 @@ def test_a_run_stopped_by_stop_after_steps_resumes_to_its_end_from_the_command_l
     res = CliRunner().invoke(main, ["run", "--out", str(out), "--resume"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert json.loads((out / "summary.json").read_text())["steps"] == load_config(out / "config.yaml").train.epochs * 4
+
+
+def test_each_rank_resumes_its_own_partial_epoch_loss():
+    """The checkpoint's state is rank 0's: rank 1 resumed with rank 0's partial loss sum, and the epoch's logged
+    train loss (the ranks' mean) came out wrong after a mid-epoch resume of a 2-rank run."""
+    from types import SimpleNamespace
+
+    from luna_train.training.fit import restore
+    from luna_train.training.loop import LoopState
+
+    quiet = SimpleNamespace(load_state_dict=lambda *_: None)
+    parts = SimpleNamespace(model=quiet, optimizer=quiet, scheduler=quiet, scaler=quiet, sampler=quiet)
+    state = LoopState(step=3, step_in_epoch=3, loss_sum=3.1, epoch_seconds=5.0)
+    ckpt = {"model": {}, "optimizer": {}, "scheduler": {}, "scaler": {}, "sampler": {}, "state": state.to_dict(),
+            "per_rank": [{"rng": None, "hard": {}, "samples_seen": 12, "loss_sum": 3.1, "epoch_seconds": 5.0},
+                         {"rng": None, "hard": {}, "samples_seen": 12, "loss_sum": 2.9, "epoch_seconds": 5.5}]}
+    assert (restore(parts, ckpt, 0).state.loss_sum, restore(parts, ckpt, 0).state.epoch_seconds) == (3.1, 5.0)
+    assert (restore(parts, ckpt, 1).state.loss_sum, restore(parts, ckpt, 1).state.epoch_seconds) == (2.9, 5.5)
+    for entry in ckpt["per_rank"]:  # a checkpoint written before: rank 0's, as before
+        del entry["loss_sum"], entry["epoch_seconds"]
+    assert restore(parts, ckpt, 1).state.loss_sum == 3.1
