@@ -83,7 +83,7 @@ class BuildReport:
     skipped: int  # finished scans kept from an earlier run
     card: Path | None = None  # the dataset card written after the build (manifests/<name>.json)
     masks: str = "sphere"
-    nodule_masks: dict[str, int] = field(default_factory=dict)  # {"lidc": n, "sphere": n} over ok scans
+    nodule_masks: dict[str, int] = field(default_factory=dict)  # {"lidc", "label", "sphere": n} over ok scans
     warnings: list[str] = field(default_factory=list)  # scans built, but whose values look wrong
     unmatched_annotations: list[str] = field(default_factory=list)  # seriesuids with no scan in the data root
     phases: dict[str, float] = field(default_factory=dict)  # seconds: planning, scans, manifest, card
@@ -410,13 +410,13 @@ def _build(cfg: BuildConfig, workers: int, scheduler: str | None, overwrite: boo
         store=cfg.out, scans_ok=int((scan_table["status"] == "ok").sum()) if len(scan_table) else 0,
         scans_failed=len(failed), failures=list(zip(failed.get("source_path", []), failed.get("error", []))),
         patches=counts, bytes_written=folder_bytes(Path(cfg.out)), seconds=time.perf_counter() - t0,
-        skipped=len(plans) - len(todo), card=card, masks=cfg.masks, nodule_masks=_mask_counts(scan_table),
+        skipped=len(plans) - len(todo), card=card, masks=cfg.masks, nodule_masks=_mask_counts(scan_records),
         warnings=[w for r in scan_records for w in r.get("warnings", [])],
         unmatched_annotations=unmatched_annotations(cfg.data_root, annotations), phases=phases,
     )
 
 
-def _mask_counts(scans: pd.DataFrame) -> dict[str, int]:
-    ok = scans[scans["status"] == "ok"] if len(scans) else scans
-    return {src: int(ok[f"n_{src}_masks"].fillna(0).sum()) if f"n_{src}_masks" in ok else 0
-            for src in ("lidc", "sphere")}
+def _mask_counts(records: list[dict]) -> dict[str, int]:
+    """Nodules drawn from LIDC contours, label volumes and as spheres, over the finished scans' records."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    return {src: int(sum(r.get(f"n_{src}_masks") or 0 for r in ok)) for src in ("lidc", "label", "sphere")}

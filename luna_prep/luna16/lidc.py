@@ -258,15 +258,24 @@ class LidcDatabase:
             if cons is not None:
                 nodules.append((cons, len(readers), geometry.voxel_to_world(_centroid_xyz(*cons))))
         rows = [int(a[0]) for a in annotations]
-        if not nodules or not rows:
-            return {}, rows
-        centres = np.array([a[1:4] for a in annotations], dtype=np.float64)
-        limits = np.array([max_match_mm if max_match_mm is not None else max(a[4] / 2.0, 5.0) for a in annotations])
-        dist = cdist(centres, np.array([c for _, _, c in nodules]))
-        cost = np.where(dist <= limits[:, None], dist, 1e6)
         matched: dict[int, LidcNoduleMask] = {}
-        for r, n in zip(*linear_sum_assignment(cost)):
-            if dist[r, n] <= limits[r]:
-                (lo, mask), n_readers, _ = nodules[n]
-                matched[rows[r]] = LidcNoduleMask(rows[r], lo, mask, n_readers, float(dist[r, n]))
+        for row, n, distance in match_to_annotations(annotations, [c for _, _, c in nodules], max_match_mm):
+            (lo, mask), n_readers, _ = nodules[n]
+            matched[row] = LidcNoduleMask(row, lo, mask, n_readers, distance)
         return matched, [r for r in rows if r not in matched]
+
+
+def match_to_annotations(annotations: Sequence[tuple[int, float, float, float, float]],
+                         centres_world: Sequence[np.ndarray],
+                         max_match_mm: float | None = None) -> list[tuple[int, int, float]]:
+    """(annotations.csv row, region number, distance mm) of each annotation matched to a region one-to-one by
+    centroid distance (Hungarian assignment), a pair kept only within ``max_match_mm`` (default per row:
+    max(diameter_mm / 2, 5 mm), the official hit radius with a 5 mm floor)."""
+    if not len(annotations) or not len(centres_world):
+        return []
+    centres = np.array([a[1:4] for a in annotations], dtype=np.float64)
+    limits = np.array([max_match_mm if max_match_mm is not None else max(a[4] / 2.0, 5.0) for a in annotations])
+    dist = cdist(centres, np.asarray(centres_world, dtype=np.float64).reshape(-1, 3))
+    cost = np.where(dist <= limits[:, None], dist, 1e6)
+    return [(int(annotations[r][0]), int(n), float(dist[r, n])) for r, n in zip(*linear_sum_assignment(cost))
+            if dist[r, n] <= limits[r]]

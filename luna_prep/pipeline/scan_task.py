@@ -74,20 +74,28 @@ def done_paths(store: str | Path, seriesuid: str) -> tuple[Path, Path]:
     return base / f"{seriesuid}.json", base / f"{seriesuid}.parquet"
 
 
-def _nodules(plan: ScanPlan, job: ScanJob, original: ScanGeometry, vol: ResampledVolume) -> tuple[list[Nodule], dict]:
-    """The scan's nodules (LIDC consensus masks when asked and found, else spheres) and mask counts."""
+def _nodules(plan: ScanPlan, job: ScanJob, original: ScanGeometry,
+             vol: ResampledVolume) -> tuple[list[Nodule], dict, list[str]]:
+    """The scan's nodules (LIDC consensus masks or label volumes' regions when asked and found, else spheres),
+    mask counts, and warnings."""
     nodules = sphere_nodules(plan.annotations, original, vol, plan.path)
     if job.masks == "labels" and nodules:
         path = find_mask_file(job.mask_dir, plan.seriesuid, plan.subset)
-        masks = nodule_label_masks(path, original, [a[0] for a in plan.annotations]) if path else {}
+        masks = nodule_label_masks(path, original, plan.annotations) if path else {}
         nodules = with_lidc_masks(nodules, masks, original, vol.geometry, kind="label")
-        return nodules, {"n_lidc_masks": 0, "n_sphere_masks": len(nodules) - len(masks)}
+        warnings = [] if path else [f"{plan.path}: no label volume {plan.seriesuid}.mhd under {job.mask_dir} "
+                                    f"(or its subset{plan.subset}/): its {len(nodules)} nodule(s) are spheres"]
+        if path and len(masks) < len(nodules):
+            warnings.append(f"{path}: no label region within max(diameter / 2, 5 mm) of {len(nodules) - len(masks)} "
+                            f"of the scan's {len(nodules)} annotation(s): drawn as spheres")
+        return nodules, {"n_lidc_masks": 0, "n_label_masks": len(masks),
+                         "n_sphere_masks": len(nodules) - len(masks)}, warnings
     if job.masks != "lidc" or not nodules:
-        return nodules, {"n_lidc_masks": 0, "n_sphere_masks": len(nodules)}
+        return nodules, {"n_lidc_masks": 0, "n_sphere_masks": len(nodules)}, []
     masks, fallback = LidcDatabase(job.lidc_db).consensus_masks(plan.seriesuid, original, plan.annotations,
                                                                 level=job.lidc_level)
     nodules = with_lidc_masks(nodules, masks, original, vol.geometry)
-    return nodules, {"n_lidc_masks": len(masks), "n_sphere_masks": len(fallback)}
+    return nodules, {"n_lidc_masks": len(masks), "n_sphere_masks": len(fallback)}, []
 
 
 def _centres(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules: list[Nodule], lungs,
@@ -174,7 +182,7 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
             raise ScanReadError(f"{plan.path}: no lung mask {plan.seriesuid}.mhd under --lung-masks {job.lung_masks}")
         prepared = prepare_scan(plan.path, job.spacing_mm, job.hu_window, job.storage.image_dtype, lungs_file)
         original, vol, lungs = prepared.original, prepared.volume, prepared.lungs
-        nodules, mask_counts = _nodules(plan, job, original, vol)
+        nodules, mask_counts, mask_warnings = _nodules(plan, job, original, vol)
         rng = np.random.default_rng(seed_for(job.seed, plan.seriesuid))
         centres = _centres(plan, job, vol, nodules, lungs, rng)
         writing = True  # from here on an OSError is the store's, not the scan's
@@ -193,7 +201,8 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
         return _record(plan, "failed", f"{plan.path}: {detail}", time.perf_counter() - t0, original, vol)
     counts = pd.Series([c.kind for c in centres]).value_counts().to_dict()
     record = _record(plan, "ok", "", time.perf_counter() - t0, original, vol, counts, mask_counts)
-    record["warnings"] = list(prepared.warnings)  # in the build's record and summary, not in scans.parquet
+    record["warnings"] = list(prepared.warnings) + mask_warnings  # in the build's record and summary only
+    record["n_label_masks"] = mask_counts.get("n_label_masks", 0)  # not a scans.parquet column
     json_path, rows_path = done_paths(job.store, plan.seriesuid)
     try:
         record["files"] = owned_files(plan, job)  # the card takes these digests instead of reading the bytes again

@@ -42,6 +42,10 @@ def build_summary(report) -> str:
         n = report.nodule_masks
         lines.append(f"nodule masks: {n.get('lidc', 0)} from LIDC readers' contours, "
                      f"{n.get('sphere', 0)} spheres (no contours found)")
+    if report.masks == "labels":
+        n = report.nodule_masks
+        lines.append(f"nodule masks: {n.get('label', 0)} from label volumes, {n.get('sphere', 0)} spheres (no label "
+                     "volume, or no region near the annotation)")
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in report.phases.items())
     lines.append(f"bytes written: {human_bytes(report.bytes_written)}; time: {report.seconds:.1f} s"
                  + (f" ({phases})" if phases else ""))

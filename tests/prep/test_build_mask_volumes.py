@@ -89,3 +89,48 @@ def test_a_lung_mask_on_another_grid_fails_that_scan_by_name(luna2, tmp_path):
     report = run_build(_config(luna2, tmp_path / "p.zarr", lung_masks=str(folder)), workers=0, progress=False)
     assert report.scans_failed == 2
     assert all("mask grid (size [8, 8, 8]" in err and "differs from its scan's" in err for _, err in report.failures)
+    assert all("direction [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])" in err for _, err in report.failures)
+
+
+def test_label_regions_follow_their_nodules_whatever_the_annotation_order(luna2, tmp_path):
+    """Label j + 1 went to the scan's j-th row of annotations.csv: with the file filtered or reordered, a nodule
+    got another nodule's region (or none, silently). Regions are now matched by centroid."""
+    import pandas as pd
+
+    from luna_prep.report.summary import build_summary
+
+    table = pd.read_csv(luna2.root / "annotations.csv")
+    shuffled = table.iloc[::-1].iloc[1:]  # reordered, and the (original) last nodule left out
+    shuffled.to_csv(tmp_path / "annotations.csv", index=False)
+    cfg = _config(luna2, tmp_path / "p.zarr", masks="labels", annotations=str(tmp_path / "annotations.csv"))
+    report = run_build(cfg, workers=0, progress=False)
+    assert report.ok, report.failures
+    m = PatchStore(tmp_path / "p.zarr").manifest
+    centred = m[(m["kind"] == "nodule") & (m["scale"] == 48)]
+    assert len(centred) == len(shuffled)
+    labelled = centred[centred["mask_source"].isin(["label", "mixed"])]
+    assert report.nodule_masks["label"] >= len(labelled) > 0
+    assert report.nodule_masks["label"] + report.nodule_masks["sphere"] == len(shuffled)
+    store = PatchStore(tmp_path / "p.zarr")
+    for row in labelled.itertuples():
+        _, mask = store.read_patch(48, row.index)
+        parts, n = ndimage.label(mask)
+        centres = ndimage.center_of_mass(mask, parts, range(1, n + 1))
+        nearest = min(np.linalg.norm(np.subtract(c, 24)) for c in centres)
+        assert nearest < max(row.diameter_mm / 2, 2.0), row  # the centred nodule's own region, not another's
+    assert f"nodule masks: {report.nodule_masks['label']} from label volumes" in build_summary(report)
+
+
+def test_a_missing_label_volume_is_a_warning_naming_the_scan(luna2, tmp_path):
+    masks = tmp_path / "masks"
+    scan = luna2.scans[0]
+    for s in luna2.scans[1:]:
+        (masks / f"subset{s.subset}").mkdir(parents=True, exist_ok=True)
+        src = luna2.root / "masks" / f"subset{s.subset}" / f"{s.seriesuid}.mhd"
+        sitk.WriteImage(sitk.ReadImage(str(src)), str(masks / f"subset{s.subset}" / f"{s.seriesuid}.mhd"))
+    report = run_build(_config(luna2, tmp_path / "p.zarr", masks="labels", mask_dir=str(masks)), workers=0,
+                       progress=False)
+    assert report.ok
+    assert [w for w in report.warnings if "no label volume" in w] == [
+        f"{scan.path}: no label volume {scan.seriesuid}.mhd under {masks} (or its subset{scan.subset}/): its "
+        f"{len(scan.nodules)} nodule(s) are spheres"]
