@@ -48,7 +48,7 @@ def scan_postprocess(run_dir: str | Path, model_voxel: float, threshold: float |
 
 
 def _tuned_for_another_model(run: RunDir, checkpoint: str, tta: bool, members: int) -> str:
-    """A WARNING when ``postprocess.json`` was tuned for another model than (checkpoint, tta, ensemble) ; else ''."""
+    """A WARNING when ``postprocess.json`` was tuned for another model than (checkpoint, tta, ensemble); else ''."""
     record = run.postprocess_tuned_for()
     name = checkpoint_file(checkpoint)
     differs = []
