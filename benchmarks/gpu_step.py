@@ -26,9 +26,11 @@ small ``--set model.channels=...`` and a few ``--steps``). Without ``--store`` i
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -198,7 +200,7 @@ def measure(store: str, overrides: list[str], batch: int, steps: int, warmup: in
 
 
 def loader_only(store: str, overrides: list[str], batch: int, batches: int, workers: list[int],
-                resize_on_device: bool) -> dict:
+                resize_on_device: bool, partial=None) -> dict:
     """Patches/s the training loader delivers alone (no model, batches left on the host), per worker count:
     what N workers can feed. ``resize_on_device``: workers only read (as on a GPU) or also resize (as on
     the CPU)."""
@@ -227,6 +229,8 @@ def loader_only(store: str, overrides: list[str], batch: int, batches: int, work
         del it
         out["loader"].append({"workers": n_workers, "patches_per_s": batch * batches / wall,
                               "patches_per_s_per_worker": batch * batches / wall / max(n_workers, 1)})
+        if partial is not None:  # a step cut short by its time limit keeps what it measured
+            partial(out)
     return out
 
 
@@ -246,8 +250,12 @@ def summary(result: dict) -> dict:
         out["eager_channels_last_over_baseline"] = (result["eager_channels_last_model_only"]["patches_per_s"]
                                                     / result["baseline_model_only"]["patches_per_s"])
     best = max(result["end_to_end"], key=lambda r: r["patches_per_s"])
+    # the data-wait target holds with the workers the docs recommend: min(8, cores - 2)
+    recommended = min(8, max((result.get("cpu_cores") or os.cpu_count() or 3) - 2, 1))
+    judged = next((r for r in result["end_to_end"] if r["workers"] == recommended), best)
+    out["recommended_workers"], out["data_wait_judged_with_workers"] = recommended, judged["workers"]
     out["targets"] = {"end_to_end_over_model_only_ge_0.9": best["patches_per_s"] / mo >= 0.9,
-                      "data_wait_lt_5pct": best["data_wait_share"] < 0.05}
+                      "data_wait_lt_5pct": judged["data_wait_share"] < 0.05}
     if "speedup_over_baseline" in out:
         out["targets"]["speedup_ge_2"] = out["speedup_over_baseline"] >= 2.0
     return out
@@ -258,6 +266,7 @@ def synthetic_store() -> str:
     from luna_prep.synthetic.scans import synthesize
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-gpu-"))
+    atexit.register(shutil.rmtree, work, True)  # 10 scans and their store: gone when the benchmark ends
     data = synthesize(work / "luna16", n_scans=10).root
     run_build(BuildConfig(data_root=str(data), out=str(work / "patches.zarr")), workers=2, progress=False)
     return str(work / "patches.zarr")
@@ -287,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.loader_only:
         result = loader_only(store, args.overrides, args.batch, args.steps, args.workers or [8],
-                             args.loader_only == "device-resize")
+                             args.loader_only == "device-resize", partial=write)
     else:
         result = measure(store, args.overrides, args.batch, args.steps, args.warmup, args.workers or [8],
                          baseline=not args.no_baseline, partial=write)

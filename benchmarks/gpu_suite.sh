@@ -11,7 +11,8 @@
 # Steps, each under its own time limit so a slow one still leaves the others' JSON: install the wheels
 # (if torch's python lacks them), write the stores (benchmarks/suite_stores.py), the loader alone with 1, 4, 8
 # and cores - 2 workers, gpu_step.py (eager baseline,
-# optimized model only, end to end with 8 and with the recommended loader workers), a short luna-train run
+# optimized model only, end to end with 8 loader workers, the recommended count on 10+ cores, and with every
+# spare core), a short luna-train run
 # of configs/luna16.yaml, then `luna-train detect --json` over 3 full-size scans. $OUT gets 5 files: suite.txt,
 # logs.txt, loader.json, gpu_step.json, detect.json.
 set -uo pipefail
@@ -23,8 +24,8 @@ for arg in "$@"; do
     *) DIR=$arg ;;
   esac
 done
-OUT=${OUT:-$PWD/gpu_suite_out}
-PY=${PYTHON:-python3}
+OUT=${OUT:-$PWD/gpu_suite_out}   # git-ignored
+if [ -x .venv/bin/python ]; then PY=${PYTHON:-.venv/bin/python}; else PY=${PYTHON:-python3}; fi  # here: make's venv
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 rm -f "$OUT/logs.txt"
@@ -37,7 +38,8 @@ else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 CORES=$(nproc)
-REC=$(( CORES > 3 ? CORES - 2 : 1 ))   # all cores but the training process's two (main thread, pin thread)
+REC=$(( CORES > 3 ? CORES - 2 : 1 ))   # every spare core (all but the training process's main and pin threads);
+                                       # docs/benchmarks.md recommends min(8, cores - 2): 8 is measured too
 if [ $QUICK = 1 ]; then
   STORE_ARGS=(--scans 10 --samples 12); VOL_ARGS=(--scans 2 --shape 96,112,112)  # > 8 a scan: shards fill
   STEP_ARGS=(--steps 3 --warmup 2 --batch 4 --set 'model.channels=[4,8]' --set 'model.strides=[2]'

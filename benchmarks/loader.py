@@ -20,6 +20,7 @@ Without --store, a store is built from 10 synthetic scans first.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -179,11 +180,12 @@ def strip_checksums(store: str, out: str) -> str:
 
 def checksum_cost(store: str, rows, batches: int, rounds: int = 3) -> dict:
     """Loader throughput (0 workers) of the v2 store and of its v1 copy without checksums, interleaved."""
-    v1 = strip_checksums(store, tempfile.mkdtemp(prefix="luna-bench-v1-") + "/v1.zarr")
     v1_rates, v2_rates = [], []
-    for _ in range(rounds):
-        v1_rates.append(ours(v1, rows, batches, workers=0))
-        v2_rates.append(ours(store, rows, batches, workers=0))
+    with tempfile.TemporaryDirectory(prefix="luna-bench-v1-") as tmp:  # a whole copy of the store: removed after
+        v1 = strip_checksums(store, tmp + "/v1.zarr")
+        for _ in range(rounds):
+            v1_rates.append(ours(v1, rows, batches, workers=0))
+            v2_rates.append(ours(store, rows, batches, workers=0))
     best_v1, best_v2 = max(v1_rates), max(v2_rates)
     return {"v1_no_checksum_patches_per_s": best_v1, "v2_checksum_patches_per_s": best_v2,
             "checksum_cost": 1 - best_v2 / best_v1}
@@ -193,11 +195,12 @@ def pin_cost(store: str, rows, batches: int, rounds: int = 3) -> dict:
     """Loader throughput (0 workers) of the store opened plainly and pinned to a card, interleaved."""
     from luna_prep.sharing.cards import write_card
 
-    card = str(write_card(store, "bench", tempfile.mkdtemp(prefix="luna-bench-card-")))
     plain, pinned = [], []
-    for _ in range(rounds):
-        plain.append(ours(store, rows, batches, workers=0))
-        pinned.append(ours(card, rows, batches, workers=0))
+    with tempfile.TemporaryDirectory(prefix="luna-bench-card-") as tmp:
+        card = str(write_card(store, "bench", tmp))
+        for _ in range(rounds):
+            plain.append(ours(store, rows, batches, workers=0))
+            pinned.append(ours(card, rows, batches, workers=0))
     return {"plain_patches_per_s": max(plain), "pinned_patches_per_s": max(pinned),
             "pin_cost": 1 - max(pinned) / max(plain)}
 
@@ -307,7 +310,7 @@ def http_rounds(store: str, rows, batches: int, rounds: int, server: str = "pyth
     with (nginx_server if server == "nginx" else python_server)(store) as url:
         for _ in range(rounds):
             local.append(ours(store, rows, batches, workers=0))
-            c0, n = time.process_time(), BATCH * batches
+            c0, n = time.process_time(), BATCH * (batches + 3)  # ours() reads batches + 3 (one of them warm-up)
             http.append(ours(url, rows, batches, workers=0))
             cpu.append(1e3 * (time.process_time() - c0) / n)
     ratios = [h / o for h, o in zip(http, local)]
@@ -341,6 +344,7 @@ def main() -> None:
         from luna_prep.synthetic.scans import synthesize
 
         work = Path(tempfile.mkdtemp(prefix="luna-bench-loader-"))
+        atexit.register(shutil.rmtree, work, True)  # 10 scans and their store: gone when the benchmark ends
         data_root = synthesize(work / "luna16", n_scans=10).root
         args.store = str(work / "patches.zarr")
         run_build(BuildConfig(data_root=str(data_root), out=args.store), workers=2, progress=False)

@@ -308,13 +308,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     work = args.out or Path(tempfile.mkdtemp(prefix="luna-quality-"))
+    if (work / "run").exists():  # before building a store, which takes minutes
+        ap.error(f"{work / 'run'} exists: pass another --out")
     work.mkdir(parents=True, exist_ok=True)
     store, annotations = args.store, args.annotations
     if store is None:
         store, annotations = build_demo_store(work, args.scans, args.seed, args.difficulty)
     cfg = load_config(args.config, [*args.overrides, f"data.dataset={store}", "logging.progress=false"])
-    if (work / "run").exists():
-        ap.error(f"{work / 'run'} exists: pass another --out")
     result = {"config": str(args.config), "overrides": args.overrides, "store": store,
               **measure(cfg, work / "run", annotations, detect=not args.no_detect, calibrate=args.calibrate)}
     print(json.dumps(result, indent=2))

@@ -20,6 +20,7 @@ of its nodules do not exist there. The JSON holds every figure and each issue-13
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import platform
@@ -37,10 +38,14 @@ import numpy as np
 import pandas as pd
 
 BIN = Path(sys.executable).parent
+# what a run writes into its workdir (besides data/, kept with --reuse-data): removed before a run, nothing else is
+OWN_OUTPUTS = ("batch*", "full.zarr*", ".full.zarr*", "full.zip", "manifests", "run", "submission*.csv",
+               "seriesuids_all.csv")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 TRAIN_SETTINGS = [  # a small model and 2 steps: start-up is what is measured
     "data.train_size=16", "data.eval_scale=32", "data.batch_size=8", "data.num_workers=0",
     "data.device_augment=true", "sampler.scale_weights={16: 1.0, 24: 1.0, 32: 0.0}", "sampler.samples_per_epoch=64",
+    "augment.crop_size=null",  # demo.yaml crops its 48^3 patches to 32^3; these are 16^3
     "model.channels=[8,16]", "model.strides=[2]", "model.num_res_units=0", "train.epochs=1",
     "train.stop_after_steps=2", "logging.plots=false", "logging.progress=false", "logging.tensorboard=false",
     "split.train_subsets=[0,1,2,3,4,5,6,7]", "split.val_subsets=[8]", "split.test_subsets=[9]",
@@ -209,17 +214,16 @@ def main() -> None:
     ap.add_argument("--scales", default="16,24,32")
     ap.add_argument("--baseline-batches", type=int, default=3)
     ap.add_argument("--kill-fraction", type=float, default=0.1)
-    ap.add_argument("--workdir", default=None, help="Keep everything here (default: a temporary folder, removed).")
+    ap.add_argument("--workdir", default=None, help="Keep everything here (default: a temporary folder, removed); "
+                    "this script's outputs of an earlier run there are replaced, nothing else is touched.")
     ap.add_argument("--json", default=None)
     ap.add_argument("--reuse-data", action="store_true", help="Keep WORKDIR/data if it is there (synth not timed).")
     args = ap.parse_args()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="luna-scale-"))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="luna-scale-")).resolve()  # links need absolute targets
     work.mkdir(parents=True, exist_ok=True)
-    for old in work.iterdir():  # earlier results in a kept workdir
-        if old.name != "data" and old.is_dir():
-            shutil.rmtree(old)
-        elif old.name != "data":
-            old.unlink()
+    for old in work.iterdir():  # this script's earlier results in a kept workdir; nothing else is touched
+        if any(fnmatch.fnmatch(old.name, pattern) for pattern in OWN_OUTPUTS):
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     data = work / "data"
     r: dict = {"n_scans": args.scans, "workers": args.workers, "scales": args.scales, "cpus": os.cpu_count(),
                "machine": platform.platform(), "load_before": os.getloadavg()}

@@ -46,7 +46,7 @@ def steady(seeds: list[int], reps: int) -> list[dict]:
             for seed in seeds:
                 for name, make in (("easy", scans._easy_scan), ("luna", scans._luna_scan)):
                     c0 = time.process_time()
-                    geom, volume, _, _, labels = make(seed, 0, True, 1)
+                    geom, volume, _, _, labels = make(seed, 0, "full", 1)
                     c1 = time.process_time()
                     scans._write_scan(Path(tmp) / "scan.mhd", volume, geom, False)
                     c2 = time.process_time()

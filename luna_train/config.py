@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -308,6 +309,9 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.loss.ce_pos_weight is not None and cfg.loss.name != "dicece":
         raise ConfigError(f"loss.ce_pos_weight: only the dicece loss has a cross-entropy term to weight, "
                           f"not {cfg.loss.name}")
+    if cfg.optim.restart_epochs > 0 and cfg.optim.schedule != "cosine":
+        raise ConfigError(f"optim.restart_epochs: warm restarts restart a cosine; optim.schedule is "
+                          f"{cfg.optim.schedule!r} (set it to cosine, or restart_epochs to 0)")
     crop, size = cfg.augment.crop_size, cfg.data.train_size
     if crop is not None and size is not None and crop > size:
         raise ConfigError(f"augment.crop_size: {crop} is larger than the {size}^3 training patches (data.train_size)")
@@ -386,6 +390,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"bad override {text!r}: value is not valid YAML ({exc})") from exc
+    if isinstance(value, dict) and None in value.values() and re.search(r"[\w.]:[\w.]", raw):
+        # YAML reads {48:1} as one key 2881 (base 60) with no value
+        raise ConfigError(f"bad override {text!r}: write a mapping with a space after each colon, as "
+                          f"{{48: 1, 64: 0}}")
     return keys, value
 
 

@@ -40,8 +40,14 @@ def build_train_transform(cfg: AugmentConfig):
     the full cube symmetry group is valid), then intensity shift and scale on the image only. Flips
     and rotations are exact permutations of voxels, so image and label stay aligned voxel for voxel.
     """
-    if not cfg.enabled:
-        return None
+    if not cfg.enabled:  # no augmentation; a crop still applies: it is the training input's geometry
+        if not cfg.crop_size:
+            return None
+        from monai.transforms import Compose
+
+        from luna_train.data.crop import RandForegroundCropd
+
+        return Compose([RandForegroundCropd(list(KEYS), int(cfg.crop_size))])
     from monai.transforms import (
         Compose,
         RandAffined,
@@ -91,8 +97,14 @@ def augment_batch_on_device(batch: dict, cfg: AugmentConfig, generator: torch.Ge
     build the dataset with ``transform=None``, move the batch to the GPU, then call this. Keep the
     per-sample MONAI transform on CPU-only runs or when ``affine_prob > 0``.
     """
-    if not cfg.enabled:
-        return batch
+    if not cfg.enabled:  # no augmentation; a crop still applies: it is the training input's geometry
+        if not cfg.crop_size:
+            return batch
+        from luna_train.data.crop import crop_batch
+
+        out = dict(batch)
+        out["image"], out["label"] = crop_batch(batch["image"], batch["label"], cfg.crop_size, generator)
+        return out
     image, label = batch["image"], batch["label"]
     n = image.shape[0]
     dev = generator.device

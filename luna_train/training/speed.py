@@ -3,7 +3,8 @@
 Each option of :class:`~luna_train.config.TrainLoopConfig` is ``true``, ``false`` or ``null``
 (on for CUDA, off on the CPU) and is resolved here, once, for the device a run trains on. None
 of them changes what is computed, only how: a step gives the same loss and parameters to
-floating-point tolerance with any of them on or off (tests/train/training/test_speed.py). The
+floating-point tolerance with any of them on or off (tests/train/training/test_speed.py; with dropout, a
+compiled model draws other dropout masks than an eager one, as another seed would). The
 trainer and ``benchmarks/gpu_step.py`` build their parts through these functions, so the
 benchmark measures exactly what training runs.
 """

@@ -104,10 +104,11 @@ def test_shipped_configs_load(name):
     ("model.kernel_size=2", "model.kernel_size", "an odd integer"),
     ("loss.ce_pos_weight=3", "loss.ce_pos_weight", "only the dicece loss"),  # the default loss is dicefocal
     ("logging.wandb_project=[a]", "logging.wandb_project", "a string"),
+    ("optim.restart_epochs=1", "optim.restart_epochs", "warm restarts restart a cosine"),  # with schedule constant
 ])
 def test_bad_values_fail_at_load_naming_key_and_allowed_values(override, key, allowed):
     with pytest.raises(ConfigError) as err:
-        load_config(None, [override])
+        load_config(None, ["optim.schedule=constant", override] if "restart" in override else [override])
     assert str(err.value).startswith(f"{key}:") and allowed in str(err.value), str(err.value)
 
 
@@ -187,3 +188,10 @@ def test_config_errors_are_usage_errors():
 
     assert issubclass(ConfigError, UsageError) and issubclass(ConfigError, LunaError)
     assert issubclass(ConfigError, ValueError) and ConfigError.exit_code == 2
+
+
+def test_a_mapping_without_spaces_is_explained():
+    """YAML 1.1 reads {48:1} as the base-60 key 2881 without a value: the error named 'scale_weights.2881'."""
+    with pytest.raises(ConfigError, match=r"write a mapping with a space after each colon, as \{48: 1, 64: 0\}"):
+        load_config(None, ["sampler.scale_weights={48:1,64:0,96:0}"])
+    assert load_config(None, ["sampler.scale_weights={48: 1, 64: 0}"]).sampler.scale_weights == {48: 1.0, 64: 0.0}

@@ -171,3 +171,18 @@ def test_the_gpus_running_count_picks_the_same_foreground_voxel_as_nonzero():
     has_b, pick_b = foreground_pick(fg, r, running_count=False)
     assert torch.equal(has_a, has_b) and not has_a[3] and has_a.sum() == 11
     assert torch.equal(pick_a[has_a], pick_b[has_b]) and bool(fg[has_a.nonzero()[:, 0], pick_a[has_a]].all())
+
+
+def test_a_crop_applies_with_augmentation_off():
+    """augment.enabled: false dropped augment.crop_size too: a 'no augmentation' run trained on whole patches."""
+    size, crop = 12, 8
+    grid = torch.arange(size ** 3, dtype=torch.float32).reshape(1, 1, size, size, size)
+    batch = {"image": grid.repeat(4, 1, 1, 1, 1), "label": grid.repeat(4, 1, 1, 1, 1) + 0.5}
+    cfg = AugmentConfig(enabled=False, crop_size=crop)
+    out = augment_batch_on_device(batch, cfg, batch_generator(0, 0, 0))
+    assert out["image"].shape == (4, 1, crop, crop, crop) and torch.equal(out["label"], out["image"] + 0.5)
+    item = build_train_transform(cfg)({"image": grid[0], "label": grid[0] + 0.5})
+    assert tuple(item["image"].shape) == (1, crop, crop, crop) and torch.equal(item["label"], item["image"] + 0.5)
+    first = int(item["image"][0, 0, 0, 0])  # a window, untouched otherwise: no flip, rotation or intensity change
+    z, y, x = first // size ** 2, first // size % size, first % size
+    assert torch.equal(torch.as_tensor(item["image"][0]), grid[0, 0, z:z + crop, y:y + crop, x:x + crop])
