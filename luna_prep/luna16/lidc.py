@@ -98,15 +98,19 @@ def _centroid_xyz(lo_xyz: Sequence[int], mask: np.ndarray) -> np.ndarray:
     return np.asarray(lo_xyz, dtype=np.float64) + zyx[::-1]
 
 
-def _slice_index(geometry: ScanGeometry, xy: np.ndarray, z_mm: float) -> int:
-    """Voxel z of the slice through outline pixels ``xy`` whose world z is ``z_mm``."""
+def _slice_index(geometry: ScanGeometry, xy: np.ndarray, z_mm: float) -> int | None:
+    """Voxel z of the slice through outline pixels ``xy`` whose world z is ``z_mm``; None when no slice of the
+    scan lies there (a contour between two slices, or outside the scan: the database and the scan disagree)."""
     d = geometry.direction_matrix
     sx, sy, sz = geometry.spacing
     if abs(d[2, 2]) < 1e-6:
         raise ValueError("LIDC contours need a scan whose voxel z axis carries world z")
     x, y = xy.mean(axis=0)
     k = (z_mm - geometry.origin[2] - d[2, 0] * sx * x - d[2, 1] * sy * y) / (d[2, 2] * sz)
-    return int(round(k))
+    nearest = int(round(k))
+    if abs(k - nearest) > 0.25 or not 0 <= nearest < geometry.size[2]:
+        return None
+    return nearest
 
 
 def _rasterize(contours: Sequence[_Contour], include_outline: bool = False) -> VoxelMask:
@@ -218,6 +222,8 @@ class LidcDatabase:
         for ann_id, inclusion, z_mm, coords in rows:
             xy = np.array([[int(v) for v in p.split(",")] for p in coords.split()], dtype=np.int64)
             k = _slice_index(geometry, xy, float(z_mm))
+            if k is None:  # left out: a nodule none of whose contours fit is drawn as a sphere (and counted so)
+                continue
             out.setdefault(int(ann_id), []).append(_Contour(bool(inclusion), k, xy))
         return out
 

@@ -154,3 +154,23 @@ def test_touching_nodules_are_split_into_groups_of_at_most_four_readers():
     groups = _cluster(a + b, tol=2.5)
     assert sorted(sorted(g) for g in groups) == [[0, 1, 2], [3, 4, 5]]
     assert sorted(len(g) for g in _cluster(a[:2] + b[:1], tol=2.5)) == [3]  # <= 4 stays one group
+
+
+def test_contours_on_no_slice_of_the_scan_are_left_out(tmp_path):
+    """A contour half-way between two slices was put on one of them, and one outside the scan gave numpy's
+    'Mean of empty slice' warnings before its nodule fell back to a sphere: both are left out now."""
+    import warnings
+
+    geo = ScanGeometry(origin=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 2.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
+                       size=(40, 40, 8))
+    path = _synthetic_db(tmp_path / "s.sqlite", [(1, True, 4.0, _square(10, 20)),   # slice 2
+                                                  (1, True, 7.0, _square(10, 20)),   # between slices 3 and 4
+                                                  (2, True, 40.0, _square(10, 20))])  # past the last slice (14 mm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (readers,) = LidcDatabase(path).reader_masks("synthetic", geo)
+        masks, fallback = LidcDatabase(path).consensus_masks("synthetic", geo, [(7, 15.0, 15.0, 4.0, 10.0),
+                                                                               (8, 15.0, 15.0, 40.0, 10.0)])
+    ((lo, mask),) = readers
+    assert lo == (10, 10, 2) and mask.shape == (1, 11, 11)  # the one contour on a slice
+    assert set(masks) == {7} and fallback == [8]
