@@ -43,8 +43,9 @@ def safe_relpath(rel: str, where: str = "store") -> str:
 
 
 def _named(display: str, rel: str, exc: Exception) -> OSError:
-    """An fsspec client's error (aiohttp's name only the host) as an OSError naming the file."""
-    err = OSError(f"{display}/{rel}: {type(exc).__name__}: {exc}")
+    """An fsspec client's error (aiohttp's name only the host) as an OSError naming the file (``rel`` "": the
+    location itself, e.g. a .zip)."""
+    err = OSError(f"{display}{'/' + rel if rel else ''}: {type(exc).__name__}: {exc}")
     err.__cause__ = exc
     return err
 
@@ -74,7 +75,7 @@ def _zip_filesystem(loc: str) -> fsspec.AbstractFileSystem:
         raise RangeRequestIgnored(f"{loc}: the server does not support HTTP Range requests, which reading a .zip "
                                   "there needs; serve it from a server that does, or download it first") from None
     except OSError as exc:
-        raise OSError(f"{loc}: {type(exc).__name__}: {exc}") from exc
+        raise _named(loc, "", exc) from None
 
 
 def is_url(location: str) -> bool:

@@ -167,15 +167,14 @@ def check_single_file(path: Path) -> None:
     """
     name = path.name.lower()
     if name.endswith(".nii"):
-        kind, offset, compressed = "nii", NIFTI_HEADER_BYTES, None
-    elif name.endswith(".nii.gz"):
-        kind, offset, compressed = "nii", NIFTI_HEADER_BYTES, "gzip"
+        offset, compressed = NIFTI_HEADER_BYTES, None
+    elif name.endswith(".nii.gz"):  # the header is inside the compressed stream
+        offset, compressed = NIFTI_HEADER_BYTES, "gzip"
     elif name.endswith(".mha"):
         found = _text_header(path, re.compile(rb"ElementDataFile\s*=\s*LOCAL[^\n]*\n"))
         if found is None:
             return  # data in another file: ITK names it
         text, offset = found
-        kind = "mha"
         compressed = "zlib" if re.search(r"CompressedData\s*=\s*True", text, flags=re.I) else None
     elif name.endswith(".nrrd"):
         found = _text_header(path, re.compile(rb"\r?\n\r?\n"))
@@ -185,11 +184,11 @@ def check_single_file(path: Path) -> None:
         encoding = (re.search(r"^encoding:\s*(\S+)", text, flags=re.M | re.I) or [None, "raw"])[1].lower()
         if encoding not in ("raw", "gzip", "gz"):
             return
-        kind, compressed = "nrrd", "gzip" if encoding in ("gzip", "gz") else None
+        compressed = "gzip" if encoding in ("gzip", "gz") else None
     else:
         return
     expected, shape = _voxel_bytes(path)
-    if compressed == "gzip" and kind == "nii":  # the header is inside the compressed stream
+    if name.endswith(".nii.gz"):
         actual = _inflated_size(path, expected + offset, gzip=True) - offset
     elif compressed:
         actual = _inflated_size(path, expected, offset=offset, gzip=compressed == "gzip")

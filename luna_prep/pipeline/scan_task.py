@@ -159,6 +159,7 @@ def _record(plan: ScanPlan, status: str, error: str, seconds: float, original=No
         "n_nodule": counts.get("nodule", 0), "n_random": counts.get("random", 0),
         "n_candidate": counts.get("candidate", 0), "n_lidc_masks": mask_counts.get("n_lidc_masks", 0),
         "n_sphere_masks": mask_counts.get("n_sphere_masks", 0), "first_index": plan.first_index, "seconds": seconds,
+        "n_label_masks": mask_counts.get("n_label_masks", 0),  # the build's record only: not a scans.parquet column
     }
 
 
@@ -202,7 +203,6 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
     counts = pd.Series([c.kind for c in centres]).value_counts().to_dict()
     record = _record(plan, "ok", "", time.perf_counter() - t0, original, vol, counts, mask_counts)
     record["warnings"] = list(prepared.warnings) + mask_warnings  # in the build's record and summary only
-    record["n_label_masks"] = mask_counts.get("n_label_masks", 0)  # not a scans.parquet column
     json_path, rows_path = done_paths(job.store, plan.seriesuid)
     try:
         record["files"] = owned_files(plan, job)  # the card takes these digests instead of reading the bytes again

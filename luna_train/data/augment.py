@@ -40,14 +40,8 @@ def build_train_transform(cfg: AugmentConfig):
     the full cube symmetry group is valid), then intensity shift and scale on the image only. Flips
     and rotations are exact permutations of voxels, so image and label stay aligned voxel for voxel.
     """
-    if not cfg.enabled:  # no augmentation; a crop still applies: it is the training input's geometry
-        if not cfg.crop_size:
-            return None
-        from monai.transforms import Compose
-
-        from luna_train.data.crop import RandForegroundCropd
-
-        return Compose([RandForegroundCropd(list(KEYS), int(cfg.crop_size))])
+    if not cfg.enabled and not cfg.crop_size:
+        return None
     from monai.transforms import (
         Compose,
         RandAffined,
@@ -63,6 +57,8 @@ def build_train_transform(cfg: AugmentConfig):
         from luna_train.data.crop import RandForegroundCropd
 
         ts.append(RandForegroundCropd(keys, int(cfg.crop_size)))
+    if not cfg.enabled:  # no augmentation; the crop still applies: it is the training input's geometry
+        return Compose(ts)
     if cfg.affine_prob > 0:
         ts.append(RandAffined(keys, prob=cfg.affine_prob, rotate_range=(math.pi / 18,) * 3, scale_range=(0.1,) * 3,
                               mode=("bilinear", "nearest"), padding_mode=("border", "zeros")))
@@ -97,15 +93,23 @@ def augment_batch_on_device(batch: dict, cfg: AugmentConfig, generator: torch.Ge
     build the dataset with ``transform=None``, move the batch to the GPU, then call this. Keep the
     per-sample MONAI transform on CPU-only runs or when ``affine_prob > 0``.
     """
-    if not cfg.enabled:  # no augmentation; a crop still applies: it is the training input's geometry
-        if not cfg.crop_size:
-            return batch
+    if not cfg.enabled and not cfg.crop_size:
+        return batch
+    img, lbl = batch["image"], batch["label"]
+    if cfg.enabled:  # without augmentation the crop still applies: it is the training input's geometry
+        img, lbl = _flip_rotate_shift(img, lbl, cfg, generator)
+    if cfg.crop_size:
         from luna_train.data.crop import crop_batch
 
-        out = dict(batch)
-        out["image"], out["label"] = crop_batch(batch["image"], batch["label"], cfg.crop_size, generator)
-        return out
-    image, label = batch["image"], batch["label"]
+        img, lbl = crop_batch(img, lbl, cfg.crop_size, generator)
+    out = dict(batch)
+    out["image"], out["label"] = img, lbl
+    return out
+
+
+def _flip_rotate_shift(image: torch.Tensor, label: torch.Tensor, cfg: AugmentConfig,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flips, quarter turns and intensity jitter of :func:`augment_batch_on_device`, drawn per item."""
     n = image.shape[0]
     dev = generator.device
     flips = torch.rand((n, 3), generator=generator, device=dev) < cfg.flip_prob
@@ -118,16 +122,10 @@ def augment_batch_on_device(batch: dict, cfg: AugmentConfig, generator: torch.Ge
     whole_batch = image.is_cuda and len(set(image.shape[2:])) == 1
     permute = permute_batch if whole_batch else permute_items
     img, lbl = permute(image, label, flips.cpu(), rots.cpu(), ks.cpu())
-    out = dict(batch)
     view = (n,) + (1,) * (image.dim() - 1)
     if cfg.intensity_prob > 0 and (cfg.intensity_shift > 0 or cfg.intensity_scale > 0):
         img = (img + _to(shift, img).view(view)) * _to(scale, img).view(view)
-    if cfg.crop_size:
-        from luna_train.data.crop import crop_batch
-
-        img, lbl = crop_batch(img, lbl, cfg.crop_size, generator)
-    out["image"], out["label"] = img, lbl
-    return out
+    return img, lbl
 
 
 def _to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

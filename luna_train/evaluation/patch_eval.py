@@ -46,13 +46,12 @@ def eval_rows(cfg, subsets: Sequence[int], dataset: str | None = None, role: str
     ``"val"``: the validation rows post-processing is tuned on) and the missing subsets.
     """
     asked = tuple(int(s) for s in subsets)
-    split = SplitConfig(train_subsets=(), val_subsets=asked if role == "val" else (),
-                        test_subsets=asked if role != "val" else ())
+    split = SplitConfig(**{f"{name}_subsets": asked if name == role else () for name in ("train", "val", "test")})
     store = cfg.data.dataset if dataset is None else str(dataset)
     what = "validation subsets (post-processing is tuned on them)" if role == "val" else "evaluated subsets"
     try:
         rows = getattr(select_rows(store, split, cfg.sampler.scale_weights, cfg.data.eval_scale,
-                                   cfg.data.train_size), "val" if role == "val" else "test")
+                                   cfg.data.train_size), role)
     except InputError as exc:
         raise InputError(f"{store}: {what} {list(asked)}: {exc}") from None
     missing = sorted(set(asked) - {int(s) for s in pd.unique(rows["subset"])})
