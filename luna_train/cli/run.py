@@ -78,7 +78,9 @@ def run(dataset, config_file, overrides, out, store_url, no_verify, resume, trai
     """Train a segmentation model; writes checkpoints, metrics, plots and summary.json to the run directory.
 
     Works the same under ``torchrun --nproc-per-node N`` (DistributedDataParallel; rank 0 writes).
-    Exit status 3 when stopped by train.stop_after_steps (resume with --resume).
+    SIGTERM, SIGUSR1 (SLURM's --signal) or a first Ctrl-C finish the step in flight, write last.pt and stop
+    with exit status 128 + the signal's number (143 for SIGTERM); train.stop_after_steps stops with exit
+    status 3. Either way --resume continues the run exactly.
     """
     from luna_train.training import distributed as D
     from luna_train.training.loop import Interrupted
@@ -94,12 +96,15 @@ def run(dataset, config_file, overrides, out, store_url, no_verify, resume, trai
                        "fold": fold})
         if info.is_main:
             announce(run_dir, cfg.logging.tensorboard, resume)
+        stopped = None
         try:
             summary = run_training(cfg, run_dir, resume=resume, info=info)
         except Interrupted as exc:
             if info.is_main:
                 click.echo(f"{exc}; run directory {run_dir}", err=True)
-            sys.exit(3)
+            stopped = exc.exit_status
+        if stopped is not None:  # outside the handler: the traceback's frames (and the loaders) are released first
+            sys.exit(stopped)
         if info.is_main and summary is not None:
             click.echo(json.dumps(summary, indent=2))
             click.echo(f"run directory: {run_dir}")

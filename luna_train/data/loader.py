@@ -8,6 +8,7 @@ import sys
 import torch
 
 from luna_train.data.dataset import collate_patches
+from luna_train.stop_signal import ignore_stop_signals, start_fork_server
 
 # Imported by the fork server before it forks workers (those the parent already uses), so each
 # worker starts in milliseconds instead of re-importing torch + MONAI (~8 s of CPU each).
@@ -25,12 +26,15 @@ def worker_context(method: str = "forkserver"):
     if method == "forkserver" and "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload([m for m in PRELOAD if m in sys.modules])
+        start_fork_server()
         return ctx
     return multiprocessing.get_context("spawn")
 
 
-def _seed_worker_transform(worker_id: int) -> None:
-    """Seed a worker's transform from torch's per-worker seed (matters only for items without aug_seed)."""
+def _init_worker(worker_id: int) -> None:
+    """Leave stop signals to the main process (:mod:`luna_train.stop_signal`); seed the worker's transform from
+    torch's per-worker seed (matters only for items without aug_seed)."""
+    ignore_stop_signals()
     info = torch.utils.data.get_worker_info()
     transform = getattr(info.dataset, "transform", None) if info is not None else None
     if transform is not None and hasattr(transform, "set_random_state"):
@@ -53,7 +57,20 @@ def make_loader(dataset, sampler=None, batch_size: int = 8, num_workers: int = 0
     kwargs: dict = {}
     if num_workers > 0:
         kwargs.update(multiprocessing_context=worker_context(start_method), prefetch_factor=prefetch_factor,
-                      persistent_workers=persistent_workers, worker_init_fn=_seed_worker_transform)
+                      persistent_workers=persistent_workers, worker_init_fn=_init_worker)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle,
                                        num_workers=num_workers, pin_memory=pin_memory, drop_last=False,
                                        collate_fn=collate_patches, **kwargs)
+
+
+def stop_workers(loader: torch.utils.data.DataLoader) -> None:
+    """End ``loader``'s persistent workers now, the way its iterator ends them when it is collected.
+
+    The training loader's iterator otherwise lives until garbage collection, which may come only at
+    exit, after multiprocessing has terminated the workers (SIGTERM): each then left the semaphore of
+    numcodecs' Blosc lock behind ("leaked semaphore objects" at exit).
+    """
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None

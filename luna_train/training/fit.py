@@ -20,6 +20,7 @@ from torch import nn
 from luna_prep.report.figure import ImageScale
 from luna_train.config import TrainConfig, to_dict
 from luna_train.data.sampler import WeightedPatchSampler
+from luna_train.stop_signal import StopRequest
 from luna_train.training import distributed as D
 from luna_train.training.assemble import RunParts
 from luna_train.training.checkpoint import BEST, LAST, rng_state, save_checkpoint, set_rng_state
@@ -95,10 +96,12 @@ class Fit:
     """Runs the epochs of ``cfg.train`` from ``start``; ``net`` is what trains (DDP / compiled ``parts.model``)."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, info: D.DistInfo, parts: RunParts, net: nn.Module,
-                 logger: RunLogger, start: Start, on_step: Callable[[LoopState], None] | None = None):
+                 logger: RunLogger, start: Start, on_step: Callable[[LoopState], None] | None = None,
+                 stop: StopRequest | None = None):
         self.cfg, self.run_dir, self.info, self.parts, self.logger = cfg, run_dir, info, parts, logger
         self.state, self.hard, self.pending_rng = start.state, start.hard, start.rng
         self.on_step = on_step
+        self.stop = stop or StopRequest()  # set by a stop signal (luna_train.stop_signal)
         # (train-loss sum, step) at the last logged step: the logged loss is the mean since then
         self.loss_mark = (start.state.loss_sum, start.state.step)
         self.epoch_walls: list[float] = []  # wall seconds of the epochs run by this process (for the ETA)
@@ -117,22 +120,45 @@ class Fit:
             set_rng_state(self.pending_rng)
 
     def sync_due(self, step: int) -> bool:
-        """Whether the loss sums come to the host after ``step``: a logged, checkpointed or final step."""
+        """Whether the loss sums come to the host after ``step``: a logged, checkpointed or final step, or a
+        stop signal's."""
+        return self._sync_point(step) or self.stop.requested
+
+    def _sync_point(self, step: int) -> bool:
+        """The steps every rank syncs after (the same on each): logged, checkpointed or final ones."""
         every, stop = self.cfg.train.checkpoint_every_steps, self.cfg.train.stop_after_steps
         return (step % self.cfg.logging.step_every == 0 or bool(every and step % every == 0)
                 or (stop is not None and step >= stop))
 
     def after_step(self, st: LoopState) -> None:
-        """Checkpoint every ``train.checkpoint_every_steps``; raise Interrupted after ``train.stop_after_steps``."""
+        """Checkpoint every ``train.checkpoint_every_steps``; raise Interrupted after ``train.stop_after_steps``
+        or once a stop signal came (after writing last.pt)."""
         every, stop = self.cfg.train.checkpoint_every_steps, self.cfg.train.stop_after_steps
         stopping = stop is not None and st.step >= stop
+        signalled = self._stop_signalled(st.step)
         self._log_step(st)
-        if (every and st.step % every == 0) or stopping:
+        if (every and st.step % every == 0) or stopping or signalled:
             self.save([LAST])
         if self.on_step is not None:
             self.on_step(st)
+        if signalled:
+            raise self._signal_interruption(f"after step {st.step}")
         if stopping:
             raise Interrupted(f"stopped after {st.step} steps (train.stop_after_steps); resume with --resume")
+
+    def _stop_signalled(self, step: int | None = None) -> bool:
+        """Whether a stop signal came to any rank: decided at once in a single process; with several ranks only
+        after the steps all of them sync after (``step``; None: the end of an epoch), so that all stop together."""
+        if not self.info.distributed:
+            return self.stop.requested
+        if step is not None and not self._sync_point(step):
+            return False
+        return float(D.all_reduce_sum(torch.tensor([float(self.stop.requested)]))[0]) > 0
+
+    def _signal_interruption(self, where: str) -> Interrupted:
+        by = self.stop.name or "a stop signal to another rank"
+        return Interrupted(f"stopped by {by} {where}; resume with --resume",
+                           exit_status=self.stop.exit_status if self.stop.requested else 143)
 
     # checkpoints ----------------------------------------------------------------------------------
 
@@ -169,6 +195,8 @@ class Fit:
             self.save([LAST, BEST] if improved or self.state.best_epoch < 0 else [LAST])
             self._plot(e, improved, res)
             self._report(time.perf_counter() - t_epoch)
+            if self._stop_signalled():  # came during validation, or at the epoch's last step
+                raise self._signal_interruption(f"at the end of epoch {e + 1}")
             if self._patience_spent():
                 return FitOutcome(stopped_early=True, rank_draws=ddp_check)
         return FitOutcome(stopped_early=False, rank_draws=ddp_check)

@@ -22,7 +22,12 @@ from luna_train.training.speed import StepOptions, format_batch
 
 
 class Interrupted(RuntimeError):
-    """Raised after ``train.stop_after_steps`` steps (last.pt is written first): a simulated kill."""
+    """Raised after ``train.stop_after_steps`` steps or a stop signal (last.pt is written first); the command's
+    exit status is ``exit_status`` (3, or 128 + the signal's number)."""
+
+    def __init__(self, message: str, exit_status: int = 3):
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 @dataclass

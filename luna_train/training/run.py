@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from luna_train.config import ConfigError, TrainConfig, save_config, to_dict
+from luna_train.data.loader import stop_workers
 from luna_train.run_dir import CONFIG_FILE, absolute_location
+from luna_train.stop_signal import stop_on_signals
 from luna_train.training import distributed as D
 from luna_train.training.assemble import assemble, open_logger, training_module
 from luna_train.training.checkpoint import LAST, load_checkpoint, seed_everything
@@ -29,7 +31,9 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
                  on_step: Callable[[LoopState], None] | None = None) -> dict[str, Any] | None:
     """Train ``cfg`` into ``run_dir`` (resuming from last.pt when ``resume``) and return the summary dict.
 
-    Raises :class:`~luna_train.training.loop.Interrupted` after ``train.stop_after_steps`` steps.
+    Raises :class:`~luna_train.training.loop.Interrupted` after ``train.stop_after_steps`` steps, or once
+    SIGTERM, SIGUSR1 or a first Ctrl-C came during the epochs (the step in flight finishes, last.pt is
+    written first: :mod:`luna_train.stop_signal`).
     The dataset is recorded as an absolute path (or URL), so the run directory works from anywhere.
     """
     t0 = time.perf_counter()
@@ -52,8 +56,12 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     logger = open_logger(cfg, run_dir, info)
     if resume:
         logger.rewrite(start.state.history)
-    fit = Fit(cfg, run_dir, info, parts, net, logger, start, on_step)
-    outcome = fit.run()
+    with stop_on_signals() as stop:
+        fit = Fit(cfg, run_dir, info, parts, net, logger, start, on_step, stop)
+        try:
+            outcome = fit.run()
+        finally:
+            stop_workers(parts.loader)
     return finalize(cfg, run_dir, info, parts, logger, fit.state, outcome, t0)
 
 
