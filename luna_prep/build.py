@@ -7,7 +7,6 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pandas as pd
 from luna_prep import __version__
 from luna_prep.cluster import dashboard_note, dask_client
 from luna_prep.errors import LunaError
-from luna_prep.files import is_temporary, sha256_bytes, sha256_file
+from luna_prep.files import exclusive_lock, is_temporary, sha256_bytes, sha256_file
 from luna_prep.format.spec import (
     BUILD_DIR,
     FORMAT_NAME,
@@ -302,42 +301,12 @@ def unmatched_annotations(data_root: str | Path, annotations: pd.DataFrame) -> l
     return sorted(set(annotations["seriesuid"]) - present)
 
 
-@contextmanager
 def build_lock(out: str | Path):
-    """Hold an exclusive lock on ``<out>.lock`` for the build; a second build of the same store is
-    refused at once instead of racing the first (the lock dies with its process, kill -9 included).
-
-    The file is deleted when the build ends. A build that opened it just before locks a file no longer there,
-    so a build checks, once locked, that the path is still its file, and otherwise takes the new one."""
-    import fcntl
-
-    lock = Path(f"{Path(out).resolve()}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        f = open(lock, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "?"
-            f.close()
-            raise BuildError(f"{out}: another luna-prep build is writing this store (pid {holder}); "
-                             "wait for it to finish, or build into another --out") from None
-        try:
-            if os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        f.close()  # the previous holder deleted this file as we locked it
-    with f:
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
+    """An exclusive lock on ``<out>.lock`` for the build (:func:`~luna_prep.files.exclusive_lock`): a second build
+    of the same store is refused at once instead of racing the first."""
+    return exclusive_lock(Path(f"{Path(out).resolve()}.lock"), lambda holder: BuildError(
+        f"{out}: another luna-prep build is writing this store (pid {holder}); wait for it to finish, or build "
+        "into another --out"))
 
 
 def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, overwrite: bool = False,

@@ -18,6 +18,7 @@ def _run_dir(out: str | None, name: str | None, config_file: str | None, resume:
     """The run directory of the options; a usage error when it contradicts ``--resume``."""
     from luna_train.training import distributed as D
     from luna_train.training.checkpoint import LAST
+    from luna_train.training.run import used_run_files
 
     if out is None and name is None and resume:
         raise click.UsageError("--resume needs the run: pass --out RUN_DIR or --name NAME")
@@ -27,8 +28,10 @@ def _run_dir(out: str | None, name: str | None, config_file: str | None, resume:
     run_dir = Path(out) if out is not None else Path("runs") / name
     if resume and not (run_dir / LAST).is_file():
         raise click.UsageError(f"--resume: {run_dir / LAST} not found")
-    if not resume and (run_dir / LAST).exists():
-        raise click.UsageError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
+    used = [] if resume else used_run_files(run_dir)
+    if used:
+        hint = "pass --resume to continue it" if (run_dir / LAST).exists() else f"it has no {LAST} to resume from"
+        raise click.UsageError(f"{run_dir} already holds a run ({', '.join(used)}); {hint}, or pick another --out")
     return run_dir
 
 

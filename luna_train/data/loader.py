@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
+import os
+import select
 import sys
+import threading
+import time
 
 import torch
 
@@ -31,14 +36,46 @@ def worker_context(method: str = "forkserver"):
     return multiprocessing.get_context("spawn")
 
 
-def _init_worker(worker_id: int) -> None:
-    """Leave stop signals to the main process (:mod:`luna_train.stop_signal`); seed the worker's transform from
-    torch's per-worker seed (matters only for items without aug_seed)."""
+def _init_worker(parent_pid: int, worker_id: int) -> None:
+    """Leave stop signals to the main process (:mod:`luna_train.stop_signal`), end with it (:func:`_exit_with`);
+    seed the worker's transform from torch's per-worker seed (matters only for items without aug_seed)."""
     ignore_stop_signals()
+    _exit_with(parent_pid)
     info = torch.utils.data.get_worker_info()
     transform = getattr(info.dataset, "transform", None) if info is not None else None
     if transform is not None and hasattr(transform, "set_random_state"):
         transform.set_random_state(seed=info.seed % (2**32))
+
+
+def _exit_with(pid: int) -> None:
+    """End this worker as soon as process ``pid`` (the one iterating the loader) has ended, kill -9 included.
+
+    torch's own watchdog looks at a worker's parent, which is the fork server here, and the fork server
+    waits for every holder of its pipe, the workers included: after a kill -9 of the training process
+    the fork server and the workers stayed alive, holding their memory, until killed by hand."""
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)  # readable once the process has ended (Linux >= 5.3)
+        except ProcessLookupError:
+            os._exit(0)
+        except (AttributeError, OSError):  # no pidfd: look once a second
+            while _alive(pid):
+                time.sleep(1.0)
+        else:
+            select.select([fd], [], [])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-main-process", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def make_loader(dataset, sampler=None, batch_size: int = 8, num_workers: int = 0, shuffle: bool = False,
@@ -57,7 +94,8 @@ def make_loader(dataset, sampler=None, batch_size: int = 8, num_workers: int = 0
     kwargs: dict = {}
     if num_workers > 0:
         kwargs.update(multiprocessing_context=worker_context(start_method), prefetch_factor=prefetch_factor,
-                      persistent_workers=persistent_workers, worker_init_fn=_init_worker)
+                      persistent_workers=persistent_workers,
+                      worker_init_fn=functools.partial(_init_worker, os.getpid()))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle,
                                        num_workers=num_workers, pin_memory=pin_memory, drop_last=False,
                                        collate_fn=collate_patches, **kwargs)

@@ -125,9 +125,10 @@ def training_module(model: nn.Module, cfg: TrainConfig, info: D.DistInfo) -> nn.
     return compile_module(D.wrap_model(model, info), StepOptions.of(cfg.train, info.device))
 
 
-def open_logger(cfg: TrainConfig, run_dir: Path, info: D.DistInfo) -> RunLogger:
-    """metrics.csv, TensorBoard and optional W&B / MLflow of the run (a no-op on ranks other than 0)."""
+def open_logger(cfg: TrainConfig, run_dir: Path, info: D.DistInfo, purge_step: int | None = None) -> RunLogger:
+    """metrics.csv, TensorBoard and optional W&B / MLflow of the run (a no-op on ranks other than 0);
+    ``purge_step``: TensorBoard hides the run's earlier events from that step on (a resume)."""
     lc = cfg.logging
     return RunLogger(run_dir, to_dict(cfg), enabled=info.is_main, tensorboard=lc.tensorboard, wandb=lc.wandb,
                      wandb_project=lc.wandb_project, name=run_dir.name, mlflow=lc.mlflow,
-                     mlflow_experiment=lc.mlflow_experiment)
+                     mlflow_experiment=lc.mlflow_experiment, purge_step=purge_step)

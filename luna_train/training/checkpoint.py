@@ -13,6 +13,7 @@ random bytes, another tool's file, a newer schema) into a :class:`CheckpointErro
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
 import warnings
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from luna_prep.errors import LunaError
-from luna_prep.files import atomic_path
+from luna_prep.files import atomic_path, is_temporary
 
 LAST = "last.pt"  # written every epoch (and every train.checkpoint_every_steps): what --resume reads
 BEST = "best.pt"  # the epoch with the best validation Dice: what evaluation and inference read
@@ -36,6 +37,11 @@ CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "sampler", "stat
 
 class CheckpointError(LunaError, ValueError):
     """A checkpoint file that cannot be used (unreadable, not ours, or a newer schema); the message names it."""
+
+
+class CheckpointWriteError(LunaError, OSError):
+    """A checkpoint that could not be written (disk full, file size limit, permissions); the file it would
+    have replaced is intact."""
 
 
 def to_plain(obj: Any) -> Any:
@@ -111,8 +117,34 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     if missing:
         raise ValueError(f"checkpoint payload for {path} lacks {missing}")
     payload = {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION, **payload}
-    with atomic_path(path) as tmp:
-        torch.save(to_plain(payload), tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(to_plain(payload), tmp)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer reports a failed write as a RuntimeError
+        raise CheckpointWriteError(f"{path}: could not write the checkpoint ({_first_line(exc)}); "
+                                   f"{_free_space(Path(path).parent)}; the previous {Path(path).name}, if any, "
+                                   f"is intact: free space and resume with --resume") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return "free space unknown"
+    return f"{stat.f_bavail * stat.f_frsize / 1e9:.2f} GB free in {folder}"
+
+
+def remove_partial_writes(run_dir: Path) -> list[Path]:
+    """Delete what a killed :func:`save_checkpoint` left in ``run_dir`` (``.last.pt.tmp<pid>`` files)."""
+    leftovers = [p for p in run_dir.glob(".*.pt.tmp*") if is_temporary(p)]
+    for p in leftovers:
+        p.unlink(missing_ok=True)
+    return leftovers
 
 
 def _advice(path: Path) -> str:

@@ -170,7 +170,9 @@ class Fit:
         if not self.info.is_main:
             return
         payload = checkpoint_payload(self.parts, self.state, self.cfg, per_rank, self.info.world_size)
-        for name in names:
+        # last.pt last: it is what --resume trusts, so a kill between the two writes must not leave a last.pt
+        # that names an epoch as best whose weights best.pt does not hold
+        for name in sorted(names, key=lambda n: n == LAST):
             save_checkpoint(self.run_dir / name, payload)
 
     # the loop -------------------------------------------------------------------------------------

@@ -7,24 +7,30 @@ The steps live in their own modules: :mod:`~luna_train.training.assemble` (parts
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from luna_prep.errors import InputError
+from luna_prep.files import exclusive_lock
 from luna_train.config import ConfigError, TrainConfig, save_config, to_dict
 from luna_train.data.loader import stop_workers
-from luna_train.run_dir import CONFIG_FILE, absolute_location
+from luna_train.run_dir import CONFIG_FILE, SUMMARY_FILE, absolute_location
 from luna_train.stop_signal import stop_on_signals
 from luna_train.training import distributed as D
 from luna_train.training.assemble import assemble, open_logger, training_module
-from luna_train.training.checkpoint import LAST, load_checkpoint, seed_everything
+from luna_train.training.checkpoint import BEST, LAST, load_checkpoint, remove_partial_writes, seed_everything
 from luna_train.training.finalize import finalize
 from luna_train.training.fit import Fit, Start, restore
 from luna_train.training.loop import LoopState
+from luna_train.training.run_log import METRICS_FILE, TB_DIR
 
 __all__ = ["CONFIG_FILE", "run_training"]
+
+LOCK_FILE = ".lock"
 
 
 def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, info: D.DistInfo | None = None,
@@ -45,6 +51,29 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
         _refuse_changed_geometry(saved["config"], cfg, run_dir / LAST)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir) if info.is_main else contextlib.nullcontext():
+        return _train(cfg, run_dir, info, saved, on_step, t0)
+
+
+def run_lock(run_dir: Path):
+    """One run at a time in a run directory (``RUN/.lock``, :func:`~luna_prep.files.exclusive_lock`): two runs
+    started into one ``--out`` wrote interleaved metrics and each other's checkpoints."""
+    return exclusive_lock(run_dir / LOCK_FILE, lambda holder: InputError(
+        f"{run_dir}: another luna-train run is writing this run directory (pid {holder}); wait for it to finish "
+        "or pick another --out"))
+
+
+def used_run_files(run_dir: Path) -> list[str]:
+    """What in ``run_dir`` shows that a run trained there (a new run there would mix its records with them)."""
+    names = [n for n in (LAST, BEST, METRICS_FILE, SUMMARY_FILE) if (run_dir / n).exists()]
+    tensorboard = run_dir / TB_DIR
+    return names + ([TB_DIR] if tensorboard.is_dir() and any(tensorboard.iterdir()) else [])
+
+
+def _train(cfg: TrainConfig, run_dir: Path, info: D.DistInfo, saved: dict | None,
+           on_step: Callable[[LoopState], None] | None, t0: float) -> dict[str, Any] | None:
+    if info.is_main:
+        remove_partial_writes(run_dir)  # a checkpoint write that a kill cut short
         # stop_after_steps stops this invocation, it is no setting of the run: `--resume` from config.yaml with it
         # ran one more step each time and stopped again
         save_config(replace(cfg, train=replace(cfg.train, stop_after_steps=None)), run_dir / CONFIG_FILE)
@@ -53,8 +82,9 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     parts = assemble(cfg, info)
     start = restore(parts, saved, info.rank) if saved is not None else Start()
     net = training_module(parts.model, cfg, info)
-    logger = open_logger(cfg, run_dir, info)
-    if resume:
+    # TensorBoard hides what a killed run logged after its checkpoint (those steps are trained again)
+    logger = open_logger(cfg, run_dir, info, purge_step=start.state.step + 1 if saved is not None else None)
+    if saved is not None:
         logger.rewrite(start.state.history)
     with stop_on_signals() as stop:
         fit = Fit(cfg, run_dir, info, parts, net, logger, start, on_step, stop)

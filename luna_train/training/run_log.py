@@ -53,10 +53,10 @@ def flat_params(config: dict, prefix: str = "") -> dict[str, str | int | float |
 class TensorBoardTracker:
     """Scalars, images (PNG) and, at the end, the config as hparams with the final metrics."""
 
-    def __init__(self, log_dir: Path, config: dict):
+    def __init__(self, log_dir: Path, config: dict, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         self.params = flat_params(config)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
@@ -150,7 +150,7 @@ class RunLogger:
 
     def __init__(self, run_dir: str | Path, config: dict, enabled: bool = True, tensorboard: bool = True,
                  wandb: bool = False, wandb_project: str = "luna-train", name: str | None = None,
-                 mlflow: bool = False, mlflow_experiment: str = "luna-train"):
+                 mlflow: bool = False, mlflow_experiment: str = "luna-train", purge_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.trackers: list[Tracker] = []
@@ -160,7 +160,7 @@ class RunLogger:
             return
         name = name or self.run_dir.name
         if tensorboard:
-            self.trackers.append(TensorBoardTracker(self.run_dir / TB_DIR, config))
+            self.trackers.append(TensorBoardTracker(self.run_dir / TB_DIR, config, purge_step))
         if wandb:
             self.trackers.append(_optional("wandb", lambda: WandbTracker(self.run_dir, config, wandb_project, name)))
         if mlflow:

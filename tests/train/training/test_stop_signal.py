@@ -79,10 +79,12 @@ def _wait_for(path, proc, seconds=240):
 
 
 @pytest.mark.slow
-def test_ctrl_c_to_the_process_group_with_loader_workers_stops_cleanly_and_resumes(tiny_store, tmp_path):
-    """Ctrl-C reaches the loader's workers too: they leave it to the main process, which finishes its step,
-    writes last.pt and exits 130. The persistent workers end cleanly: no "leaked semaphore" warning (numcodecs'
-    Blosc lock in each worker) at exit, which every run with workers printed before."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR1])
+def test_a_signal_to_the_process_group_with_loader_workers_stops_cleanly(tiny_store, tmp_path, signum):
+    """Ctrl-C and SLURM's --signal reach the loader's workers and their fork server too: they leave it to the main
+    process (SIGUSR1 ended the fork server, its workers left with it, and the run hung waiting for batches), which
+    finishes its step, writes last.pt and exits 128 + the signal. The persistent workers end cleanly: no "leaked
+    semaphore" warning (numcodecs' Blosc lock in each worker) at exit, which every run with workers printed."""
     out = tmp_path / "run"
     settings = [s for s in TINY if not s.startswith(("data.num_workers", "sampler.samples_per_epoch"))]
     args = [a for s in settings + ["data.num_workers=2", "sampler.samples_per_epoch=2000",
@@ -93,13 +95,14 @@ def test_ctrl_c_to_the_process_group_with_loader_workers_stops_cleanly_and_resum
                             start_new_session=True)
     try:
         _wait_for(out / "last.pt", proc)
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signum)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err[-3000:]
-    assert "stopped by SIGINT after step" in err and "leaked semaphore" not in err, err[-3000:]
+    assert proc.returncode == 128 + signum, err[-3000:]
+    name = signal.Signals(signum).name
+    assert f"stopped by {name} after step" in err and "leaked semaphore" not in err, err[-3000:]
     step = load_checkpoint(out / "last.pt")["state"]["step"]
     assert 2 <= step < 500  # mid-epoch 1 of 500 steps
 
