@@ -17,6 +17,7 @@ from luna_prep import __version__
 from luna_prep.cluster import dashboard_note, dask_client
 from luna_prep.errors import LunaError
 from luna_prep.files import is_temporary, sha256_bytes, sha256_file
+from luna_prep.format.location import is_url
 from luna_prep.format.spec import (
     BUILD_DIR,
     FORMAT_NAME,
@@ -117,6 +118,13 @@ def resolve_masks(cfg: BuildConfig) -> BuildConfig:
     if not Path(db).is_file():
         raise BuildError(f"{db}: LIDC database not found")
     return replace(cfg, lidc_db=str(Path(db).resolve()))
+
+
+def refuse_url_out(out: str, command: str = "build") -> None:
+    """``out`` must be a folder: object storage and HTTP are places to read a store from, not to write one."""
+    if is_url(out):
+        raise BuildError(f"{out}: --out must be a folder; object storage and HTTP are read-only targets: "
+                         f"{command} on a filesystem, then upload (docs/cluster.md)")
 
 
 def _resolve_tables(cfg: BuildConfig) -> tuple[Path, Path | None]:
@@ -351,6 +359,7 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
     the Dask dashboard's address is printed to stderr once the cluster is up.
     """
     t0 = time.perf_counter()
+    refuse_url_out(cfg.out)
     with build_lock(cfg.out):
         try:
             return _build(cfg, workers, scheduler, overwrite, progress, scheduler_file, card_name, manifests_dir, t0,

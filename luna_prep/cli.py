@@ -44,8 +44,10 @@ def main():
 @click.option("--workers", default=1, type=click.IntRange(min=1), help="Processes rendering scans (same files).")
 def synth(out, scans, seed, size, full_size, difficulty, workers):
     """Write a synthetic LUNA16-shaped data set: scans (.mhd/.raw), annotations.csv, candidates.csv."""
+    from luna_prep.build import refuse_url_out
     from luna_prep.synthetic.scans import synthesize
 
+    refuse_url_out(out, "write")
     if full_size and size not in (None, "full"):
         raise click.UsageError(f"--full-size contradicts --size {size}")
     if difficulty is None:

