@@ -37,8 +37,10 @@ from luna_prep.luna16.tables import (
     default_annotations,
     default_candidates,
     find_scans,
+    missing_candidates_note,
     read_annotations,
     read_candidates,
+    subset_notes,
 )
 from luna_prep.pipeline.plan import ScanPlan, plan_build
 from luna_prep.pipeline.sampling import SamplingConfig
@@ -307,7 +309,7 @@ def _finalize(cfg: BuildConfig, plans: list[ScanPlan],
 
 def unmatched_annotations(data_root: str | Path, annotations: pd.DataFrame) -> list[str]:
     """Seriesuids of annotations with no ``subset*/<seriesuid>.mhd`` anywhere under the data root."""
-    present = {p.stem for p in Path(data_root).glob("subset*/*.mhd")}
+    present = {p.stem for p in Path(data_root).glob("subset*/*.mhd") if not p.name.startswith(".")}
     return sorted(set(annotations["seriesuid"]) - present)
 
 
@@ -393,8 +395,12 @@ def _build(cfg: BuildConfig, workers: int, scheduler: str | None, overwrite: boo
     annotations = read_annotations(ann_path)
     candidates = read_candidates(cand_path) if cand_path else None
     scans = find_scans(cfg.data_root, list(cfg.subsets))
+    notes = subset_notes(cfg.data_root, list(cfg.subsets))
     if not scans:
-        raise BuildError(f"{cfg.data_root}: no .mhd scans in subsets {list(cfg.subsets)}")
+        raise BuildError(f"{cfg.data_root}: no .mhd scans in subsets {list(cfg.subsets)}"
+                         + "".join(f"; {note}" for note in notes))
+    if cand_path is None and cfg.sampling.hard_fraction > 0:
+        notes.append(missing_candidates_note(cfg.data_root))
     plans, capacity = plan_build(scans, annotations, candidates, cfg.sampling, cfg.storage.shard_patches)
     digest = config_hash(cfg, plans, ann_path, cand_path)
     finished = _prepare_store(cfg, digest, capacity, overwrite)
@@ -421,7 +427,7 @@ def _build(cfg: BuildConfig, workers: int, scheduler: str | None, overwrite: boo
         scans_failed=len(failed), failures=list(zip(failed.get("source_path", []), failed.get("error", []))),
         patches=counts, bytes_written=folder_bytes(Path(cfg.out)), seconds=time.perf_counter() - t0,
         skipped=len(plans) - len(todo), card=card, masks=cfg.masks, nodule_masks=_mask_counts(scan_records),
-        warnings=[w for r in scan_records for w in r.get("warnings", [])],
+        warnings=notes + [w for r in scan_records for w in r.get("warnings", [])],
         unmatched_annotations=unmatched_annotations(cfg.data_root, annotations), phases=phases,
     )
 

@@ -80,7 +80,8 @@ def synth(out, scans, seed, size, full_size, difficulty, workers):
 @click.option("--annotations", default=None, type=click.Path(dir_okay=False),
               help="annotations.csv  [default: DATA_ROOT/annotations.csv]")
 @click.option("--candidates", default=None, type=click.Path(dir_okay=False),
-              help="Candidates with class 0 for hard negatives  [default: DATA_ROOT/candidates_V2.csv, "
+              help="Candidates with class 0 for hard negatives (optional: without them every negative is random)  "
+                   "[default: DATA_ROOT/candidates_V2.csv, "
                    "DATA_ROOT/candidates_V2/candidates_V2.csv, else DATA_ROOT/candidates.csv]")
 @_field("--jitter-copies", field=f"{SAMPLING}.jitter_copies", type=click.IntRange(min=0),
         help="Jittered copies per nodule besides the centred one.")

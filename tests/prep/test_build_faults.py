@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -248,3 +249,37 @@ def test_a_real_write_error_in_a_dask_worker_stops_the_build(synth2, tmp_path):
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert PatchStore(out).manifest["seriesuid"].nunique() == 2
+
+
+def test_junk_next_to_the_scans_and_no_candidates_build_with_warnings(synth2, tmp_path):
+    """A macOS copy's ._<uid>.mhd was built as a scan and failed (exit 1 every run); without a candidates file
+    every negative was random, silently."""
+    mhd = next((synth2 / "subset0").glob("*.mhd"))
+    junk = mhd.with_name(f"._{mhd.name}")
+    junk.write_bytes(b"\x00\x05\x16\x07AppleDouble junk")
+    (synth2 / "candidates.csv").rename(tmp_path / "candidates.csv")
+    (synth2 / "candidates_V2.zip").write_bytes(b"")
+    report = run_build(config(synth2, tmp_path / "p.zarr"), workers=0, progress=False)
+    assert report.ok and report.scans_ok == 2
+    assert report.warnings == [
+        f"1 hidden .mhd files skipped (names starting with '.', such as macOS's ._<uid>.mhd; first: {junk})",
+        f"no candidates file under {synth2}: negatives are random only (no hard negatives); candidates_V2.zip is "
+        "not extracted: unzip it there"]
+    assert set(PatchStore(tmp_path / "p.zarr").manifest["kind"]) == {"nodule", "random"}
+    assert "WARNING no candidates file under" in build_summary(report)
+
+
+def test_subsets_without_scans_are_named(synth2, tmp_path):
+    """An empty subset folder was left out without a word; with only such subsets the error says where to look."""
+    nested = synth2 / "subset1" / "subset1"
+    nested.mkdir()
+    for f in list((synth2 / "subset1").glob("*.*")):
+        f.rename(nested / f.name)
+    with pytest.raises(BuildError) as err:
+        run_build(replace(config(synth2, tmp_path / "q.zarr"), subsets=(1,)), workers=0, progress=False)
+    assert str(err.value) == (f"{synth2}: no .mhd scans in subsets [1]; {synth2 / 'subset1'}: no .mhd scans; "
+                              "they are in subset1/subset1: move them up one folder")
+    report = run_build(config(synth2, tmp_path / "p.zarr"), workers=0, progress=False)
+    assert report.ok and report.scans_ok == 1
+    assert report.warnings == [f"{synth2 / 'subset1'}: no .mhd scans; they are in subset1/subset1: move them up "
+                               "one folder"]
