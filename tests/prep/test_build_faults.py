@@ -14,6 +14,8 @@ import luna_prep.build as build_module
 from luna_prep.build import BuildConfig, BuildError, build_lock, run_build
 from luna_prep.format.reader import PatchStore
 from luna_prep.luna16.reading import intensity_warnings
+from luna_prep.luna16.tables import find_scans, read_annotations, read_candidates
+from luna_prep.pipeline.plan import plan_build
 from luna_prep.pipeline.sampling import SamplingConfig
 from luna_prep.report.summary import build_summary
 from luna_prep.synthetic.scans import synthesize
@@ -283,3 +285,30 @@ def test_subsets_without_scans_are_named(synth2, tmp_path):
     assert report.ok and report.scans_ok == 1
     assert report.warnings == [f"{synth2 / 'subset1'}: no .mhd scans; they are in subset1/subset1: move them up "
                                "one folder"]
+
+
+def test_a_scan_too_small_for_its_negatives_keeps_its_other_patches(tmp_path):
+    """At 1.5 mm a tiny scan is smaller than a 96-voxel patch: no random negative clear of its nodules fits. The
+    scan failed whole; now its nodule and candidate patches are kept, the shortfall is a WARNING, and the store
+    (the shortfall's rows left empty) verifies."""
+    from luna_prep.sharing.verify import verify
+
+    root = synthesize(tmp_path / "luna16", n_scans=1, seed=0, size="tiny", difficulty="easy").root
+    cfg = BuildConfig(data_root=str(root), out=str(tmp_path / "p.zarr"), subsets=(0,), spacing_mm=1.5,
+                      sampling=SamplingConfig(scales=(48, 96), jitter_copies=1))
+    report = run_build(cfg, workers=0, progress=False)
+    assert report.ok and report.scans_ok == 1
+    store = PatchStore(tmp_path / "p.zarr")
+    row = store.scans.iloc[0]
+    shape = "x".join(map(str, row["resampled_shape_zyx"]))
+    tables = read_annotations(root / "annotations.csv"), read_candidates(root / "candidates.csv")
+    (plan,), _ = plan_build(find_scans(root, [0]), *tables, cfg.sampling, cfg.storage.shard_patches)
+    planned = plan.n_samples - row["n_nodule"] - row["n_candidate"]  # candidates outside the scan become randoms
+    placed = int(row["n_random"])
+    assert placed < planned and row["n_nodule"] > 0
+    assert report.warnings == [f"{row['source_path']}: placed only {placed} of {planned} random negatives (no other "
+                               f"place in the {shape}-voxel scan keeps a 96-voxel patch clear of nodules); its other "
+                               "patches are kept"]
+    kinds = store.manifest[store.manifest["scale"] == 48]["kind"].value_counts().to_dict()
+    assert kinds.get("random", 0) == placed and kinds["nodule"] == row["n_nodule"]
+    assert verify(str(tmp_path / "p.zarr"), deep=True).ok
