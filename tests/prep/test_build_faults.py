@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ import luna_prep.build as build_module
 from luna_prep.build import BuildConfig, BuildError, build_lock, run_build
 from luna_prep.format.reader import PatchStore
 from luna_prep.luna16.reading import intensity_warnings
+from luna_prep.luna16.tables import find_scans, read_annotations, read_candidates
+from luna_prep.pipeline.plan import plan_build
 from luna_prep.pipeline.sampling import SamplingConfig
 from luna_prep.report.summary import build_summary
 from luna_prep.synthetic.scans import synthesize
@@ -248,3 +251,64 @@ def test_a_real_write_error_in_a_dask_worker_stops_the_build(synth2, tmp_path):
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert PatchStore(out).manifest["seriesuid"].nunique() == 2
+
+
+def test_junk_next_to_the_scans_and_no_candidates_build_with_warnings(synth2, tmp_path):
+    """A macOS copy's ._<uid>.mhd was built as a scan and failed (exit 1 every run); without a candidates file
+    every negative was random, silently."""
+    mhd = next((synth2 / "subset0").glob("*.mhd"))
+    junk = mhd.with_name(f"._{mhd.name}")
+    junk.write_bytes(b"\x00\x05\x16\x07AppleDouble junk")
+    (synth2 / "candidates.csv").rename(tmp_path / "candidates.csv")
+    (synth2 / "candidates_V2.zip").write_bytes(b"")
+    report = run_build(config(synth2, tmp_path / "p.zarr"), workers=0, progress=False)
+    assert report.ok and report.scans_ok == 2
+    assert report.warnings == [
+        f"1 hidden .mhd files skipped (names starting with '.', such as macOS's ._<uid>.mhd; first: {junk})",
+        f"no candidates file under {synth2}: negatives are random only (no hard negatives); candidates_V2.zip is "
+        "not extracted: unzip it there"]
+    assert set(PatchStore(tmp_path / "p.zarr").manifest["kind"]) == {"nodule", "random"}
+    assert "WARNING no candidates file under" in build_summary(report)
+
+
+def test_subsets_without_scans_are_named(synth2, tmp_path):
+    """An empty subset folder was left out without a word; with only such subsets the error says where to look."""
+    nested = synth2 / "subset1" / "subset1"
+    nested.mkdir()
+    for f in list((synth2 / "subset1").glob("*.*")):
+        f.rename(nested / f.name)
+    with pytest.raises(BuildError) as err:
+        run_build(replace(config(synth2, tmp_path / "q.zarr"), subsets=(1,)), workers=0, progress=False)
+    assert str(err.value) == (f"{synth2}: no .mhd scans in subsets [1]; {synth2 / 'subset1'}: no .mhd scans; "
+                              "they are in subset1/subset1: move them up one folder")
+    report = run_build(config(synth2, tmp_path / "p.zarr"), workers=0, progress=False)
+    assert report.ok and report.scans_ok == 1
+    assert report.warnings == [f"{synth2 / 'subset1'}: no .mhd scans; they are in subset1/subset1: move them up "
+                               "one folder"]
+
+
+def test_a_scan_too_small_for_its_negatives_keeps_its_other_patches(tmp_path):
+    """At 1.5 mm a tiny scan is smaller than a 96-voxel patch: no random negative clear of its nodules fits. The
+    scan failed whole; now its nodule and candidate patches are kept, the shortfall is a WARNING, and the store
+    (the shortfall's rows left empty) verifies."""
+    from luna_prep.sharing.verify import verify
+
+    root = synthesize(tmp_path / "luna16", n_scans=1, seed=0, size="tiny", difficulty="easy").root
+    cfg = BuildConfig(data_root=str(root), out=str(tmp_path / "p.zarr"), subsets=(0,), spacing_mm=1.5,
+                      sampling=SamplingConfig(scales=(48, 96), jitter_copies=1))
+    report = run_build(cfg, workers=0, progress=False)
+    assert report.ok and report.scans_ok == 1
+    store = PatchStore(tmp_path / "p.zarr")
+    row = store.scans.iloc[0]
+    shape = "x".join(map(str, row["resampled_shape_zyx"]))
+    tables = read_annotations(root / "annotations.csv"), read_candidates(root / "candidates.csv")
+    (plan,), _ = plan_build(find_scans(root, [0]), *tables, cfg.sampling, cfg.storage.shard_patches)
+    planned = plan.n_samples - row["n_nodule"] - row["n_candidate"]  # candidates outside the scan become randoms
+    placed = int(row["n_random"])
+    assert placed < planned and row["n_nodule"] > 0
+    assert report.warnings == [f"{row['source_path']}: placed only {placed} of {planned} random negatives (no other "
+                               f"place in the {shape}-voxel scan keeps a 96-voxel patch clear of nodules); its other "
+                               "patches are kept"]
+    kinds = store.manifest[store.manifest["scale"] == 48]["kind"].value_counts().to_dict()
+    assert kinds.get("random", 0) == placed and kinds["nodule"] == row["n_nodule"]
+    assert verify(str(tmp_path / "p.zarr"), deep=True).ok

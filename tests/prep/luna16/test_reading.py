@@ -88,6 +88,26 @@ def test_bad_header_geometry_names_the_cause(tmp_path, old, new, cause):
         read_scan(path)
 
 
+def test_a_missing_data_file_names_the_path_looked_for(tmp_path):
+    """The header's ElementDataFile may point elsewhere (../raws/x.raw): the message names where we looked."""
+    path = _write(tmp_path)
+    _edit(path, "ElementDataFile = scan.raw", "ElementDataFile = ../raws/nothere.raw")
+    with pytest.raises(ScanReadError) as err:
+        read_scan(path)
+    assert str(err.value) == (f"{path}: data file ../raws/nothere.raw is missing "
+                              f"(looked for {tmp_path.parent / 'raws' / 'nothere.raw'})")
+
+
+@pytest.mark.parametrize("channels", ["1.0", "0", "two"])
+def test_a_bad_channel_count_names_the_header_and_key(tmp_path, channels):
+    path = _write(tmp_path)
+    _edit(path, "ElementDataFile", f"ElementNumberOfChannels = {channels}\nElementDataFile")
+    with pytest.raises(ScanReadError) as err:
+        read_scan(path)
+    assert str(err.value) == (f"{path}: bad header, ElementNumberOfChannels = {channels!r} "
+                              "(expected a positive integer)")
+
+
 def test_itk_errors_report_their_cause_not_a_source_line(tmp_path):
     """A header our checks pass but ITK refuses: the message keeps ITK's cause line."""
     path = _write(tmp_path)

@@ -96,3 +96,45 @@ def test_the_same_scan_in_two_subsets_is_refused(tmp_path):
     assert [s.seriesuid for s in find_scans(tmp_path, [0])] == ["1.2.3", UID]
     with pytest.raises(TableError, match=rf"subset3/{UID}\.mhd: seriesuid {UID} is also .*subset0/{UID}\.mhd"):
         find_scans(tmp_path, [0, 3])
+
+
+def test_hidden_mhd_files_are_not_scans_and_are_counted(tmp_path):
+    """macOS copies leave ._<uid>.mhd resource forks next to each scan: each was built as a scan and failed."""
+    from luna_prep.luna16.tables import find_scans, subset_notes
+
+    (tmp_path / "subset0").mkdir()
+    for name in (f"{UID}.mhd", f"._{UID}.mhd", "._1.2.3.mhd"):
+        (tmp_path / "subset0" / name).write_text("")
+    assert [s.seriesuid for s in find_scans(tmp_path, [0])] == [UID]
+    assert subset_notes(tmp_path, [0]) == [
+        "2 hidden .mhd files skipped (names starting with '.', such as macOS's ._<uid>.mhd; "
+        f"first: {tmp_path / 'subset0' / '._1.2.3.mhd'})"]
+
+
+def test_subset_folders_without_scans_are_named(tmp_path):
+    """An empty subset, one unzipped a folder too deep (subset1/subset1/*.mhd) and one of .MHD files each get a
+    note naming the folder; a subset holding scans gets none."""
+    from luna_prep.luna16.tables import find_scans, subset_notes
+
+    for k in range(4):
+        (tmp_path / f"subset{k}").mkdir()
+    (tmp_path / "subset1" / "subset1").mkdir()
+    (tmp_path / "subset1" / "subset1" / f"{UID}.mhd").write_text("")
+    (tmp_path / "subset2" / "1.2.3.MHD").write_text("")
+    (tmp_path / "subset2" / "1.2.4.MHD").write_text("")
+    (tmp_path / "subset3" / f"{UID}.mhd").write_text("")
+    assert [s.seriesuid for s in find_scans(tmp_path, [0, 1, 2, 3])] == [UID]
+    assert subset_notes(tmp_path, [0, 1, 2, 3]) == [
+        f"{tmp_path / 'subset0'}: no .mhd scans",
+        f"{tmp_path / 'subset1'}: no .mhd scans; they are in subset1/subset1: move them up one folder",
+        f"{tmp_path / 'subset2'}: 2 scans ending in .MHD skipped (first: 1.2.3.MHD); only .mhd is read: rename them",
+    ]
+
+
+def test_missing_candidates_note_names_an_unextracted_zip(tmp_path):
+    from luna_prep.luna16.tables import missing_candidates_note
+
+    note = f"no candidates file under {tmp_path}: negatives are random only (no hard negatives)"
+    assert missing_candidates_note(tmp_path) == note
+    (tmp_path / "candidates_V2.zip").write_bytes(b"")
+    assert missing_candidates_note(tmp_path) == f"{note}; candidates_V2.zip is not extracted: unzip it there"

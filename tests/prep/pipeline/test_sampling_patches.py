@@ -100,6 +100,15 @@ def test_random_centres_avoid_nodules_and_stay_in_the_lungs():
     assert (vol[tuple(zyx.T)] < 0.3).mean() > 0.9
 
 
+def test_random_centres_return_what_fits_in_a_scan_smaller_than_the_patch():
+    """A patch larger than the scan touches the nodule wherever it goes: none is placed, and no error (it failed
+    the whole scan, nodules included)."""
+    vol = _toy_chest()
+    lungs = lung_mask(vol, 1.0, (-1000, 400), grid_mm=2.0)
+    nod = Nodule(0, np.array([20.0, 30.0, 25.0]), 3.0, 6.0)
+    assert random_centres(7, lungs, vol.shape, [nod], 2 * max(vol.shape), np.random.default_rng(1)) == []
+
+
 def test_nodule_mask_paints_a_given_mask_and_names_its_source():
     blob = np.zeros((3, 4, 5), bool)
     blob[1, 1:3, 1:4] = True
