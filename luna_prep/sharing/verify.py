@@ -298,9 +298,16 @@ def check_volumes(location: StoreLocation, attrs: StoreAttributes, scans, report
                 report.problems.append(str(exc))
 
 
+def _rows(indices) -> str:
+    rows = sorted(int(i) for i in indices)
+    return ", ".join(map(str, rows)) if len(rows) <= 4 else f"{rows[0]}..{rows[-1]} ({len(rows)} rows)"
+
+
 def check_patches(arrays: dict, manifest, attrs: StoreAttributes, report: VerifyReport) -> None:
-    """Read every shard any manifest row uses; each row's mask sum must equal fg_voxels."""
-    bad, unreadable = [], []
+    """Read every shard any manifest row uses; each row's mask sum must equal fg_voxels, and its image must be
+    stored: an image shard file missing under manifest rows, or an image not stored under a mask with
+    foreground, reads as a blank patch (the writer leaves out only all-0 images, and a shard of nothing else)."""
+    bad, unreadable, blank = [], [], []
     for s in attrs.scales:
         mask_arr, image_arr = arrays.get((s, MASK_ARRAY)), arrays.get((s, IMAGE_ARRAY))
         if mask_arr is None or image_arr is None:
@@ -309,11 +316,14 @@ def check_patches(arrays: dict, manifest, attrs: StoreAttributes, report: Verify
         rows = rows[(rows["index"] >= 0) & (rows["index"] < attrs.capacity)]
         for shard, group in rows.groupby(rows["index"] // attrs.shard_patches):
             try:
-                masks = mask_arr.read_shard(int(shard))
+                masks = mask_arr.read_shard(int(shard)) or {}
                 images = image_arr.read_shard(int(shard))
             except Exception as exc:  # noqa: BLE001 - a corrupt shard is a finding
                 unreadable.append(f"{array_path(s, '*')} shard {int(shard)}: {type(exc).__name__}: {exc}")
                 continue
+            if images is None:
+                unreadable.append(f"{image_arr.shard_key(int(shard))} is missing, yet manifest rows "
+                                  f"{_rows(group['index'])} use it: they would read as blank images")
             for r in group.itertuples():
                 mask = masks.get(int(r.index))
                 total = 0 if mask is None else int(np.count_nonzero(mask))
@@ -322,11 +332,16 @@ def check_patches(arrays: dict, manifest, attrs: StoreAttributes, report: Verify
                 if total != int(r.fg_voxels):
                     bad.append(f"scale {s} row {r.index} (sample {r.sample_id}): mask has {total} voxels, "
                                f"fg_voxels says {r.fg_voxels}")
+                if images is not None and total and int(r.index) not in images:
+                    blank.append(f"scale {s} row {r.index} (sample {r.sample_id}) in "
+                                 f"{image_arr.shard_key(int(shard))}")
                 report.patches_read += 1
-            del images
     report.problems += unreadable
     if bad:
         report.problems.append(f"{len(bad)} patches whose mask disagrees with the manifest; first: {bad[0]}")
+    if blank:
+        report.problems.append(f"{len(blank)} patches whose image is not stored (a blank patch) under a mask with "
+                               f"foreground; first: {blank[0]}")
 
 
 def verify(target: str, store_url: str | None = None, deep: bool = False) -> VerifyReport:

@@ -1,0 +1,57 @@
+"""verify and the reader on damaged or unreachable stores: lost image shards, unreadable volume chunks in a .zip,
+dead servers, servers that ignore Range, and URL schemes whose package is not installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from luna_prep.cli import main as cli
+from luna_prep.format.reader import PatchStore
+from luna_prep.format.shard_layout import EMPTY, ShardIndex
+from luna_prep.format.spec import FormatError
+from luna_prep.sharing.verify import verify
+
+from conftest import write_tiny_store
+
+IMAGE_SHARD = "patches/16/image/c/1/0/0/0"  # rows 8..15 of scale 16: nodules 8..11, negatives 12..15
+LAYOUT = ShardIndex(8)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Path(write_tiny_store(tmp_path / "s.zarr", n_scans=2))
+
+
+def _empty_entry(root: Path, row: int) -> None:
+    """Mark ``row``'s chunk of IMAGE_SHARD as not stored (the index keeps its valid crc32c)."""
+    path = root / IMAGE_SHARD
+    data = path.read_bytes()
+    index = LAYOUT.decode(data).copy()
+    index[row - 8] = EMPTY
+    path.write_bytes(data[:-LAYOUT.nbytes] + LAYOUT.encode(index))
+
+
+def test_a_lost_image_shard_fails_verify_deep_and_the_reader(store):
+    (store / IMAGE_SHARD).unlink()
+    report = verify(str(store), deep=True)
+    assert report.problems == [f"{IMAGE_SHARD} is missing, yet manifest rows 8..15 (8 rows) use it: "
+                               "they would read as blank images"], report.format()
+    result = CliRunner().invoke(cli, ["verify", str(store), "--deep"])
+    assert result.exit_code == 1 and f"PROBLEM {IMAGE_SHARD} is missing" in result.output
+    reader = PatchStore(store)
+    for read in (lambda: reader.read_patch(16, 9), lambda: reader.read_stored_many(16, [0, 9])):
+        with pytest.raises(FormatError, match=rf"s\.zarr/{IMAGE_SHARD}: missing, but the mask of row 9 is stored"):
+            read()
+    assert reader.read_patch(16, 0)[0].max() > 0  # the other shard still reads
+
+
+def test_an_image_not_stored_under_a_mask_is_reported_and_an_all_zero_negative_is_not(store):
+    _empty_entry(store, 13)  # a negative: an all-0 image, as the writer leaves out
+    assert verify(str(store), deep=True).ok
+    _empty_entry(store, 9)  # a nodule's image
+    report = verify(str(store), deep=True)
+    assert report.problems == ["1 patches whose image is not stored (a blank patch) under a mask with foreground; "
+                               f"first: scale 16 row 9 (sample 9) in {IMAGE_SHARD}"], report.format()
