@@ -296,6 +296,8 @@ def check_volumes(location: StoreLocation, attrs: StoreAttributes, scans, report
                 report.problems.append(f"{path} is missing (the store was built with --volumes)")
             except FormatError as exc:
                 report.problems.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - e.g. a zip entry's bad CRC or an HTTP 500: a finding
+                report.problems.append(f"{path}: unreadable ({type(exc).__name__}: {exc})")
 
 
 def _rows(indices) -> str:

@@ -3,6 +3,7 @@ dead servers, servers that ignore Range, and URL schemes whose package is not in
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ from luna_prep.cli import main as cli
 from luna_prep.format.reader import PatchStore
 from luna_prep.format.shard_layout import EMPTY, ShardIndex
 from luna_prep.format.spec import FormatError
+from luna_prep.sharing.pack import pack_store
 from luna_prep.sharing.verify import verify
 
 from conftest import write_tiny_store
+from paths import DATA
 
 IMAGE_SHARD = "patches/16/image/c/1/0/0/0"  # rows 8..15 of scale 16: nodules 8..11, negatives 12..15
 LAYOUT = ShardIndex(8)
@@ -55,3 +58,24 @@ def test_an_image_not_stored_under_a_mask_is_reported_and_an_all_zero_negative_i
     report = verify(str(store), deep=True)
     assert report.problems == ["1 patches whose image is not stored (a blank patch) under a mask with foreground; "
                                f"first: scale 16 row 9 (sample 9) in {IMAGE_SHARD}"], report.format()
+
+
+def _flip_entry(zip_path: Path, name_matches) -> str:
+    """Flip a byte of the first entry whose name ``name_matches``; its name."""
+    blob = bytearray(zip_path.read_bytes())
+    with zipfile.ZipFile(zip_path) as zf:
+        info = next(i for i in zf.infolist() if name_matches(i.filename))
+    blob[info.header_offset + 30 + len(info.filename) + len(info.extra) + min(64, info.file_size // 2)] ^= 0x01
+    zip_path.write_bytes(bytes(blob))
+    return info.filename
+
+
+def test_an_unreadable_volume_chunk_in_a_zip_is_a_problem(tmp_path):
+    zip_path = tmp_path / "v1.zip"
+    pack_store(DATA / "store_v1.zarr", zip_path)
+    chunk = _flip_entry(zip_path, lambda name: name.startswith("volumes/") and "/image/c/" in name)
+    report = verify(str(zip_path), deep=True)
+    volume = chunk.rsplit("/c/", 1)[0]
+    assert any(p.startswith(f"{volume}: unreadable (") and "Bad CRC-32" in p
+               for p in report.problems), report.format()
+    assert len(report.problems) == 1 and report.volumes_read == 3
