@@ -30,6 +30,11 @@ class RangeRequestIgnored(LunaError, OSError):
     """A server that answers ranged reads with more bytes than asked (it ignores HTTP Range)."""
 
 
+class StoreReadError(LunaError, OSError):
+    """A file of the store (or the location itself) that could not be read: a connection, archive or server
+    failure, named with the file (an ``OSError`` still, for code that catches those)."""
+
+
 def safe_relpath(rel: str, where: str = "store") -> str:
     """``rel`` normalized; raise :class:`UnsafePathError` when it escapes the store."""
     if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
@@ -42,10 +47,10 @@ def safe_relpath(rel: str, where: str = "store") -> str:
     return norm
 
 
-def _named(display: str, rel: str, exc: Exception) -> OSError:
-    """An fsspec client's error (aiohttp's name only the host) as an OSError naming the file (``rel`` "": the
-    location itself, e.g. a .zip)."""
-    err = OSError(f"{display}{'/' + rel if rel else ''}: {type(exc).__name__}: {exc}")
+def _named(display: str, rel: str, exc: Exception) -> StoreReadError:
+    """An fsspec client's error (aiohttp's name only the host) as a :class:`StoreReadError` naming the file
+    (``rel`` "": the location itself, e.g. a .zip)."""
+    err = StoreReadError(f"{display}{'/' + rel if rel else ''}: {type(exc).__name__}: {exc}")
     err.__cause__ = exc
     return err
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from luna_prep.files import sha256_bytes, sha256_stream
-from luna_prep.format.location import StoreLocation
+from luna_prep.format.location import StoreLocation, is_url
 from luna_prep.format.spec import (
     BUILD_DIR,
     FORMAT_NAME,
@@ -366,13 +366,22 @@ def verify(target: str, store_url: str | None = None, deep: bool = False) -> Ver
     except (FileNotFoundError, OSError, ValueError) as exc:
         report.problems.append(f"cannot open {report.store}: {exc}")
         return report
+    try:  # first, so that a location that cannot be reached is one problem, not one per card file
+        root = location.read(ROOT_METADATA)
+    except FileNotFoundError:
+        root = None
+    except OSError as exc:  # a location that cannot be reached, or a damaged entry of a .zip
+        report.problems.append(f"cannot read {ROOT_METADATA}: {exc}")
+        if card is not None and not is_url(report.store):  # a local .zip: its other files can still be checked
+            check_against_card(location, card, report)
+        return report
     if card is not None:
         check_against_card(location, card, report)
-    try:
-        meta = json.loads(location.read(ROOT_METADATA))
-    except FileNotFoundError:
+    if root is None:
         report.problems.append(f"{ROOT_METADATA} is missing: not a Zarr v3 store")
         return report
+    try:
+        meta = json.loads(root)
     except ValueError as exc:
         report.problems.append(f"{ROOT_METADATA} is not valid JSON ({exc})")
         return report

@@ -3,6 +3,8 @@ dead servers, servers that ignore Range, and URL schemes whose package is not in
 
 from __future__ import annotations
 
+import socket
+import time
 import zipfile
 from pathlib import Path
 
@@ -10,9 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from luna_prep.cli import main as cli
+from luna_prep.errors import LunaError
+from luna_prep.format.http_ranges import CurlReader
 from luna_prep.format.reader import PatchStore
 from luna_prep.format.shard_layout import EMPTY, ShardIndex
 from luna_prep.format.spec import FormatError
+from luna_prep.sharing.cards import write_card
 from luna_prep.sharing.pack import pack_store
 from luna_prep.sharing.verify import verify
 
@@ -79,3 +84,42 @@ def test_an_unreadable_volume_chunk_in_a_zip_is_a_problem(tmp_path):
     assert any(p.startswith(f"{volume}: unreadable (") and "Bad CRC-32" in p
                for p in report.problems), report.format()
     assert len(report.problems) == 1 and report.volumes_read == 3
+
+
+@pytest.fixture
+def quick_retries(monkeypatch):
+    monkeypatch.setattr(CurlReader, "backoff_s", 0.01)
+
+
+def test_an_unreadable_zarr_json_in_a_zip_is_a_problem_and_the_card_still_checked(store, tmp_path):
+    card = write_card(store, "s", tmp_path / "manifests")
+    zip_path = tmp_path / "s.zip"
+    pack_store(store, zip_path)
+    _flip_entry(zip_path, lambda name: name == "zarr.json")
+    report = verify(str(card), store_url=str(zip_path))
+    assert len(report.problems) == 1 and report.problems[0].startswith("cannot read zarr.json: "), report.format()
+    assert "Bad CRC-32" in report.problems[0]
+    assert [a.split(":")[0] for a in report.altered] == ["zarr.json"] and report.files_checked > 1
+
+
+def _dead_url() -> str:
+    with socket.socket() as s:  # a port nothing listens on once the socket is closed
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/patches.zarr"
+
+
+def test_a_dead_server_is_one_problem_and_one_error_line(store, tmp_path, quick_retries):
+    card = write_card(store, "s", tmp_path / "manifests")
+    url = _dead_url()
+    started = time.monotonic()
+    report = verify(str(card), store_url=url)
+    assert len(report.problems) == 1 and report.files_checked == 0, report.format()
+    assert report.problems[0].startswith(f"cannot read zarr.json: {url}/zarr.json: ")
+    assert "curl error 7" in report.problems[0]
+    assert time.monotonic() - started < 5
+    for args in (["info", url], ["verify", url]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # not an escaped exception
+        assert f"{url}/zarr.json" in result.output
+    with pytest.raises(LunaError, match=rf"{url}/zarr\.json: .*curl error 7"):
+        PatchStore(url)
