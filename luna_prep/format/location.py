@@ -83,6 +83,21 @@ def _zip_filesystem(loc: str) -> fsspec.AbstractFileSystem:
         raise _named(loc, "", exc) from None
 
 
+_EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
+
+
+def _url_filesystem(loc: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec's filesystem and root of a URL; a protocol whose package is not installed is named with the extra
+    that installs it."""
+    try:
+        return fsspec.core.url_to_fs(loc)
+    except ImportError as exc:
+        protocol = loc.split("://", 1)[0].lower()
+        package, extra = _EXTRAS.get(protocol, (None, None))
+        hint = f"{package}: pip install 'luna-patches[{extra}]'" if package else f"a package fsspec names: {exc}"
+        raise StoreReadError(f"{loc}: reading {protocol}:// needs {hint}") from None
+
+
 def is_url(location: str) -> bool:
     return "://" in str(location)
 
@@ -149,8 +164,7 @@ class StoreLocation:
         if loc.lower().endswith(".zip"):
             return cls(_zip_filesystem(loc), "", loc)
         if is_url(loc):
-            fs, root = fsspec.core.url_to_fs(loc)
-            return cls(fs, root, loc)
+            return cls(*_url_filesystem(loc), loc)
         path = Path(loc)
         if not path.is_dir():
             raise FileNotFoundError(f"{loc}: no store here (not a folder, .zip or URL)")

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from luna_prep.cli import main as cli
 from luna_prep.errors import LunaError
 from luna_prep.format.http_ranges import CurlReader
+from luna_prep.format.location import StoreLocation
 from luna_prep.format.reader import PatchStore
 from luna_prep.format.shard_layout import EMPTY, ShardIndex
 from luna_prep.format.spec import FormatError
@@ -123,3 +124,21 @@ def test_a_dead_server_is_one_problem_and_one_error_line(store, tmp_path, quick_
         assert f"{url}/zarr.json" in result.output
     with pytest.raises(LunaError, match=rf"{url}/zarr\.json: .*curl error 7"):
         PatchStore(url)
+
+
+@pytest.mark.parametrize("url, package, extra", [("s3://bucket/p.zarr", "s3fs", "s3"),
+                                                 ("gs://bucket/p.zarr", "gcsfs", "gcs")])
+def test_a_cloud_url_without_its_package_names_the_extra(url, package, extra):
+    pytest.importorskip("fsspec")
+    try:
+        __import__(package)
+        pytest.skip(f"{package} is installed")
+    except ImportError:
+        pass
+    scheme = url.split(":")[0]
+    with pytest.raises(LunaError, match=rf"^{url}: reading {scheme}:// needs {package}: "
+                                        rf"pip install 'luna-patches\[{extra}\]'$"):
+        StoreLocation.open(url)
+    result = CliRunner().invoke(cli, ["info", url])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"Error: {url}: reading {scheme}:// needs {package}" in result.output
