@@ -276,9 +276,12 @@ class StoreLocation:
                 f"{self.display}: the server ignored an HTTP Range request for {rel} (sent {sent} bytes for "
                 f"{asked:,}); serve the store from a server that supports Range requests, or download it first")
         if isinstance(blob, Exception):
-            # a range wholly past the end (HTTP 416) holds no bytes, as a local read there returns none
             if getattr(blob, "status", None) == 416:
-                return b""
+                if start >= 0:  # a range starting at or past the file's end (RFC 9110): no bytes, as a local read
+                    return b""
+                # a suffix range is satisfiable from any non-empty file
+                return StoreReadError(f"{self.display}: {rel}: HTTP 416 (range not satisfiable) for its last "
+                                      f"{-start:,} bytes: the file is empty, or the server refuses suffix ranges")
             if self._curl or isinstance(blob, FileNotFoundError):  # these name the file already, or mean "none"
                 return blob
             return _named(self.display, rel, blob)

@@ -23,6 +23,7 @@ from luna_prep.sharing.pack import pack_store
 from luna_prep.sharing.verify import verify
 
 from conftest import write_tiny_store
+from http_server import serve_directory
 from paths import DATA
 
 IMAGE_SHARD = "patches/16/image/c/1/0/0/0"  # rows 8..15 of scale 16: nodules 8..11, negatives 12..15
@@ -142,3 +143,13 @@ def test_a_cloud_url_without_its_package_names_the_extra(url, package, extra):
     result = CliRunner().invoke(cli, ["info", url])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert f"Error: {url}: reading {scheme}:// needs {package}" in result.output
+
+
+def test_an_empty_shard_over_http_names_the_416(store):
+    (store / IMAGE_SHARD).write_bytes(b"")
+    with serve_directory(store.parent) as (base, _):
+        with pytest.raises(OSError, match=rf"s\.zarr: {IMAGE_SHARD}: HTTP 416 \(range not satisfiable\) for its last "
+                                          "131,072 bytes: the file is empty"):
+            PatchStore(f"{base}/s.zarr").read_patch(16, 9)
+        location = StoreLocation.open(f"{base}/s.zarr")
+        assert location.read_range("zarr.json", 10**6, 10**6 + 10) == b""  # past the end: no bytes, as locally
