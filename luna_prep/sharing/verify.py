@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from luna_prep.files import sha256_bytes, sha256_stream
-from luna_prep.format.location import StoreLocation, is_url
+from luna_prep.format.location import RangeRequestIgnored, StoreLocation, is_url
 from luna_prep.format.spec import (
     BUILD_DIR,
     FORMAT_NAME,
@@ -139,6 +139,17 @@ def check_against_card(location: StoreLocation, card: dict, report: VerifyReport
         report.notes.append(f"the store cannot be listed ({type(exc).__name__}): unexpected files not checked")
         return
     report.unexpected += sorted(rel for rel in present if rel not in listed and rel.split("/", 1)[0] != BUILD_DIR)
+
+
+def check_ranges(location: StoreLocation, report: VerifyReport) -> None:
+    """One 1-byte ranged read: a server that ignores HTTP Range serves whole files, which plain reads (and so
+    the other checks) accept, but a reader of patches cannot use."""
+    try:
+        location.read_range(ROOT_METADATA, 0, 1)
+    except RangeRequestIgnored as exc:
+        report.problems.append(str(exc))
+    except OSError:  # no zarr.json: reported with the other checks
+        pass
 
 
 def _array_metadata(location: StoreLocation, meta: dict, path: str, report: VerifyReport) -> dict | None:
@@ -375,6 +386,8 @@ def verify(target: str, store_url: str | None = None, deep: bool = False) -> Ver
         if card is not None and not is_url(report.store):  # a local .zip: its other files can still be checked
             check_against_card(location, card, report)
         return report
+    if location.is_http:
+        check_ranges(location, report)
     if card is not None:
         check_against_card(location, card, report)
     if root is None:

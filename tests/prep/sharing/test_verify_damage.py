@@ -153,3 +153,14 @@ def test_an_empty_shard_over_http_names_the_416(store):
             PatchStore(f"{base}/s.zarr").read_patch(16, 9)
         location = StoreLocation.open(f"{base}/s.zarr")
         assert location.read_range("zarr.json", 10**6, 10**6 + 10) == b""  # past the end: no bytes, as locally
+
+
+def test_a_server_that_ignores_range_fails_verify(store, tmp_path):
+    card = write_card(store, "s", tmp_path / "manifests")
+    with serve_directory(store.parent, ranges=False) as (base, _):
+        report = verify(str(card), store_url=f"{base}/s.zarr")
+    assert report.files_checked > 0 and not report.altered and not report.missing
+    assert len(report.problems) == 1, report.format()
+    assert report.problems[0].startswith(f"{base}/s.zarr: the server ignored an HTTP Range request for zarr.json")
+    with serve_directory(store.parent) as (base, _):
+        assert verify(str(card), store_url=f"{base}/s.zarr").ok
