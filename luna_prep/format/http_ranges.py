@@ -4,9 +4,9 @@ A training batch over HTTP is one ranged GET per patch. fsspec's client (aiohttp
 on each; libcurl's multi interface runs the whole batch concurrently on reused keep-alive connections
 for ~0.17 ms each, so a loader worker delivers about twice the patches. Transient failures (connection
 errors, timeouts, 408/425/429/500/502/503/504) are retried with exponential backoff, as an hours-long
-run from a remote store needs; a missing file is a ``FileNotFoundError`` and other statuses an
-:class:`HTTPStatusError`, each naming the URL. Without pycurl (or with ``LUNA_HTTP_CLIENT=fsspec``)
-the store reads through fsspec.
+run from a remote store needs; a missing file is a ``FileNotFoundError``, other statuses an
+:class:`HTTPStatusError` and failed transfers a :class:`TransferError`, each naming the URL. Without pycurl
+(or with ``LUNA_HTTP_CLIENT=fsspec``) the store reads through fsspec.
 
 libcurl handles do not survive ``fork`` (a DataLoader worker): each process and thread builds its own,
 and a forked child leaves its parent's untouched.
@@ -40,6 +40,10 @@ class HTTPStatusError(LunaError, OSError):
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.status = status
+
+
+class TransferError(LunaError, OSError):
+    """A GET that failed before an answer came (connection refused, host not found, timeout), naming the URL."""
 
 
 def available() -> bool:
@@ -199,7 +203,7 @@ class CurlReader:
         if status in (404, 410):  # whatever the error page's length
             return FileNotFoundError(f"{t.url}: not found (HTTP {status})"), False
         if error is not None and not too_large:
-            return OSError(f"{t.url}: {error[1]} (curl error {error[0]})"), error[0] in TRANSIENT_CURL_ERRORS
+            return TransferError(f"{t.url}: {error[1]} (curl error {error[0]})"), error[0] in TRANSIENT_CURL_ERRORS
         if status in (200, 206) and error is None:
             return t.body.getvalue(), False
         return HTTPStatusError(f"{t.url}: HTTP {status}", status), status in RETRY_STATUSES

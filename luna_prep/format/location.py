@@ -30,6 +30,11 @@ class RangeRequestIgnored(LunaError, OSError):
     """A server that answers ranged reads with more bytes than asked (it ignores HTTP Range)."""
 
 
+class StoreReadError(LunaError, OSError):
+    """A file of the store (or the location itself) that could not be read: a connection, archive or server
+    failure, named with the file (an ``OSError`` still, for code that catches those)."""
+
+
 def safe_relpath(rel: str, where: str = "store") -> str:
     """``rel`` normalized; raise :class:`UnsafePathError` when it escapes the store."""
     if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
@@ -42,10 +47,10 @@ def safe_relpath(rel: str, where: str = "store") -> str:
     return norm
 
 
-def _named(display: str, rel: str, exc: Exception) -> OSError:
-    """An fsspec client's error (aiohttp's name only the host) as an OSError naming the file (``rel`` "": the
-    location itself, e.g. a .zip)."""
-    err = OSError(f"{display}{'/' + rel if rel else ''}: {type(exc).__name__}: {exc}")
+def _named(display: str, rel: str, exc: Exception) -> StoreReadError:
+    """An fsspec client's error (aiohttp's name only the host) as a :class:`StoreReadError` naming the file
+    (``rel`` "": the location itself, e.g. a .zip)."""
+    err = StoreReadError(f"{display}{'/' + rel if rel else ''}: {type(exc).__name__}: {exc}")
     err.__cause__ = exc
     return err
 
@@ -76,6 +81,21 @@ def _zip_filesystem(loc: str) -> fsspec.AbstractFileSystem:
                                   "there needs; serve it from a server that does, or download it first") from None
     except OSError as exc:
         raise _named(loc, "", exc) from None
+
+
+_EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
+
+
+def _url_filesystem(loc: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec's filesystem and root of a URL; a protocol whose package is not installed is named with the extra
+    that installs it."""
+    try:
+        return fsspec.core.url_to_fs(loc)
+    except ImportError as exc:
+        protocol = loc.split("://", 1)[0].lower()
+        package, extra = _EXTRAS.get(protocol, (None, None))
+        hint = f"{package}: pip install 'luna-patches[{extra}]'" if package else f"a package fsspec names: {exc}"
+        raise StoreReadError(f"{loc}: reading {protocol}:// needs {hint}") from None
 
 
 def is_url(location: str) -> bool:
@@ -144,8 +164,7 @@ class StoreLocation:
         if loc.lower().endswith(".zip"):
             return cls(_zip_filesystem(loc), "", loc)
         if is_url(loc):
-            fs, root = fsspec.core.url_to_fs(loc)
-            return cls(fs, root, loc)
+            return cls(*_url_filesystem(loc), loc)
         path = Path(loc)
         if not path.is_dir():
             raise FileNotFoundError(f"{loc}: no store here (not a folder, .zip or URL)")
@@ -257,9 +276,12 @@ class StoreLocation:
                 f"{self.display}: the server ignored an HTTP Range request for {rel} (sent {sent} bytes for "
                 f"{asked:,}); serve the store from a server that supports Range requests, or download it first")
         if isinstance(blob, Exception):
-            # a range wholly past the end (HTTP 416) holds no bytes, as a local read there returns none
             if getattr(blob, "status", None) == 416:
-                return b""
+                if start >= 0:  # a range starting at or past the file's end (RFC 9110): no bytes, as a local read
+                    return b""
+                # a suffix range is satisfiable from any non-empty file
+                return StoreReadError(f"{self.display}: {rel}: HTTP 416 (range not satisfiable) for its last "
+                                      f"{-start:,} bytes: the file is empty, or the server refuses suffix ranges")
             if self._curl or isinstance(blob, FileNotFoundError):  # these name the file already, or mean "none"
                 return blob
             return _named(self.display, rel, blob)

@@ -140,9 +140,21 @@ class PatchStore:
                                   f"({type(exc).__name__}: {exc})") from exc
         return self._arrays[path]
 
+    def _check_images(self, scale: int, rows) -> None:
+        """FormatError when the image shard file of a row is missing while the row's mask is stored: a lost file
+        (the writer leaves out only a shard of all-0 images), which would read as blank images under masks."""
+        image, mask = self.patches(scale, IMAGE_ARRAY), self.patches(scale, MASK_ARRAY)
+        for row in rows:
+            if mask.is_stored(row) and not image.has_file(row):
+                raise FormatError(f"{self.root}/{image.shard_key(int(row) // image.shard_len)}: missing, but the "
+                                  f"mask of row {int(row)} is stored: the store is incomplete (fetch it again, or "
+                                  "check it with luna-prep verify)")
+
     def read_stored(self, scale: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(image as stored (uint8 or float16), mask uint8) of one patch; decode with decode_image."""
-        return self.patches(scale, IMAGE_ARRAY).read(index), self.patches(scale, MASK_ARRAY).read(index)
+        image, mask = self.patches(scale, IMAGE_ARRAY).read(index), self.patches(scale, MASK_ARRAY).read(index)
+        self._check_images(scale, [index])
+        return image, mask
 
     def read_stored_many(self, scale: int, indices: list[int],
                          out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -150,6 +162,7 @@ class PatchStore:
         (image and mask batches, ``(len(indices), s, s, s)`` in the stored dtypes) decoded straight into them."""
         arrays = [self.patches(scale, IMAGE_ARRAY), self.patches(scale, MASK_ARRAY)]
         images, masks = read_many(arrays, list(indices), None if out is None else list(out))
+        self._check_images(scale, indices)
         return images, masks
 
     def stored_dtypes(self, scale: int) -> tuple[np.dtype, np.dtype]:
@@ -158,9 +171,8 @@ class PatchStore:
 
     def read_patch(self, scale: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(image float32 in [0, 1], mask uint8) of one patch, each (s, s, s) in (z, y, x)."""
-        image = decode_image(self.patches(scale, IMAGE_ARRAY).read(index), self.attrs.image_dtype)
-        mask = self.patches(scale, MASK_ARRAY).read(index)
-        return image, mask
+        stored, mask = self.read_stored(scale, index)
+        return decode_image(stored, self.attrs.image_dtype), mask
 
     def has_volumes(self) -> bool:
         return bool(self.attrs.build_config.get("volumes"))

@@ -218,6 +218,15 @@ class ShardedPatchArray:
             self._shard_requests[shard] = cached
         return cached
 
+    def has_file(self, row: int) -> bool:
+        """Whether the shard file holding ``row`` exists (its index is read once and cached)."""
+        return self._index(int(row) // self.shard_len) is not None
+
+    def is_stored(self, row: int) -> bool:
+        """Whether ``row``'s chunk is stored (not all fill)."""
+        shard, within = divmod(int(row), self.shard_len)
+        return self._requests_of(shard)[within] is not None
+
     def empty(self) -> np.ndarray:
         return np.full(self.shape[1:], self.fill_value, dtype=self.dtype.newbyteorder("="))
 
@@ -252,12 +261,12 @@ class ShardedPatchArray:
             blob = self.location.read_range(key, start, stop)
         return self.decode(blob, i, stop - start)
 
-    def read_shard(self, shard: int) -> dict[int, np.ndarray]:
-        """Every written patch of one shard, from one whole-file read: {row: patch}."""
+    def read_shard(self, shard: int) -> dict[int, np.ndarray] | None:
+        """Every written patch of one shard, from one whole-file read: {row: patch}; None when there is no file."""
         try:
             data = self.location.read(self.shard_key(shard))
         except FileNotFoundError:
-            return {}
+            return None
         index = self._parse_index(shard, data, len(data))
         first = shard * self.shard_len
         return {first + k: self.decode(data[start:stop], first + k) for k, start, stop in self.layout.spans(index)}

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from luna_prep.files import sha256_bytes, sha256_stream
-from luna_prep.format.location import StoreLocation
+from luna_prep.format.location import RangeRequestIgnored, StoreLocation, is_url
 from luna_prep.format.spec import (
     BUILD_DIR,
     FORMAT_NAME,
@@ -139,6 +139,17 @@ def check_against_card(location: StoreLocation, card: dict, report: VerifyReport
         report.notes.append(f"the store cannot be listed ({type(exc).__name__}): unexpected files not checked")
         return
     report.unexpected += sorted(rel for rel in present if rel not in listed and rel.split("/", 1)[0] != BUILD_DIR)
+
+
+def check_ranges(location: StoreLocation, report: VerifyReport) -> None:
+    """One 1-byte ranged read: a server that ignores HTTP Range serves whole files, which plain reads (and so
+    the other checks) accept, but a reader of patches cannot use."""
+    try:
+        location.read_range(ROOT_METADATA, 0, 1)
+    except RangeRequestIgnored as exc:
+        report.problems.append(str(exc))
+    except OSError:  # no zarr.json: reported with the other checks
+        pass
 
 
 def _array_metadata(location: StoreLocation, meta: dict, path: str, report: VerifyReport) -> dict | None:
@@ -296,11 +307,20 @@ def check_volumes(location: StoreLocation, attrs: StoreAttributes, scans, report
                 report.problems.append(f"{path} is missing (the store was built with --volumes)")
             except FormatError as exc:
                 report.problems.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - e.g. a zip entry's bad CRC or an HTTP 500: a finding
+                report.problems.append(f"{path}: unreadable ({type(exc).__name__}: {exc})")
+
+
+def _rows(indices) -> str:
+    rows = sorted(int(i) for i in indices)
+    return ", ".join(map(str, rows)) if len(rows) <= 4 else f"{rows[0]}..{rows[-1]} ({len(rows)} rows)"
 
 
 def check_patches(arrays: dict, manifest, attrs: StoreAttributes, report: VerifyReport) -> None:
-    """Read every shard any manifest row uses; each row's mask sum must equal fg_voxels."""
-    bad, unreadable = [], []
+    """Read every shard any manifest row uses; each row's mask sum must equal fg_voxels, and its image must be
+    stored: an image shard file missing under manifest rows, or an image not stored under a mask with
+    foreground, reads as a blank patch (the writer leaves out only all-0 images, and a shard of nothing else)."""
+    bad, unreadable, blank = [], [], []
     for s in attrs.scales:
         mask_arr, image_arr = arrays.get((s, MASK_ARRAY)), arrays.get((s, IMAGE_ARRAY))
         if mask_arr is None or image_arr is None:
@@ -309,11 +329,14 @@ def check_patches(arrays: dict, manifest, attrs: StoreAttributes, report: Verify
         rows = rows[(rows["index"] >= 0) & (rows["index"] < attrs.capacity)]
         for shard, group in rows.groupby(rows["index"] // attrs.shard_patches):
             try:
-                masks = mask_arr.read_shard(int(shard))
+                masks = mask_arr.read_shard(int(shard)) or {}
                 images = image_arr.read_shard(int(shard))
             except Exception as exc:  # noqa: BLE001 - a corrupt shard is a finding
                 unreadable.append(f"{array_path(s, '*')} shard {int(shard)}: {type(exc).__name__}: {exc}")
                 continue
+            if images is None:
+                unreadable.append(f"{image_arr.shard_key(int(shard))} is missing, yet manifest rows "
+                                  f"{_rows(group['index'])} use it: they would read as blank images")
             for r in group.itertuples():
                 mask = masks.get(int(r.index))
                 total = 0 if mask is None else int(np.count_nonzero(mask))
@@ -322,11 +345,16 @@ def check_patches(arrays: dict, manifest, attrs: StoreAttributes, report: Verify
                 if total != int(r.fg_voxels):
                     bad.append(f"scale {s} row {r.index} (sample {r.sample_id}): mask has {total} voxels, "
                                f"fg_voxels says {r.fg_voxels}")
+                if images is not None and total and int(r.index) not in images:
+                    blank.append(f"scale {s} row {r.index} (sample {r.sample_id}) in "
+                                 f"{image_arr.shard_key(int(shard))}")
                 report.patches_read += 1
-            del images
     report.problems += unreadable
     if bad:
         report.problems.append(f"{len(bad)} patches whose mask disagrees with the manifest; first: {bad[0]}")
+    if blank:
+        report.problems.append(f"{len(blank)} patches whose image is not stored (a blank patch) under a mask with "
+                               f"foreground; first: {blank[0]}")
 
 
 def verify(target: str, store_url: str | None = None, deep: bool = False) -> VerifyReport:
@@ -349,13 +377,24 @@ def verify(target: str, store_url: str | None = None, deep: bool = False) -> Ver
     except (FileNotFoundError, OSError, ValueError) as exc:
         report.problems.append(f"cannot open {report.store}: {exc}")
         return report
+    try:  # first, so that a location that cannot be reached is one problem, not one per card file
+        root = location.read(ROOT_METADATA)
+    except FileNotFoundError:
+        root = None
+    except OSError as exc:  # a location that cannot be reached, or a damaged entry of a .zip
+        report.problems.append(f"cannot read {ROOT_METADATA}: {exc}")
+        if card is not None and not is_url(report.store):  # a local .zip: its other files can still be checked
+            check_against_card(location, card, report)
+        return report
+    if location.is_http:
+        check_ranges(location, report)
     if card is not None:
         check_against_card(location, card, report)
-    try:
-        meta = json.loads(location.read(ROOT_METADATA))
-    except FileNotFoundError:
+    if root is None:
         report.problems.append(f"{ROOT_METADATA} is missing: not a Zarr v3 store")
         return report
+    try:
+        meta = json.loads(root)
     except ValueError as exc:
         report.problems.append(f"{ROOT_METADATA} is not valid JSON ({exc})")
         return report
