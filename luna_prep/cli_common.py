@@ -21,9 +21,20 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 def as_click_error(exc: LunaError | FileNotFoundError) -> click.ClickException:
     """The click exception that reports ``exc`` in one line with its exit status."""
     message = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
+    message = _without_worker_traceback(message)
     if getattr(exc, "exit_code", 1) == 2:
         return click.UsageError(message)
     return click.ClickException(message)
+
+
+def _without_worker_traceback(message: str) -> str:
+    """torch re-raises a DataLoader worker's error with the worker's whole traceback in its message
+    ("Caught X in DataLoader worker process 0. Original Traceback ..."): keep the error's own last line."""
+    if not message.startswith("Caught ") or "Original Traceback" not in message:
+        return message
+    head, last = message.split("\n", 1)[0], message.rstrip().splitlines()[-1]
+    where = head.split(" in ", 1)[1].rstrip(".") if " in " in head else "a worker"
+    return f"{last.split(': ', 1)[-1]} (in {where})"
 
 
 class LunaGroup(click.Group):

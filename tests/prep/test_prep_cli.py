@@ -43,6 +43,26 @@ def test_luna_error_is_one_line_exit_1_naming_the_file():
     assert isinstance(res.exception, SystemExit)
 
 
+@toy.command("worker-fail")
+def worker_fail():
+    """What a DataLoader does with an error raised in a worker: torch re-raises it with the worker's traceback."""
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise FormatError("http://host/s.zarr/patches/48/image/c/1/0/0/0: HTTP 500")
+    except FormatError:
+        ExceptionWrapper(sys.exc_info(), where="in DataLoader worker process 0").reraise()
+
+
+def test_an_error_in_a_loader_worker_is_one_line_too():
+    """It printed "Error: Caught FormatError in DataLoader worker process 0. Original Traceback ..." and the
+    worker's whole traceback."""
+    res = CliRunner().invoke(toy, ["worker-fail"])
+    assert res.exit_code == 1
+    assert res.output == ("Error: http://host/s.zarr/patches/48/image/c/1/0/0/0: HTTP 500 "
+                          "(in DataLoader worker process 0)\n")
+
+
 def test_missing_input_names_the_file():
     res = CliRunner().invoke(toy, ["fail", "missing"])
     assert res.exit_code == 1 and res.output == "Error: data/annotations.csv: No such file or directory\n"
