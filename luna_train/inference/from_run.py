@@ -184,7 +184,10 @@ def detect_to_files(run: RunModel, run_dir: str | Path, dataset: str | None, sub
     from luna_prep.sharing.cards import open_dataset
 
     subsets = tuple(subsets or run.model.config.split.test_subsets)
-    store = open_dataset(dataset or RunDir(run_dir).dataset(run.model.config.data.dataset))
+    location = dataset or RunDir(run_dir).dataset(run.model.config.data.dataset)
+    store = open_dataset(location)
+    for member in run.model.run_dirs:
+        RunDir(member).refuse_other_store(location, store.attrs)
     submission, uids, timings = detect_store(run.model, store, subsets, run.detect, plots, annotations)
     out = Path(out) if out else Path(run_dir) / "submission.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
