@@ -102,8 +102,29 @@ def refuse_other_preprocessing(model: PreprocessingSpec, model_from: str | Path,
     was trained on: the model would see scans resampled, windowed or quantized other than it learned."""
     changes = preprocessing_changes(model, store)
     if changes:
-        raise InputError(f"{store_from}: built with other preprocessing than the model of {model_from}: "
+        raise InputError(f"{store_from}: built with other preprocessing than the model's ({model_from}): "
                          f"{'; '.join(changes)}; use a store built with the model's settings")
+
+
+def refuse_other_store_on_resume(run_dir: str | Path, trained_on: str, dataset: str) -> None:
+    """``--resume`` with the store ``dataset``: refuse it when built otherwise than the run's model, as its
+    ``preprocessing.json`` records or, without one, as the store ``trained_on`` (the checkpoint's
+    ``data.dataset``) is built; nothing to compare with when that store no longer opens."""
+    from luna_prep.sharing.cards import open_dataset
+
+    run = RunDir(run_dir)
+    attrs = open_dataset(dataset).attrs
+    if run.file(PREPROCESSING_FILE).is_file():
+        run.refuse_other_store(dataset, attrs)
+        return
+    if trained_on == dataset:
+        return
+    try:
+        old = open_dataset(trained_on).attrs
+    except (OSError, ValueError):  # moved away: the new location is all there is
+        return
+    refuse_other_preprocessing(PreprocessingSpec.from_store(old, 1, None), trained_on,
+                               PreprocessingSpec.from_store(attrs, 1, None), dataset)
 
 
 def spec_of_store(dataset: str, eval_scale: int, input_size: int | None) -> PreprocessingSpec:

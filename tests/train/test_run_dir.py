@@ -28,6 +28,7 @@ from luna_train.run_dir import (
     RunDir,
     preprocessing_changes,
     refuse_other_preprocessing,
+    refuse_other_store_on_resume,
 )
 
 
@@ -212,7 +213,7 @@ def test_a_store_built_otherwise_than_the_model_is_named_field_by_field():
     refuse_other_preprocessing(model, "run/preprocessing.json", replace(model, scales=(64,)), "same.zarr")
     with pytest.raises(InputError) as err:
         refuse_other_preprocessing(model, "run/preprocessing.json", store, "other.zarr")
-    assert str(err.value) == ("other.zarr: built with other preprocessing than the model of run/preprocessing.json: "
+    assert str(err.value) == ("other.zarr: built with other preprocessing than the model's (run/preprocessing.json): "
                               "spacing_mm 1.0 -> 1.5; hu_window [-1000.0, 400.0] -> [-1200.0, 600.0]; use a store "
                               "built with the model's settings")
     assert preprocessing_changes(model, replace(model, image_dtype="float16")) == ["image_dtype uint8 -> float16"]
@@ -225,6 +226,22 @@ def test_evaluate_and_detect_refuse_a_store_built_otherwise(tiny_run, tmp_path):
     for command in (["evaluate", str(run_dir)], ["detect", str(run_dir), "--out", str(tmp_path / "s.csv")]):
         res = CliRunner().invoke(main, [*command, "--dataset", str(other)])
         assert res.exit_code == 1 and "Traceback" not in res.output, res.output
-        assert (f"{other}: built with other preprocessing than the model of {run_dir / PREPROCESSING_FILE}: "
+        assert (f"{other}: built with other preprocessing than the model's ({run_dir / PREPROCESSING_FILE}): "
                 "image_dtype uint8 -> float16;") in res.output
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_resuming_with_a_store_built_otherwise_is_refused(tiny_run, tmp_path):
+    """What `luna-train run --resume --dataset OTHER` checks: the run's preprocessing.json, or (a run stopped
+    before writing it) the store the checkpoint trained on; a moved store cannot be compared."""
+    run_dir, store = tiny_run
+    same = write_tiny_store(tmp_path / "same.zarr")
+    other = write_tiny_store(tmp_path / "f16.zarr", image_dtype="float16")
+    refuse_other_store_on_resume(run_dir, str(store), str(same))
+    with pytest.raises(InputError, match=rf"f16.zarr: .* \({run_dir / PREPROCESSING_FILE}\): image_dtype uint8 -> "):
+        refuse_other_store_on_resume(run_dir, str(store), str(other))
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    with pytest.raises(InputError, match=rf"f16.zarr: .* \({same}\): image_dtype uint8 -> float16; "):
+        refuse_other_store_on_resume(stopped, str(same), str(other))
+    refuse_other_store_on_resume(stopped, str(tmp_path / "moved.zarr"), str(other))
