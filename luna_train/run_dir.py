@@ -81,6 +81,52 @@ class PreprocessingSpec:
                    scales=tuple(attrs.scales), eval_scale=int(eval_scale), input_size=input_size)
 
 
+# what a store's build fixes of a model's input (the rest of a spec is the run's patch geometry)
+BUILD_FIELDS = ("spacing_mm", "hu_window", "image_dtype")
+
+
+def _plain(value: Any) -> str:
+    """A spec value as written in a config: 1.5, [-1000.0, 400.0], uint8."""
+    return str(list(value)) if isinstance(value, tuple) else str(value)
+
+
+def preprocessing_changes(old: PreprocessingSpec, new: PreprocessingSpec) -> list[str]:
+    """``hu_window [-1000.0, 400.0] -> [-1200.0, 600.0]`` for each build setting ``new`` changes."""
+    return [f"{k} {_plain(getattr(old, k))} -> {_plain(getattr(new, k))}" for k in BUILD_FIELDS
+            if getattr(old, k) != getattr(new, k)]
+
+
+def refuse_other_preprocessing(model: PreprocessingSpec, model_from: str | Path, store: PreprocessingSpec,
+                               store_from: str | Path) -> None:
+    """An InputError naming both and each changed setting when ``store`` was built otherwise than ``model``
+    was trained on: the model would see scans resampled, windowed or quantized other than it learned."""
+    changes = preprocessing_changes(model, store)
+    if changes:
+        raise InputError(f"{store_from}: built with other preprocessing than the model's ({model_from}): "
+                         f"{'; '.join(changes)}; use a store built with the model's settings")
+
+
+def refuse_other_store_on_resume(run_dir: str | Path, trained_on: str, dataset: str) -> None:
+    """``--resume`` with the store ``dataset``: refuse it when built otherwise than the run's model, as its
+    ``preprocessing.json`` records or, without one, as the store ``trained_on`` (the checkpoint's
+    ``data.dataset``) is built; nothing to compare with when that store no longer opens."""
+    from luna_prep.sharing.cards import open_dataset
+
+    run = RunDir(run_dir)
+    attrs = open_dataset(dataset).attrs
+    if run.file(PREPROCESSING_FILE).is_file():
+        run.refuse_other_store(dataset, attrs)
+        return
+    if trained_on == dataset:
+        return
+    try:
+        old = open_dataset(trained_on).attrs
+    except (OSError, ValueError):  # moved away: the new location is all there is
+        return
+    refuse_other_preprocessing(PreprocessingSpec.from_store(old, 1, None), trained_on,
+                               PreprocessingSpec.from_store(attrs, 1, None), dataset)
+
+
 def spec_of_store(dataset: str, eval_scale: int, input_size: int | None) -> PreprocessingSpec:
     """The spec of a model trained on the store at ``dataset`` (opens the store)."""
     from luna_prep.sharing.cards import open_dataset
@@ -150,6 +196,15 @@ class RunDir:
             raise InputError(f"{self.path}: no {PREPROCESSING_FILE} (the run predates it), and its store {store} "
                              f"cannot be opened to learn the spacing, HU window and image dtype ({exc}); pass "
                              f"--dataset STORE the model was trained on") from None
+
+    def refuse_other_store(self, store: str, attrs) -> None:
+        """Refuse the store at ``store`` (its :class:`~luna_prep.format.spec.StoreAttributes` ``attrs``) when it was
+        built otherwise than ``preprocessing.json`` records; runs older than that file are not checked."""
+        f = self.file(PREPROCESSING_FILE)
+        if f.is_file():
+            spec = self.preprocessing()
+            refuse_other_preprocessing(spec, f, PreprocessingSpec.from_store(attrs, spec.eval_scale, spec.input_size),
+                                       store)
 
     def write_postprocess(self, cfg: PostprocessConfig, provenance: dict[str, Any]) -> Path:
         """Freeze ``cfg`` (tuned at the model's voxel size) into ``postprocess.json``, with where it came from."""

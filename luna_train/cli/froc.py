@@ -13,7 +13,9 @@ def format_froc(d: dict) -> str:
     """The text report of a FROC result's JSON dict: counts, the operating points with their band, CPM."""
     lines = [f"{d['n_scans']} scans, {d['n_nodules']} nodules, {d['n_hits']} detected, "
              f"{d['n_candidates']} candidates, {d['n_false_positives']} false positives "
-             f"({d['n_ignored_excluded']} on excluded findings, {d['n_ignored_double']} double hits ignored)",
+             f"({d['n_ignored_excluded']} on excluded findings, {d['n_ignored_double']} double hits ignored, "
+             f"{d['n_unlisted']} of scans not in the seriesuids list)",
+             *unlisted_warning(d),
              f"{'FPs/scan':>10}  {'sensitivity':>11}  95% band"]
     for fp, s, lo, hi in zip(d["operating_points"], d["sensitivities"], d["sensitivities_lower"],
                              d["sensitivities_upper"]):
@@ -21,6 +23,18 @@ def format_froc(d: dict) -> str:
     lo, hi = d["cpm_ci"]
     lines.append(f"CPM {_fmt(d['cpm'])} (95% CI {_fmt(lo)}-{_fmt(hi)}, {d['n_bootstrap']} bootstrap samples)")
     return "\n".join(lines)
+
+
+def unlisted_warning(d: dict) -> list[str]:
+    """A WARNING line when submission rows are of scans the seriesuids list lacks (they are not scored)."""
+    if not d["n_unlisted"]:
+        return []
+    example = f"e.g. {d['unlisted_example']}"
+    if d["n_candidates"] + d["n_dropped_cap"] == 0:
+        return [f"WARNING: no submission row is of a listed scan ({example}): every nodule counts as missed; do the "
+                "submission's seriesuids name the scans as the seriesuids list does (no .mhd suffix, no path)?"]
+    return [f"WARNING: {d['n_unlisted']} submission rows are of scans not in the seriesuids list ({example}): "
+            "not scored"]
 
 
 @click.command("froc")

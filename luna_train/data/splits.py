@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from luna_prep.format.spec import StoreAttributes
 from luna_prep.sharing.cards import open_dataset
 
 SETS = ("train", "val", "test")
+
+log = logging.getLogger("luna_train")
 
 
 @dataclass(frozen=True)
@@ -101,5 +104,36 @@ def select_rows(dataset: str, split: SplitConfig, scale_weights: Mapping, eval_s
     train = sets["train"][sets["train"]["scale"].isin(train_scales)]
     val = sets["val"][sets["val"]["scale"] == eval_scale]
     test = sets["test"][sets["test"]["scale"] == eval_scale]
+    rows = {"train": train, "val": val, "test": test}
+    _warn_absent_subsets(dataset, split.resolved(), store.manifest)
+    _check_positives(dataset, split.resolved(), rows, eval_scale)
     return RunData(*(df.sort_values(["scale", "index"]).reset_index(drop=True) for df in (train, val, test)),
                    attrs=store.attrs)
+
+
+def _warn_absent_subsets(dataset: str, subsets: dict[str, tuple[int, ...]], manifest: pd.DataFrame) -> None:
+    """A WARNING per set for the asked subsets the store does not hold (a set holding none is refused earlier)."""
+    present = {int(s) for s in pd.unique(manifest["subset"])}
+    for name in SETS:
+        absent = sorted(set(subsets[name]) - present)
+        if absent:
+            used = sorted(set(subsets[name]) & present)
+            log.warning("%s: subsets %s of the %s set are not in the store (it holds subsets %s): %s uses subsets %s",
+                        dataset, absent, name, sorted(present), name, used)
+
+
+def _check_positives(dataset: str, subsets: dict[str, tuple[int, ...]], rows: dict[str, pd.DataFrame],
+                     eval_scale: int) -> None:
+    """Refuse validation rows without nodule voxels (the best model would be chosen on nothing: a model that
+    predicts nothing scores Dice 1.0 there); a WARNING for a train or test set without them."""
+    def has_nodules(name: str) -> bool:
+        return rows[name].empty or bool((rows[name]["fg_voxels"] > 0).any())
+
+    if not has_nodules("val"):
+        raise InputError(f"{dataset}: validation subsets {list(subsets['val'])} hold no patch with nodule voxels at "
+                         f"scale {eval_scale}: the best model would be chosen on nothing (one that predicts nothing "
+                         f"scores Dice 1.0); validate on subsets with nodules")
+    for name in ("train", "test"):
+        if not has_nodules(name):
+            log.warning("%s: the %s set (subsets %s) holds no patch with nodule voxels", dataset, name,
+                        list(subsets[name]))

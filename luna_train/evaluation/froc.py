@@ -74,6 +74,7 @@ class FrocResult:
     n_ignored_double: int  # extra candidates on an already detected nodule
     n_dropped_cap: int  # candidates dropped by the 100-per-scan cap
     n_unlisted: int  # candidates of scans not in the seriesuids list
+    unlisted_example: str | None = None  # the first such scan's seriesuid
 
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-ready summary (NaN becomes null); the curve itself is not included."""
@@ -93,12 +94,13 @@ class FrocResult:
             **{k: int(getattr(self, k)) for k in (
                 "n_scans", "n_nodules", "n_hits", "n_false_positives", "n_candidates",
                 "n_ignored_excluded", "n_ignored_double", "n_dropped_cap", "n_unlisted")},
+            "unlisted_example": self.unlisted_example,
         }
 
 
 def load_luna_csv(path: str | Path) -> pd.DataFrame:
-    """Read a LUNA16 CSV (annotations, excluded findings or a submission); CRLF and spaces tolerated."""
-    df = pd.read_csv(path, dtype={"seriesuid": str}, skipinitialspace=True)
+    """Read a LUNA16 CSV (annotations, excluded findings or a submission); CRLF, spaces and a BOM tolerated."""
+    df = pd.read_csv(path, dtype={"seriesuid": str}, skipinitialspace=True, encoding="utf-8-sig")  # Excel's BOM
     df.columns = [str(c).strip() for c in df.columns]
     if "seriesuid" in df.columns:
         df["seriesuid"] = df["seriesuid"].str.strip()
@@ -107,10 +109,11 @@ def load_luna_csv(path: str | Path) -> pd.DataFrame:
 
 def load_seriesuids(path: str | Path) -> list[str]:
     """Read seriesuids.csv: one uid per line (first field), no header; a first line ``seriesuid`` (a header) is
-    skipped, not counted as a scan. A uid listed twice is an error naming both lines."""
+    skipped, not counted as a scan; a BOM (Excel writes one) is dropped. A uid listed twice is an error naming
+    both lines."""
     uids: list[str] = []
     line_of: dict[str, int] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
         uid = line.split(",")[0].strip()
         if not uid or (not line_of and uid.lower() == "seriesuid"):
             continue
@@ -133,7 +136,12 @@ def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
     if len(bad):
         first = df.iloc[bad[0]]
         raise InputError(f"{what}: {len(bad)} row(s) without a finite number in {numeric}, the first is data row "
-                         f"{bad[0] + 1}: " + ", ".join(f"{c}={first[c]!r}" for c in ["seriesuid", *numeric]))
+                         f"{bad[0] + 1}: " + ", ".join(f"{c}={_plain(first[c])}" for c in ["seriesuid", *numeric]))
+
+
+def _plain(value: Any) -> str:
+    """A cell as the file holds it: text quoted (a blank shows as ''), numbers plain (-128.69, nan)."""
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _group(df: pd.DataFrame | None, value: str) -> dict[str, np.ndarray]:
@@ -280,7 +288,8 @@ def compute_froc(submission: pd.DataFrame, annotations: pd.DataFrame,
     listed = set(uids)
     counts = dict.fromkeys(("n_hits", "n_false_positives", "n_ignored_excluded",
                             "n_ignored_double", "n_candidates", "n_dropped_cap"), 0)
-    counts["n_unlisted"] = sum(len(v) for k, v in cands.items() if k not in listed)
+    unlisted = [k for k in cands if k not in listed]
+    counts["n_unlisted"] = sum(len(cands[k]) for k in unlisted)
     entries: list[tuple[np.ndarray, ...]] = []
     empty = np.zeros((0, 4))
     for i, uid in enumerate(uids):
@@ -311,7 +320,8 @@ def compute_froc(submission: pd.DataFrame, annotations: pd.DataFrame,
         sensitivities=points, cpm=float(points.mean()), bootstrap_fps=BAND_FPS.copy(),
         bootstrap_lower=lower, bootstrap_upper=upper, sensitivities_lower=p_lower,
         sensitivities_upper=p_upper, cpm_ci=(float(c_lower), float(c_upper)),
-        n_bootstrap=n_bootstrap, n_scans=n_scans, n_nodules=n_nodules, **counts)
+        n_bootstrap=n_bootstrap, n_scans=n_scans, n_nodules=n_nodules, unlisted_example=next(iter(unlisted), None),
+        **counts)
 
 
 def run_froc(submission_csv: str | Path, annotations_csv: str | Path,

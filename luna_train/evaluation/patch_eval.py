@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from luna_prep.errors import InputError
+from luna_prep.sharing.cards import open_dataset
 from luna_train.data.dataset import PatchDataset
 from luna_train.data.loader import make_loader
 from luna_train.data.splits import SplitConfig, select_rows
@@ -179,6 +180,9 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, subsets: Se
     model = load_model_like(run_dir, ensemble, checkpoint, device)
     cfg = model.config
     store = str(dataset) if dataset is not None else RunDir(run_dir).dataset(cfg.data.dataset)
+    attrs = open_dataset(store).attrs
+    for member in model.run_dirs:
+        RunDir(member).refuse_other_store(store, attrs)
     resolved = cfg.split.resolved()
     subsets = tuple(int(s) for s in (subsets if subsets is not None else resolved["test"]))
     if not subsets:

@@ -19,6 +19,8 @@ import torch
 from scipy import ndimage
 
 from luna_prep.format.reader import ScanVolume
+from luna_prep.format.spec import decode_image
+from luna_prep.pipeline.resampling import AIR_HU, encode_hu
 from luna_train.data.dataset import resize_linear
 from luna_train.inference.postprocess import PostprocessConfig, postprocess
 from luna_train.inference.trained_model import ProbabilityModel
@@ -37,6 +39,13 @@ class DetectConfig:
     postprocess: PostprocessConfig = field(default_factory=lambda: PostprocessConfig(threshold=0.5, min_size=3))
     lung_margin_mm: float = 8.0  # lungs dilated by this much: juxtapleural nodules touch the wall
     max_candidates: int = 100  # per scan (the official evaluation scores at most 100)
+    air: float = 0.0  # what a scan smaller than one window is padded with: air_value() of the store's window
+
+
+def air_value(hu_window: tuple[float, float], image_dtype: str) -> float:
+    """-1000 HU as the model sees it (encoded as the store encodes, decoded to [0, 1]): what the store pads
+    scans with; 0 with the default window, 0.1098 with (-1200, 600) as uint8."""
+    return float(decode_image(encode_hu(np.full(1, AIR_HU, np.float32), hu_window, image_dtype), image_dtype)[0])
 
 
 @torch.no_grad()
@@ -49,7 +58,7 @@ def volume_probabilities(model: ProbabilityModel, image: np.ndarray, cfg: Detect
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(model.device)
     shape = tuple(int(s) for s in x.shape[2:])
     # zoomed as training zooms its patches (resize_linear); a scan smaller than one window is not stretched:
-    # sliding_window_inference pads it with 0, which is air in the [0, 1] encoding, and crops the result back
+    # sliding_window_inference pads it with air (cfg.air, as the store pads) and crops the result back
     zoomed = tuple(max(1, int(round(s / model.voxel_mm))) for s in shape)
     if zoomed != shape:
         x = resize_linear(x, zoomed)
@@ -60,7 +69,7 @@ def volume_probabilities(model: ProbabilityModel, image: np.ndarray, cfg: Detect
         return model.probabilities(batch)
 
     prob = sliding_window_inference(x, (roi,) * 3, window_batch(cfg, model.device), predict,
-                                    overlap=cfg.overlap, mode="gaussian").float()
+                                    overlap=cfg.overlap, mode="gaussian", cval=cfg.air).float()
     if zoomed != shape:
         prob = resize_linear(prob, shape)
     return prob[0, 0].clamp_(0, 1).cpu().numpy()

@@ -131,7 +131,7 @@ def detect_store(model: ProbabilityModel, store, subsets: Sequence[int], cfg: De
     from tqdm import tqdm
 
     from luna_train.evaluation.detection_plot import plot_scan_candidates
-    from luna_train.inference.detect import SUBMISSION_COLUMNS, StageTimer, detect_volume
+    from luna_train.inference.detect import SUBMISSION_COLUMNS, StageTimer, air_value, detect_volume
 
     if not store.has_volumes():
         raise UsageError(f"{store.root}: built without --volumes; rebuild with `luna-prep build --volumes`")
@@ -139,6 +139,7 @@ def detect_store(model: ProbabilityModel, store, subsets: Sequence[int], cfg: De
     if scans.empty:
         raise UsageError(f"{store.root}: no finished scans in subsets {list(subsets)}")
     truth = pd.read_csv(annotations) if annotations else None
+    cfg = replace(cfg, air=air_value(tuple(store.attrs.hu_window), store.attrs.image_dtype))
     if model.device.type == "cuda":
         import torch
 
@@ -184,7 +185,10 @@ def detect_to_files(run: RunModel, run_dir: str | Path, dataset: str | None, sub
     from luna_prep.sharing.cards import open_dataset
 
     subsets = tuple(subsets or run.model.config.split.test_subsets)
-    store = open_dataset(dataset or RunDir(run_dir).dataset(run.model.config.data.dataset))
+    location = dataset or RunDir(run_dir).dataset(run.model.config.data.dataset)
+    store = open_dataset(location)
+    for member in run.model.run_dirs:
+        RunDir(member).refuse_other_store(location, store.attrs)
     submission, uids, timings = detect_store(run.model, store, subsets, run.detect, plots, annotations)
     out = Path(out) if out else Path(run_dir) / "submission.csv"
     out.parent.mkdir(parents=True, exist_ok=True)

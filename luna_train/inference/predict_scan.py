@@ -6,7 +6,7 @@ the build prepared the training scans, and no patch store is opened.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from luna_prep.format.reader import ScanVolume
 from luna_prep.format.spec import decode_image
 from luna_prep.luna16.geometry import ScanGeometry
 from luna_prep.pipeline.prepare import prepare_scan
-from luna_train.inference.detect import DetectConfig, candidate_mask, detect_volume
+from luna_train.inference.detect import DetectConfig, air_value, candidate_mask, detect_volume
 from luna_train.inference.outputs import stem_of
 from luna_train.inference.trained_model import ProbabilityModel
 from luna_train.run_dir import PreprocessingSpec
@@ -51,7 +51,8 @@ def size_warning(path: str | Path, volume: ScanVolume, model: ProbabilityModel) 
     if np.all(extent >= roi_mm):
         return None
     return (f"{path}: the scan covers {' x '.join(f'{v:.0f}' for v in extent[::-1])} mm (x, y, z), less than the "
-            f"model's input of {roi_mm:.0f} mm along some axis; it is padded with air there, expect poorer results")
+            f"model's input of {roi_mm:.0f} mm along some axis; it is padded with air (-1000 HU) there, expect poorer "
+            "results")
 
 
 def to_scan_grid(values: np.ndarray, volume: ScanVolume, grid: ScanGeometry, label: bool = False) -> sitk.Image:
@@ -70,7 +71,7 @@ def predict_scan(model: ProbabilityModel, path: str | Path, spec: PreprocessingS
     """Probabilities, post-processed mask (lungs and size filtered, as the candidates) and candidates of one scan."""
     volume, original, warnings = prepare_volume(path, spec)
     small = size_warning(path, volume, model)
-    candidates, prob = detect_volume(model, volume, cfg)
+    candidates, prob = detect_volume(model, volume, replace(cfg, air=air_value(spec.hu_window, spec.image_dtype)))
     mask = candidate_mask(prob, volume, cfg)
     return ScanPrediction(candidates, to_scan_grid(prob, volume, original), to_scan_grid(mask, volume, original, True),
                           warnings + ((small,) if small else ()))

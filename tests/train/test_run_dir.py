@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,18 @@ from luna_prep.errors import InputError
 from luna_prep.format.reader import PatchStore
 from luna_prep.luna16.geometry import ScanGeometry
 from luna_prep.synthetic.scans import synthesize
+from luna_prep.synthetic.tiny_store import write_tiny_store
 from luna_train.cli.main import main
 from luna_train.inference.from_run import scan_postprocess
 from luna_train.inference.postprocess import PostprocessConfig
-from luna_train.run_dir import PREPROCESSING_FILE, PreprocessingSpec, RunDir
+from luna_train.run_dir import (
+    PREPROCESSING_FILE,
+    PreprocessingSpec,
+    RunDir,
+    preprocessing_changes,
+    refuse_other_preprocessing,
+    refuse_other_store_on_resume,
+)
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +205,43 @@ def test_an_ensemble_of_differently_sized_inputs_names_each_run():
         Ensemble(members)
     assert str(err.value) == ("ensemble members disagree on (input size, voxel size): runs/a (48, 1.0), "
                               "runs/b (32, 1.5)")
+
+
+def test_a_store_built_otherwise_than_the_model_is_named_field_by_field():
+    model = PreprocessingSpec(1.0, (-1000.0, 400.0), "uint8", (32, 64), 64, 48)
+    store = PreprocessingSpec(1.5, (-1200.0, 600.0), "uint8", (64,), 64, 48)
+    refuse_other_preprocessing(model, "run/preprocessing.json", replace(model, scales=(64,)), "same.zarr")
+    with pytest.raises(InputError) as err:
+        refuse_other_preprocessing(model, "run/preprocessing.json", store, "other.zarr")
+    assert str(err.value) == ("other.zarr: built with other preprocessing than the model's (run/preprocessing.json): "
+                              "spacing_mm 1.0 -> 1.5; hu_window [-1000.0, 400.0] -> [-1200.0, 600.0]; use a store "
+                              "built with the model's settings")
+    assert preprocessing_changes(model, replace(model, image_dtype="float16")) == ["image_dtype uint8 -> float16"]
+
+
+def test_evaluate_and_detect_refuse_a_store_built_otherwise(tiny_run, tmp_path):
+    """A model fed scans at another spacing, window or dtype than it learned finds fewer nodules, silently."""
+    run_dir, _ = tiny_run
+    other = write_tiny_store(tmp_path / "f16.zarr", image_dtype="float16")
+    for command in (["evaluate", str(run_dir)], ["detect", str(run_dir), "--out", str(tmp_path / "s.csv")]):
+        res = CliRunner().invoke(main, [*command, "--dataset", str(other)])
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert (f"{other}: built with other preprocessing than the model's ({run_dir / PREPROCESSING_FILE}): "
+                "image_dtype uint8 -> float16;") in res.output
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_resuming_with_a_store_built_otherwise_is_refused(tiny_run, tmp_path):
+    """What `luna-train run --resume --dataset OTHER` checks: the run's preprocessing.json, or (a run stopped
+    before writing it) the store the checkpoint trained on; a moved store cannot be compared."""
+    run_dir, store = tiny_run
+    same = write_tiny_store(tmp_path / "same.zarr")
+    other = write_tiny_store(tmp_path / "f16.zarr", image_dtype="float16")
+    refuse_other_store_on_resume(run_dir, str(store), str(same))
+    with pytest.raises(InputError, match=rf"f16.zarr: .* \({run_dir / PREPROCESSING_FILE}\): image_dtype uint8 -> "):
+        refuse_other_store_on_resume(run_dir, str(store), str(other))
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    with pytest.raises(InputError, match=rf"f16.zarr: .* \({same}\): image_dtype uint8 -> float16; "):
+        refuse_other_store_on_resume(stopped, str(same), str(other))
+    refuse_other_store_on_resume(stopped, str(tmp_path / "moved.zarr"), str(other))

@@ -1,8 +1,14 @@
+import logging
+from types import SimpleNamespace
+
 import pandas as pd
 import pytest
 
+from luna_prep.errors import InputError
 from luna_prep.format.reader import PatchStore
-from luna_train.data.splits import SplitConfig, split_manifest
+from luna_prep.synthetic.tiny_store import write_tiny_store
+from luna_train.data import splits
+from luna_train.data.splits import SplitConfig, select_rows, split_manifest
 
 
 @pytest.fixture
@@ -50,3 +56,41 @@ def test_bad_splits_raise(manifest):
     # an empty set is fine where no subsets were asked for
     sets = split_manifest(manifest, SplitConfig(test_subsets=()))
     assert sets["test"].empty and isinstance(sets["test"], pd.DataFrame)
+
+
+def _store_without_nodules_in(tiny_store, monkeypatch, subsets):
+    """select_rows sees the tiny store with the nodules of ``subsets`` taken out of its manifest."""
+    store = PatchStore(tiny_store)
+    manifest = store.manifest.copy()
+    manifest.loc[manifest["subset"].isin(subsets), "fg_voxels"] = 0
+    monkeypatch.setattr(splits, "open_dataset", lambda _: SimpleNamespace(manifest=manifest, attrs=store.attrs))
+
+
+def test_validation_without_nodules_is_refused(tiny_store, monkeypatch):
+    """A validation Dice over no nodules is 1.0 for a model that predicts nothing: the untrained model won."""
+    _store_without_nodules_in(tiny_store, monkeypatch, [8])
+    with pytest.raises(InputError) as err:
+        select_rows("tiny.zarr", SplitConfig(), {}, 24, 16)
+    assert str(err.value).startswith("tiny.zarr: validation subsets [8] hold no patch with nodule voxels at scale 24:")
+    assert len(select_rows("tiny.zarr", SplitConfig(val_subsets=(7,), train_subsets=(0, 8)), {}, 24, 16).val) == 8
+
+
+def test_training_or_testing_without_nodules_warns(tiny_store, monkeypatch, caplog):
+    _store_without_nodules_in(tiny_store, monkeypatch, [0, 1, 9])
+    with caplog.at_level(logging.WARNING, logger="luna_train"):
+        select_rows("tiny.zarr", SplitConfig(train_subsets=(0, 1)), {}, 24, 16)
+    assert [r.getMessage() for r in caplog.records] == [
+        "tiny.zarr: the train set (subsets [0, 1]) holds no patch with nodule voxels",
+        "tiny.zarr: the test set (subsets [9]) holds no patch with nodule voxels"]
+
+
+def test_asked_subsets_the_store_lacks_are_named_per_set(tmp_path, caplog):
+    store = write_tiny_store(tmp_path / "three.zarr", n_scans=3)
+    with caplog.at_level(logging.WARNING, logger="luna_train"):
+        rows = select_rows(str(store), SplitConfig(train_subsets=(0, 3, 4), val_subsets=(1, 8), test_subsets=(2,)),
+                           {}, 24, 16)
+    assert sorted(rows.train["subset"].unique()) == [0]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{store}: subsets [3, 4] of the train set are not in the store (it holds subsets [0, 1, 2]): train uses "
+        "subsets [0]",
+        f"{store}: subsets [8] of the val set are not in the store (it holds subsets [0, 1, 2]): val uses subsets [1]"]

@@ -290,3 +290,56 @@ def test_a_seriesuids_file_with_a_header_or_a_uid_twice(tmp_path):
         compute_froc(pd.DataFrame(columns=["seriesuid", "coordX", "coordY", "coordZ", "probability"]),
                      pd.DataFrame(columns=["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]), None,
                      ["1.2.4", "1.2.5", "1.2.4"])
+
+
+def test_a_seriesuids_file_or_submission_from_excel_with_a_bom(tmp_path):
+    """Excel starts a CSV with a BOM: the first uid matched nothing and, before a header, the header was a scan."""
+    path = tmp_path / "uids.csv"
+    path.write_text("\ufeffseriesuid\r\n1.2.3\r\n1.2.4\r\n", encoding="utf-8")
+    assert load_seriesuids(path) == ["1.2.3", "1.2.4"]
+    path.write_text("\ufeff1.2.3\n1.2.4\n", encoding="utf-8")
+    assert load_seriesuids(path) == ["1.2.3", "1.2.4"]
+    sub = tmp_path / "sub.csv"
+    sub.write_text('\ufeff"seriesuid","coordX","coordY","coordZ","probability"\r\n"1.2.3",1,2,3,0.5\r\n',
+                   encoding="utf-8")
+    df = load_luna_csv(sub)
+    assert list(df.columns) == [*COLS, "probability"] and df["seriesuid"].tolist() == ["1.2.3"]
+
+
+def _froc_cli(tmp_path, sub_uids):
+    from click.testing import CliRunner
+
+    from luna_train.cli.main import main
+
+    (tmp_path / "sub.csv").write_text("seriesuid,coordX,coordY,coordZ,probability\n" +
+                                      "".join(f"{u},0,0,0,0.9\n" for u in sub_uids))
+    (tmp_path / "ann.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\na,0,0,0,10\nb,0,0,0,10\n")
+    (tmp_path / "uids.csv").write_text("a\nb\n")
+    return CliRunner().invoke(main, ["froc", str(tmp_path / "sub.csv"), "--annotations", str(tmp_path / "ann.csv"),
+                                     "--seriesuids", str(tmp_path / "uids.csv"), "--bootstrap", "1"])
+
+
+def test_froc_says_when_submission_rows_are_of_unlisted_scans(tmp_path):
+    """Seriesuids ending in .mhd scored CPM 0 without a word: n_unlisted was only in --json."""
+    res = _froc_cli(tmp_path, ["a.mhd", "b.mhd"])
+    assert res.exit_code == 0, res.output
+    assert "0 candidates, 0 false positives (0 on excluded findings, 0 double hits ignored, 2 of scans not in the " \
+           "seriesuids list)" in res.output
+    assert ("WARNING: no submission row is of a listed scan (e.g. a.mhd): every nodule counts as missed; do the "
+            "submission's seriesuids name the scans as the seriesuids list does (no .mhd suffix, no path)?") \
+        in res.output
+    res = _froc_cli(tmp_path, ["a", "b.mhd", "c"])
+    assert "WARNING: 2 submission rows are of scans not in the seriesuids list (e.g. b.mhd): not scored" in res.output
+    res = _froc_cli(tmp_path, ["a", "b"])
+    assert "WARNING" not in res.output and "0 of scans not in the seriesuids list" in res.output
+
+
+def test_a_bad_row_is_shown_with_plain_numbers(tmp_path):
+    sub = tmp_path / "sub.csv"
+    sub.write_text("seriesuid,coordX,coordY,coordZ,probability\na,-128.6994211,0,0,high\n")
+    (tmp_path / "ann.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\na,0,0,0,10\n")
+    (tmp_path / "uids.csv").write_text("a\n")
+    with pytest.raises(InputError) as err:
+        run_froc(sub, tmp_path / "ann.csv", None, tmp_path / "uids.csv", n_bootstrap=0)
+    assert str(err.value).endswith("the first is data row 1: seriesuid='a', coordX=-128.6994211, coordY=0, coordZ=0, "
+                                   "probability='high'")

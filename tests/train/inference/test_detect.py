@@ -13,7 +13,13 @@ from luna_prep.luna16.geometry import ScanGeometry
 from luna_prep.synthetic.scans import synthesize
 from luna_train.config import DataConfig, TrainConfig
 from luna_train.evaluation.froc import compute_froc
-from luna_train.inference.detect import DetectConfig, candidates_from_probabilities, detect_volume, volume_probabilities
+from luna_train.inference.detect import (
+    DetectConfig,
+    air_value,
+    candidates_from_probabilities,
+    detect_volume,
+    volume_probabilities,
+)
 from luna_train.inference.postprocess import PostprocessConfig
 from luna_train.inference.predict_scan import predict_scan
 from luna_train.run_dir import PreprocessingSpec
@@ -258,4 +264,25 @@ def test_the_size_warning_measures_the_model_input_in_mm(slices, warned):
     assert (text is not None) == warned, text
     if warned:
         assert text == ("x.mhd: the scan covers 66 x 66 x 40 mm (x, y, z), less than the model's input of 48 mm "
-                        "along some axis; it is padded with air there, expect poorer results")
+                        "along some axis; it is padded with air (-1000 HU) there, expect poorer results")
+
+
+def test_air_is_minus_1000_hu_as_the_store_encodes_it():
+    assert air_value((-1000.0, 400.0), "uint8") == 0.0
+    assert air_value((-1200.0, 600.0), "uint8") == pytest.approx(28 / 255)  # round(255 * 200 / 1800)
+    assert air_value((-1200.0, 600.0), "float16") == pytest.approx(1 / 9, abs=1e-3)
+
+
+def test_a_small_scan_is_padded_with_air_of_its_window_not_0(tmp_path):
+    """With a (-1200, 600) HU window 0 is -1200 HU: the model would see a slab denser-than-air void; the store
+    pads with -1000 HU, and so must predict (and detect, whose config takes the store's air alike)."""
+    from dataclasses import replace
+
+    scan = synthesize(tmp_path / "luna16", n_scans=1, seed=5).scans[0]
+    small = tmp_path / "small.mhd"
+    sitk.WriteImage(sitk.ReadImage(str(scan.path))[:, :, :3], str(small))  # 3 slices: z is padded
+    model = _EchoModel()
+    predict_scan(model, small, replace(SPEC, hu_window=(-1200.0, 600.0)), DetectConfig())
+    for window in model.windows:
+        for pad in (window[0, 0, 0], window[0, 0, -1]):  # first and last slices: beyond the scan
+            np.testing.assert_allclose(pad.numpy(), 28 / 255, atol=1e-6)
