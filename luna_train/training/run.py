@@ -18,7 +18,7 @@ from luna_prep.errors import InputError
 from luna_prep.files import exclusive_lock
 from luna_train.config import ConfigError, TrainConfig, save_config, to_dict
 from luna_train.data.loader import stop_workers
-from luna_train.run_dir import CONFIG_FILE, SUMMARY_FILE, absolute_location
+from luna_train.run_dir import CONFIG_FILE, SUMMARY_FILE, RunDir, absolute_location, refuse_other_store_on_resume
 from luna_train.stop_signal import stop_on_signals
 from luna_train.training import distributed as D
 from luna_train.training.assemble import assemble, open_logger, training_module
@@ -49,6 +49,8 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     saved = load_checkpoint(run_dir / LAST, map_location="cpu") if resume else None
     if saved is not None:
         _refuse_changed_geometry(saved["config"], cfg, run_dir / LAST)
+        refuse_other_store_on_resume(run_dir, RunDir(run_dir).dataset(str(saved["config"]["data"]["dataset"])),
+                                     cfg.data.dataset)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir) if info.is_main else contextlib.nullcontext():

@@ -97,6 +97,21 @@ def test_resume_refuses_a_changed_model_input_or_split(tiny_store, tmp_path):
     assert summary["epochs_run"] == 2  # more epochs are fine
 
 
+def test_resume_refuses_a_store_built_with_other_preprocessing(tiny_store, tmp_path):
+    """`--resume --dataset OTHER` went on with a store of another image dtype, spacing or HU window: one run
+    trained on two inputs, and its preprocessing.json described only the second."""
+    from luna_prep.errors import InputError
+
+    from conftest import write_tiny_store
+
+    common = TINY + ["logging.plots=false", "logging.tensorboard=false", "train.stop_after_steps=2"]
+    with pytest.raises(Interrupted):
+        run_training(load_config(None, common + [f"data.dataset={tiny_store}"]), tmp_path / "run")
+    other = write_tiny_store(tmp_path / "f16.zarr", image_dtype="float16")
+    with pytest.raises(InputError, match=r"f16.zarr: built with other preprocessing .*image_dtype uint8 -> float16"):
+        run_training(load_config(None, common + [f"data.dataset={other}"]), tmp_path / "run", resume=True)
+
+
 def test_resume_mid_epoch_matches_uninterrupted_run(tiny_store, tmp_path):
     # dropout draws from torch's RNG, hard mining changes the sampler: both must be restored exactly
     common = TINY + [f"data.dataset={tiny_store}", "model.dropout=0.2", "sampler.hard_mining_every=1",
