@@ -48,7 +48,7 @@ from luna_train.config import TrainConfig, load_config
 from luna_train.evaluation.froc import compute_froc, load_luna_csv
 from luna_train.evaluation.metrics import binarize
 from luna_train.evaluation.patch_eval import MetricAccumulator, eval_dataset, iter_predictions
-from luna_train.inference.detect import DetectConfig, detect_volume
+from luna_train.inference.detect import DetectConfig, air_value, detect_volume
 from luna_train.inference.trained_model import TrainedModel, load_trained_model
 from luna_train.training.run import run_training
 
@@ -237,7 +237,8 @@ def detection_quality(model: TrainedModel, store: str, subsets: Sequence[int], a
     reader = PatchStore(store)
     scans = reader.scans[(reader.scans["status"] == "ok") & reader.scans["subset"].isin(list(subsets))]
     t0 = time.perf_counter()
-    parts = [detect_volume(model, reader.read_volume(uid), DetectConfig())[0] for uid in scans["seriesuid"]]
+    cfg = DetectConfig(air=air_value(tuple(reader.attrs.hu_window), reader.attrs.image_dtype))  # pad as the store
+    parts = [detect_volume(model, reader.read_volume(uid), cfg)[0] for uid in scans["seriesuid"]]
     submission = pd.concat(parts, ignore_index=True)
     froc = compute_froc(submission, load_luna_csv(annotations), None, scans["seriesuid"].tolist(),
                         n_bootstrap=bootstrap)
