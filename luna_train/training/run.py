@@ -8,6 +8,8 @@ The steps live in their own modules: :mod:`~luna_train.training.assemble` (parts
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,6 +32,8 @@ from luna_train.training.run_log import METRICS_FILE, TB_DIR
 
 __all__ = ["CONFIG_FILE", "run_training"]
 
+log = logging.getLogger("luna_train")
+
 LOCK_FILE = ".lock"
 
 
@@ -51,10 +55,20 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
         _refuse_changed_geometry(saved["config"], cfg, run_dir / LAST)
         refuse_other_store_on_resume(run_dir, RunDir(run_dir).dataset(str(saved["config"]["data"]["dataset"])),
                                      cfg.data.dataset)
+        if _finished(saved["state"], cfg) and (run_dir / SUMMARY_FILE).is_file():
+            # evaluating it again logged the final figures twice and lost the first run's rank_draws
+            log.info("%s: the run has finished (%d epochs); its summary.json stands", run_dir, saved["state"]["epoch"])
+            return json.loads((run_dir / SUMMARY_FILE).read_text())
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir) if info.is_main else contextlib.nullcontext():
         return _train(cfg, run_dir, info, saved, on_step, t0)
+
+
+def _finished(state: dict, cfg: TrainConfig) -> bool:
+    """Whether a checkpoint's loop state has run all of ``cfg``'s epochs or spent its patience."""
+    patience = cfg.train.patience
+    return state["epoch"] >= cfg.train.epochs or (patience > 0 and state["bad_epochs"] >= patience)
 
 
 def run_lock(run_dir: Path):

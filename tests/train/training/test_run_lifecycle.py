@@ -156,3 +156,22 @@ def _session(sid: int) -> list[int]:
             if int(fields[3]) == sid and fields[0] != "Z":
                 pids.append(int(entry))
     return pids
+
+
+def test_resuming_a_finished_run_keeps_its_summary_and_logs_nothing_twice(tiny_store, tmp_path):
+    """--resume of a finished run evaluated it again: TensorBoard got the final figures twice and summary.json lost
+    the first run's rank_draws."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = load_config(None, TINY + [f"data.dataset={tiny_store}", "logging.tensorboard=true"])
+    first = run_training(cfg, tmp_path / "run")
+    assert first["rank_draws"] is not None
+    again = run_training(cfg, tmp_path / "run", resume=True)
+    assert again == first
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert len(events.Scalars("final/test_pooled_dice")) == 1
+    longer = run_training(load_config(None, TINY + [f"data.dataset={tiny_store}", "train.epochs=3"]),
+                          tmp_path / "run", resume=True)
+    assert longer["epochs_run"] == 3  # more epochs still train on
+
