@@ -17,8 +17,8 @@ from luna_train.cli.options import resolve_store, subsets_option
 def _run_dir(out: str | None, name: str | None, config_file: str | None, resume: bool) -> Path:
     """The run directory of the options; a usage error when it contradicts ``--resume``."""
     from luna_train.training import distributed as D
-    from luna_train.training.checkpoint import LAST
-    from luna_train.training.run import used_run_files
+    from luna_train.training.checkpoint import BEST, LAST
+    from luna_train.training.run import resume_checkpoint, used_run_files
 
     if out is None and name is None and resume:
         raise click.UsageError("--resume needs the run: pass --out RUN_DIR or --name NAME")
@@ -26,11 +26,12 @@ def _run_dir(out: str | None, name: str | None, config_file: str | None, resume:
         stem = Path(config_file).stem if config_file else "run"
         name = D.broadcast_object(f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = Path(out) if out is not None else Path("runs") / name
-    if resume and not (run_dir / LAST).is_file():
+    if resume and resume_checkpoint(run_dir) is None:
         raise click.UsageError(f"--resume: {run_dir / LAST} not found")
     used = [] if resume else used_run_files(run_dir)
     if used:
-        hint = "pass --resume to continue it" if (run_dir / LAST).exists() else f"it has no {LAST} to resume from"
+        hint = ("pass --resume to continue it" if resume_checkpoint(run_dir) is not None
+                else f"it has no {LAST} or {BEST} to resume from: delete it")
         raise click.UsageError(f"{run_dir} already holds a run ({', '.join(used)}); {hint}, or pick another --out")
     return run_dir
 

@@ -13,7 +13,7 @@ import time
 import torch
 
 from luna_train.data.dataset import collate_patches
-from luna_train.stop_signal import ignore_stop_signals, start_fork_server
+from luna_train.stop_signal import end_workers_at_exit, ignore_stop_signals, start_fork_server
 
 # Imported by the fork server before it forks workers (those the parent already uses), so each
 # worker starts in milliseconds instead of re-importing torch + MONAI (~8 s of CPU each).
@@ -93,6 +93,7 @@ def make_loader(dataset, sampler=None, batch_size: int = 8, num_workers: int = 0
         pin_memory = torch.cuda.is_available()
     kwargs: dict = {}
     if num_workers > 0:
+        end_workers_at_exit()
         kwargs.update(multiprocessing_context=worker_context(start_method), prefetch_factor=prefetch_factor,
                       persistent_workers=persistent_workers,
                       worker_init_fn=functools.partial(_init_worker, os.getpid()))

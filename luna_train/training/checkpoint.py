@@ -123,7 +123,7 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     except (OSError, RuntimeError) as exc:  # torch's zip writer reports a failed write as a RuntimeError
         raise CheckpointWriteError(f"{path}: could not write the checkpoint ({_first_line(exc)}); "
                                    f"{_free_space(Path(path).parent)}; the previous {Path(path).name}, if any, "
-                                   f"is intact: free space and resume with --resume") from exc
+                                   f"is intact: mend the cause and run with --resume") from exc
 
 
 def _first_line(exc: Exception) -> str:

@@ -25,6 +25,7 @@ from luna_train.training import distributed as D
 from luna_train.training.assemble import RunParts
 from luna_train.training.checkpoint import BEST, LAST, rng_state, save_checkpoint, set_rng_state
 from luna_train.training.loop import (
+    BatchLost,
     Interrupted,
     LoopState,
     TrainParts,
@@ -102,6 +103,7 @@ class Fit:
         self.state, self.hard, self.pending_rng = start.state, start.hard, start.rng
         self.on_step = on_step
         self.stop = stop or StopRequest()  # set by a stop signal (luna_train.stop_signal)
+        self.stop_at_sync = False  # the request as the step's sync decision saw it (one value for both decisions)
         # (train-loss sum, step) at the last logged step: the logged loss is the mean since then
         self.loss_mark = (start.state.loss_sum, start.state.step)
         self.epoch_walls: list[float] = []  # wall seconds of the epochs run by this process (for the ETA)
@@ -110,7 +112,8 @@ class Fit:
             model=net, loss_fn=parts.loss_fn, optimizer=parts.optimizer, scheduler=parts.scheduler,
             scaler=parts.scaler, sampler=parts.sampler, loader=parts.loader, device=info.device, amp=tc.amp,
             grad_clip=cfg.optim.grad_clip, batch_size=cfg.data.batch_size, augment_on_device=parts.augment_on_device,
-            hard_mining=cfg.sampler.hard_mining_every > 0, options=parts.options, sync_at=self.sync_due)
+            hard_mining=cfg.sampler.hard_mining_every > 0, options=parts.options, sync_at=self.sync_due,
+            stopping=None if info.distributed else lambda: self.stop.requested)
 
     # hooks of train_epoch -------------------------------------------------------------------------
 
@@ -122,7 +125,8 @@ class Fit:
     def sync_due(self, step: int) -> bool:
         """Whether the loss sums come to the host after ``step``: a logged, checkpointed or final step, or a
         stop signal's."""
-        return self._sync_point(step) or self.stop.requested
+        self.stop_at_sync = self.stop.requested
+        return self._sync_point(step) or self.stop_at_sync
 
     def _sync_point(self, step: int) -> bool:
         """The steps every rank syncs after (the same on each): logged, checkpointed or final ones."""
@@ -135,27 +139,29 @@ class Fit:
         or once a stop signal came (after writing last.pt)."""
         every, stop = self.cfg.train.checkpoint_every_steps, self.cfg.train.stop_after_steps
         stopping = stop is not None and st.step >= stop
-        signalled = self._stop_signalled(st.step)
+        signalled = self.stop_signalled(st.step)
         self._log_step(st)
         if (every and st.step % every == 0) or stopping or signalled:
             self.save([LAST])
         if self.on_step is not None:
             self.on_step(st)
         if signalled:
-            raise self._signal_interruption(f"after step {st.step}")
+            raise self.signal_interruption(f"after step {st.step}")
         if stopping:
             raise Interrupted(f"stopped after {st.step} steps (train.stop_after_steps); resume with --resume")
 
-    def _stop_signalled(self, step: int | None = None) -> bool:
-        """Whether a stop signal came to any rank: decided at once in a single process; with several ranks only
-        after the steps all of them sync after (``step``; None: the end of an epoch), so that all stop together."""
+    def stop_signalled(self, step: int | None = None) -> bool:
+        """Whether a stop signal came to any rank: after ``step`` (None: at the end of an epoch or of the epochs).
+        In a single process as the step's sync decision saw it (a signal landing between the two decisions would
+        checkpoint unflushed sums); with several ranks only after the steps all of them sync after, so that all
+        stop together."""
         if not self.info.distributed:
-            return self.stop.requested
+            return self.stop_at_sync if step is not None else self.stop.requested
         if step is not None and not self._sync_point(step):
             return False
         return float(D.all_reduce_sum(torch.tensor([float(self.stop.requested)]))[0]) > 0
 
-    def _signal_interruption(self, where: str) -> Interrupted:
+    def signal_interruption(self, where: str) -> Interrupted:
         by = self.stop.name or "a stop signal to another rank"
         return Interrupted(f"stopped by {by} {where}; resume with --resume",
                            exit_status=self.stop.exit_status if self.stop.requested else 143)
@@ -182,6 +188,9 @@ class Fit:
         tc, ddp_check = self.cfg.train, None
         if self._patience_spent():  # a resumed run that had stopped early stays stopped
             return FitOutcome(stopped_early=True, rank_draws=None)
+        if self.stop_signalled():  # came while the run was assembled: its starting state is what --resume needs
+            self.save([LAST])
+            raise self.signal_interruption(f"before step {self.state.step + 1}")
         while self.state.epoch < tc.epochs:
             e, t_epoch = self.state.epoch, time.perf_counter()
             check = ddp_check is None and self.state.step_in_epoch == 0
@@ -197,8 +206,8 @@ class Fit:
             self.save([LAST, BEST] if improved or self.state.best_epoch < 0 else [LAST])
             self._plot(e, improved, res)
             self._report(time.perf_counter() - t_epoch)
-            if self._stop_signalled():  # came during validation, or at the epoch's last step
-                raise self._signal_interruption(f"at the end of epoch {e + 1}")
+            if self.stop_signalled():  # came during validation, or at the epoch's last step
+                raise self.signal_interruption(f"at the end of epoch {e + 1}")
             if self._patience_spent():
                 return FitOutcome(stopped_early=True, rank_draws=ddp_check)
         return FitOutcome(stopped_early=False, rank_draws=ddp_check)
@@ -210,10 +219,14 @@ class Fit:
     def _train(self, collect_seen: bool) -> tuple[float, list[int]]:
         """One epoch (or its rest after a resume): this rank's mean loss and the positions trained on."""
         seen: list[int] | None = [] if collect_seen else None
-        loss = train_epoch(self.train_parts, self.state,
-                           restore_rng=self.restore_rng if self.pending_rng is not None else None,
-                           on_step=self.after_step, progress=self.cfg.logging.progress and self.info.is_main,
-                           hard=self.hard, seen=seen)
+        try:
+            loss = train_epoch(self.train_parts, self.state,
+                               restore_rng=self.restore_rng if self.pending_rng is not None else None,
+                               on_step=self.after_step, progress=self.cfg.logging.progress and self.info.is_main,
+                               hard=self.hard, seen=seen)
+        except BatchLost as lost:  # SIGTERM to the whole process group ended the loader's workers as well
+            self.save([LAST])
+            raise self.signal_interruption(f"after step {self.state.step} (the loader's workers ended too)") from lost
         self.pending_rng = None
         return loss, seen or []
 

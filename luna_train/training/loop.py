@@ -21,6 +21,11 @@ from luna_train.training import distributed as D
 from luna_train.training.speed import StepOptions, format_batch
 
 
+class BatchLost(RuntimeError):
+    """A batch could not be fetched after a stop was asked for (the loader's workers got the signal too and
+    ended); the loop state is that of the last finished step, its sums flushed."""
+
+
 class Interrupted(RuntimeError):
     """Raised after ``train.stop_after_steps`` steps or a stop signal (last.pt is written first); the command's
     exit status is ``exit_status`` (3, or 128 + the signal's number)."""
@@ -87,6 +92,8 @@ class TrainParts:
     options: StepOptions = field(default_factory=StepOptions)
     # after which steps (run-wide count) the device-side sums come to the host; None = every step
     sync_at: Callable[[int], bool] | None = None
+    # whether a stop was asked for: a batch that then cannot be fetched ends the epoch with BatchLost
+    stopping: Callable[[], bool] | None = None
 
 
 class DeviceSums:
@@ -158,7 +165,14 @@ def train_epoch(parts: TrainParts, state: LoopState, *, restore_rng: Callable[[]
                leave=False, dynamic_ncols=True)
     start = time.perf_counter() - state.epoch_seconds
     while state.step_in_epoch < n_batches:
-        batch = next(iterator)
+        try:
+            batch = next(iterator)
+        except Exception as exc:
+            if parts.stopping is None or not parts.stopping():
+                raise
+            sums.flush(state, hard)
+            state.epoch_seconds = time.perf_counter() - start
+            raise BatchLost(f"no batch after step {state.step}: {exc}") from exc
         image, label = decode_batch(batch, parts.device)
         if parts.augment_on_device is not None:
             aug = parts.augment_on_device({"image": image, "label": label}, state.epoch, state.step)

@@ -28,7 +28,7 @@ from luna_train.training.checkpoint import BEST, LAST, load_checkpoint, remove_p
 from luna_train.training.finalize import finalize
 from luna_train.training.fit import Fit, Start, restore
 from luna_train.training.loop import LoopState
-from luna_train.training.run_log import METRICS_FILE, TB_DIR
+from luna_train.training.run_log import METRICS_FILE
 
 __all__ = ["CONFIG_FILE", "run_training"]
 
@@ -42,17 +42,19 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     """Train ``cfg`` into ``run_dir`` (resuming from last.pt when ``resume``) and return the summary dict.
 
     Raises :class:`~luna_train.training.loop.Interrupted` after ``train.stop_after_steps`` steps, or once
-    SIGTERM, SIGUSR1 or a first Ctrl-C came during the epochs (the step in flight finishes, last.pt is
-    written first: :mod:`luna_train.stop_signal`).
+    SIGTERM, SIGUSR1 or a first Ctrl-C came between the config's save and the last epoch's end (the step in
+    flight finishes, last.pt is written first: :mod:`luna_train.stop_signal`; one that came while the parts
+    were assembled writes the starting state).
     The dataset is recorded as an absolute path (or URL), so the run directory works from anywhere.
     """
     t0 = time.perf_counter()
     cfg = replace(cfg, data=replace(cfg.data, dataset=absolute_location(cfg.data.dataset)))
     info = info or D.init_distributed()
     run_dir = Path(run_dir)
-    saved = load_checkpoint(run_dir / LAST, map_location="cpu") if resume else None
+    saved, where = _resume_state(run_dir) if resume else (None, run_dir / LAST)
     if saved is not None:
-        _refuse_changed_geometry(saved["config"], cfg, run_dir / LAST)
+        _refuse_changed_geometry(saved["config"], cfg, where)
+        _refuse_other_world_size(saved, info, where)
         refuse_other_store_on_resume(run_dir, RunDir(run_dir).dataset(str(saved["config"]["data"]["dataset"])),
                                      cfg.data.dataset)
         if _finished(saved["state"], cfg) and (run_dir / SUMMARY_FILE).is_file():
@@ -63,6 +65,34 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
         run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir) if info.is_main else contextlib.nullcontext():
         return _train(cfg, run_dir, info, saved, on_step, t0)
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """What ``--resume`` continues from: last.pt, else best.pt (same contents, written just before last.pt: a kill
+    between the two in the first epoch leaves best.pt alone), else nothing."""
+    return next((run_dir / n for n in (LAST, BEST) if (run_dir / n).is_file()), None)
+
+
+def _resume_state(run_dir: Path) -> tuple[dict, Path]:
+    path = resume_checkpoint(run_dir) or run_dir / LAST
+    saved = load_checkpoint(path, map_location="cpu")
+    if path.name != LAST:
+        log.warning("%s: no %s; resuming from %s (after epoch %d)", run_dir, LAST, path.name, saved["state"]["epoch"])
+    return saved, path
+
+
+def _refuse_other_world_size(saved: dict, info: D.DistInfo, where: Path) -> None:
+    """Mid-epoch, each rank's share of the epoch's draws is where it stopped (draw k went to rank k % R): another
+    number of ranks would train some draws twice and skip others. Between epochs it only loses exactness."""
+    before, now = int(saved.get("world_size", 1)), info.world_size
+    if before == now:
+        return
+    state = saved["state"]
+    if state["step_in_epoch"] > 0:
+        raise ConfigError(f"{where}: stopped in the middle of epoch {state['epoch'] + 1} on {before} rank(s); resume "
+                          f"it on {before} (this is {now}): the epoch's draws are shared out by rank")
+    log.warning("%s: trained on %d rank(s), resumed on %d: the run continues from epoch %d, but not as the same number "
+                "of ranks would have trained it", where, before, now, state["epoch"] + 1)
 
 
 def _finished(state: dict, cfg: TrainConfig) -> bool:
@@ -80,10 +110,10 @@ def run_lock(run_dir: Path):
 
 
 def used_run_files(run_dir: Path) -> list[str]:
-    """What in ``run_dir`` shows that a run trained there (a new run there would mix its records with them)."""
-    names = [n for n in (LAST, BEST, METRICS_FILE, SUMMARY_FILE) if (run_dir / n).exists()]
-    tensorboard = run_dir / TB_DIR
-    return names + ([TB_DIR] if tensorboard.is_dir() and any(tensorboard.iterdir()) else [])
+    """What in ``run_dir`` shows that a run trained there (a new run there would mix its records with them).
+    TensorBoard events alone do not: the logger opens them before the first step, and a new run hides what an
+    earlier start logged (``purge_step``)."""
+    return [n for n in (LAST, BEST, METRICS_FILE, SUMMARY_FILE) if (run_dir / n).exists()]
 
 
 def _train(cfg: TrainConfig, run_dir: Path, info: D.DistInfo, saved: dict | None,
@@ -94,20 +124,23 @@ def _train(cfg: TrainConfig, run_dir: Path, info: D.DistInfo, saved: dict | None
         # ran one more step each time and stopped again
         save_config(replace(cfg, train=replace(cfg.train, stop_after_steps=None)), run_dir / CONFIG_FILE)
     D.barrier()
-    seed_everything(cfg.train.seed)
-    parts = assemble(cfg, info)
-    start = restore(parts, saved, info.rank) if saved is not None else Start()
-    net = training_module(parts.model, cfg, info)
-    # TensorBoard hides what a killed run logged after its checkpoint (those steps are trained again)
-    logger = open_logger(cfg, run_dir, info, purge_step=start.state.step + 1 if saved is not None else None)
-    if saved is not None:
-        logger.rewrite(start.state.history)
-    with stop_on_signals() as stop:
+    with stop_on_signals() as stop:  # from here: a signal while the parts are assembled stops before the first step
+        seed_everything(cfg.train.seed)
+        parts = assemble(cfg, info)
+        start = restore(parts, saved, info.rank) if saved is not None else Start()
+        net = training_module(parts.model, cfg, info)
+        # TensorBoard hides what a killed run logged after its checkpoint (those steps are trained again), and what
+        # an earlier start that wrote no checkpoint logged
+        logger = open_logger(cfg, run_dir, info, purge_step=start.state.step + 1)
+        if saved is not None:
+            logger.rewrite(start.state.history)
         fit = Fit(cfg, run_dir, info, parts, net, logger, start, on_step, stop)
         try:
             outcome = fit.run()
         finally:
             stop_workers(parts.loader)
+        if fit.stop_signalled():  # came as the workers stopped: last.pt holds the last epoch, --resume evaluates
+            raise fit.signal_interruption("after the last epoch, before its evaluation")
     return finalize(cfg, run_dir, info, parts, logger, fit.state, outcome, t0)
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from luna_prep.errors import InputError
@@ -76,16 +77,58 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tiny_
     assert not (tmp_path / "run" / ".lock").exists() and not (tmp_path / "run" / "config.yaml").exists()
 
 
-def test_a_new_run_refuses_a_folder_that_holds_records_without_last_pt(tiny_store, tmp_path):
-    """A folder whose last.pt is gone (or a run killed in its first epoch with TensorBoard on) got a new run's rows
-    appended to the old metrics.csv and TensorBoard files."""
+def test_a_new_run_refuses_a_folder_that_holds_records_without_checkpoints(tiny_store, tmp_path):
+    """A folder whose last.pt is gone got a new run's rows appended to the old metrics.csv."""
     run = tmp_path / "run"
-    (run / "tensorboard").mkdir(parents=True)
-    (run / "tensorboard" / "events.out.tfevents.1").write_bytes(b"x")
+    run.mkdir()
     (run / "metrics.csv").write_text("epoch,step\n1,4\n")
     res = CliRunner().invoke(main, ["run", "--dataset", tiny_store, "--out", str(run)])
     assert res.exit_code == 2
-    assert "already holds a run (metrics.csv, tensorboard); it has no last.pt to resume from" in res.output
+    assert "already holds a run (metrics.csv); it has no last.pt or best.pt to resume from: delete it" in res.output
+
+
+def test_a_start_that_failed_before_any_record_can_be_run_again(tiny_store, tmp_path):
+    """The TensorBoard logger opens its events file before the first step: a start that failed there (a damaged
+    store, no memory) left a folder that neither a new run nor --resume accepted."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from luna_train.training.run_log import RunLogger
+
+    run = tmp_path / "run"
+    RunLogger(run, {}, tensorboard=True).log_scalars({"train_loss": 9.0}, 3, "step/")  # the failed start's
+    args = ["run", "--dataset", tiny_store, "--out", str(run)] + [a for o in TINY + ["logging.tensorboard=true",
+                                                                                     "logging.step_every=1"]
+                                                                  for a in ("--set", o)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    losses = events.Scalars("step/train_loss")
+    assert [e.step for e in losses] == list(range(1, 9)) and 9.0 not in [e.value for e in losses]
+
+
+def test_resume_continues_from_best_pt_when_a_kill_came_before_the_first_last_pt(tiny_store, tmp_path,
+                                                                                 monkeypatch):
+    """best.pt is written first: a kill between the two writes of epoch 1 left best.pt alone, which --resume
+    refused ('last.pt not found') and a new run refused too."""
+    common = TINY + [f"data.dataset={tiny_store}"]
+    run_training(load_config(None, common), tmp_path / "full")
+    real = fit_module.save_checkpoint
+
+    def killed_before_last(path, payload):
+        if path.name == "last.pt":
+            raise Killed
+        real(path, payload)
+    monkeypatch.setattr(fit_module, "save_checkpoint", killed_before_last)
+    with pytest.raises(Killed):
+        run_training(load_config(None, common), tmp_path / "cut")
+    monkeypatch.setattr(fit_module, "save_checkpoint", real)
+    assert sorted(p.name for p in (tmp_path / "cut").glob("*.pt")) == ["best.pt"]
+    res = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "cut"), "--resume"])
+    assert res.exit_code == 0, res.output
+    full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
 def test_resume_removes_a_checkpoint_write_a_kill_cut_short_and_hides_the_steps_trained_again(tiny_store, tmp_path,
@@ -175,3 +218,23 @@ def test_resuming_a_finished_run_keeps_its_summary_and_logs_nothing_twice(tiny_s
                           tmp_path / "run", resume=True)
     assert longer["epochs_run"] == 3  # more epochs still train on
 
+
+
+def test_resume_on_another_number_of_ranks_is_refused_mid_epoch(tiny_store, tmp_path, caplog):
+    """Each rank's share of the epoch's draws is where it stopped (draw k goes to rank k % R): a 2-rank run resumed
+    on 1 trained 52 draws of a 40-draw epoch, 12 of them twice, with only a sampler UserWarning."""
+    from luna_train.config import ConfigError
+    from luna_train.training.loop import Interrupted
+
+    common = TINY + [f"data.dataset={tiny_store}"]
+    with pytest.raises(Interrupted):
+        run_training(load_config(None, common + ["train.stop_after_steps=2"]), tmp_path / "run")
+    last = tmp_path / "run" / "last.pt"
+    ckpt = load_checkpoint(last)
+    save_checkpoint(last, {**ckpt, "world_size": 2})
+    with pytest.raises(ConfigError, match=r"last.pt: stopped in the middle of epoch 1 on 2 rank\(s\); resume it on 2"):
+        run_training(load_config(None, common), tmp_path / "run", resume=True)
+    state = {**ckpt["state"], "epoch": 1, "step_in_epoch": 0}  # between epochs it goes on, with a WARNING
+    save_checkpoint(last, {**ckpt, "world_size": 2, "state": state})
+    run_training(load_config(None, common), tmp_path / "run", resume=True)
+    assert "trained on 2 rank(s), resumed on 1" in caplog.text

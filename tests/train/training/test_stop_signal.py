@@ -15,6 +15,7 @@ import torch
 
 from luna_train.config import load_config
 from luna_train.stop_signal import stop_on_signals
+from luna_train.training import fit as fit_module
 from luna_train.training.checkpoint import load_checkpoint
 from luna_train.training.loop import Interrupted
 from luna_train.training.run import run_training
@@ -70,6 +71,29 @@ def test_a_signalled_run_writes_last_pt_and_resumes_to_the_uninterrupted_result(
     assert a[["epoch", "step", "train_loss", "val_dice"]].equals(b[["epoch", "step", "train_loss", "val_dice"]])
 
 
+def test_a_signal_while_the_run_is_assembled_writes_its_start_and_resumes_exactly(tiny_store, tmp_path, monkeypatch):
+    """Opening the store, the loaders and the model takes tens of seconds on a real store; a SIGTERM then killed
+    the run with no last.pt, so `--resume` (what a requeued job runs) failed."""
+    from luna_train.training import run as run_module
+
+    common = TINY + [f"data.dataset={tiny_store}"]
+    run_training(load_config(None, common), tmp_path / "full")
+    real = run_module.assemble
+
+    def signalled_assemble(cfg, info):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(cfg, info)
+    monkeypatch.setattr(run_module, "assemble", signalled_assemble)
+    with pytest.raises(Interrupted, match="stopped by SIGTERM before step 1"):
+        run_training(load_config(None, common), tmp_path / "cut")
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["state"]["step"] == 0
+    monkeypatch.setattr(run_module, "assemble", real)
+    run_training(load_config(None, common), tmp_path / "cut", resume=True)
+    full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
 def _wait_for(path, proc, seconds=240):
     deadline = time.monotonic() + seconds
     while not path.exists():
@@ -79,7 +103,7 @@ def _wait_for(path, proc, seconds=240):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR1])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR1, signal.SIGTERM])
 def test_a_signal_to_the_process_group_with_loader_workers_stops_cleanly(tiny_store, tmp_path, signum):
     """Ctrl-C and SLURM's --signal reach the loader's workers and their fork server too: they leave it to the main
     process (SIGUSR1 ended the fork server, its workers left with it, and the run hung waiting for batches), which
@@ -136,3 +160,84 @@ def test_a_signal_to_one_rank_stops_both_ranks_at_the_same_step(tiny_store, tmp_
     assert "rank 1: stopped by SIGTERM after step 3" in output, output[-3000:]
     assert "rank 0: stopped by a stop signal to another rank after step 3" in output, output[-3000:]
     assert load_checkpoint(tmp_path / "ddp" / "last.pt")["state"]["step"] == 3
+
+
+class DyingLoader:
+    """The training loader, whose workers end (as a SIGTERM to the process group would end them) once ``dead``."""
+
+    def __init__(self, loader):
+        self.loader, self.dead = loader, False
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self.dead:
+                raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+            yield batch
+
+
+def _run_cut_and_resumed(tiny_store, tmp_path, monkeypatch, cut, match):
+    """Run ``cut`` (which stops the run), check the Interrupted message, resume, and compare with an uninterrupted
+    run: weights and metrics."""
+    common = TINY + [f"data.dataset={tiny_store}"]
+    run_training(load_config(None, common), tmp_path / "full")
+    with monkeypatch.context() as patch:
+        kwargs = cut(patch)
+        with pytest.raises(Interrupted, match=match):
+            run_training(load_config(None, common), tmp_path / "cut", **kwargs)
+    run_training(load_config(None, common), tmp_path / "cut", resume=True)
+    full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    a, b = (pd.read_csv(tmp_path / d / "metrics.csv") for d in ("full", "cut"))
+    assert a[["epoch", "step", "train_loss", "val_dice"]].equals(b[["epoch", "step", "train_loss", "val_dice"]])
+
+
+def test_a_batch_lost_after_a_stop_signal_still_stops_cleanly(tiny_store, tmp_path, monkeypatch):
+    """A SIGTERM that also ended the loader's workers while the trainer waited for a batch ended the run in
+    'DataLoader worker exited unexpectedly' with nothing saved since the last checkpoint."""
+    from luna_train.training import run as run_module
+
+    def cut(patch):
+        real, dying = run_module.assemble, []
+
+        def assemble(cfg, info):
+            parts = real(cfg, info)
+            dying.append(DyingLoader(parts.loader))
+            parts.loader = dying[0]
+            return parts
+        patch.setattr(run_module, "assemble", assemble)
+
+        def on_step(state):
+            if state.step == 5:
+                dying[0].dead = True
+                os.kill(os.getpid(), signal.SIGTERM)
+        return {"on_step": on_step}
+    _run_cut_and_resumed(tiny_store, tmp_path, monkeypatch, cut,
+                         r"stopped by SIGTERM after step 5 \(the loader's workers ended too\)")
+
+
+def test_a_signal_between_the_sync_decision_and_the_stop_decision_keeps_the_sums(tiny_store, tmp_path, monkeypatch):
+    """The loop asked whether to flush its sums, then the stop check read the flag again: a signal between the two
+    wrote last.pt with unflushed loss and hard-mining sums, and the resumed run differed."""
+    def cut(patch):
+        real = fit_module.Fit.sync_due
+
+        def sync_due(self, step):
+            due = real(self, step)
+            if step == 2 and not due:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return due
+        patch.setattr(fit_module.Fit, "sync_due", sync_due)
+        return {}
+    _run_cut_and_resumed(tiny_store, tmp_path, monkeypatch, cut, "stopped by SIGTERM after step 3")
+
+
+def test_a_signal_as_the_workers_stop_after_the_last_epoch_is_not_dropped(tiny_store, tmp_path, monkeypatch):
+    """It was logged ('received SIGTERM ... then stopping') and then ignored: the run went on to evaluate."""
+    from luna_train.training import run as run_module
+
+    def cut(patch):
+        patch.setattr(run_module, "stop_workers", lambda loader: os.kill(os.getpid(), signal.SIGTERM))
+        return {}
+    _run_cut_and_resumed(tiny_store, tmp_path, monkeypatch, cut, "after the last epoch, before its evaluation")
+    assert (tmp_path / "cut" / "summary.json").is_file()
