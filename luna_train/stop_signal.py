@@ -4,7 +4,7 @@ on its own SIGTERM), SIGUSR1 (SLURM's ``--signal=USR1@SECONDS`` warning) or a fi
 The handler only records the request; the epoch loop finishes the optimizer step in flight, writes last.pt
 and raises :class:`~luna_train.training.loop.Interrupted`, so ``--resume`` continues the run exactly. A second
 Ctrl-C stops at once, as Ctrl-C always does. DataLoader workers ignore SIGINT and SIGUSR1
-(:func:`ignore_stop_signals`), which reach the whole process group (Ctrl-C, SLURM's ``--signal``): the
+(:func:`handle_signals_in_worker`), which reach the whole process group (Ctrl-C, SLURM's ``--signal``): the
 loader keeps working until the main process stops it. A SIGTERM gives a worker :data:`WORKER_GRACE_S` more
 seconds (also what ``Process.terminate`` sends: a loader whose shutdown times out moves on without it, and
 :func:`end_workers_at_exit` kills those left at exit). The fork server the workers come from ignores SIGTERM
@@ -78,7 +78,7 @@ def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[StopReq
 WORKER_GRACE_S = 30.0  # a loader worker's life after SIGTERM: torchrun's and SLURM's default grace before SIGKILL
 
 
-def ignore_stop_signals() -> None:
+def handle_signals_in_worker() -> None:
     """In a DataLoader worker: leave SIGINT and SIGUSR1 to the main process (the worker ends with it); after a
     SIGTERM keep serving batches for at most :data:`WORKER_GRACE_S` seconds, so that a signal to the whole process
     group lets the run reach its clean stop (ranks stop together at their next logged step)."""

@@ -13,7 +13,7 @@ import time
 import torch
 
 from luna_train.data.dataset import collate_patches
-from luna_train.stop_signal import end_workers_at_exit, ignore_stop_signals, start_fork_server
+from luna_train.stop_signal import end_workers_at_exit, handle_signals_in_worker, start_fork_server
 
 # Imported by the fork server before it forks workers (those the parent already uses), so each
 # worker starts in milliseconds instead of re-importing torch + MONAI (~8 s of CPU each).
@@ -39,7 +39,7 @@ def worker_context(method: str = "forkserver"):
 def _init_worker(parent_pid: int, worker_id: int) -> None:
     """Leave stop signals to the main process (:mod:`luna_train.stop_signal`), end with it (:func:`_exit_with`);
     seed the worker's transform from torch's per-worker seed (matters only for items without aug_seed)."""
-    ignore_stop_signals()
+    handle_signals_in_worker()
     _exit_with(parent_pid)
     info = torch.utils.data.get_worker_info()
     transform = getattr(info.dataset, "transform", None) if info is not None else None
