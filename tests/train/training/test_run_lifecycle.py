@@ -96,6 +96,7 @@ def test_a_start_that_failed_before_any_record_can_be_run_again(tiny_store, tmp_
 
     run = tmp_path / "run"
     RunLogger(run, {}, tensorboard=True).log_scalars({"train_loss": 9.0}, 3, "step/")  # the failed start's
+    _next_second()
     args = ["run", "--dataset", tiny_store, "--out", str(run)] + [a for o in TINY + ["logging.tensorboard=true",
                                                                                      "logging.step_every=1"]
                                                                   for a in ("--set", o)]
@@ -148,6 +149,7 @@ def test_resume_removes_a_checkpoint_write_a_kill_cut_short_and_hides_the_steps_
     assert load_checkpoint(tmp_path / "run" / "last.pt")["state"]["step"] == 4
     leftover = tmp_path / "run" / ".last.pt.tmp4242"
     leftover.write_bytes(b"half a checkpoint")
+    _next_second()
     run_training(load_config(None, common), tmp_path / "run", resume=True)
     assert not leftover.exists()
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
@@ -238,3 +240,11 @@ def test_resume_on_another_number_of_ranks_is_refused_mid_epoch(tiny_store, tmp_
     save_checkpoint(last, {**ckpt, "world_size": 2, "state": state})
     run_training(load_config(None, common), tmp_path / "run", resume=True)
     assert "trained on 2 rank(s), resumed on 1" in caplog.text
+
+
+def _next_second() -> None:
+    """TensorBoard reads a folder's event files in name order, and a name starts with the second the file was
+    opened, then a per-process counter: in one test process two files of one second can sort the wrong way round
+    ('...123.10' before '...123.9'), which a resumed run, a later process, never meets."""
+    time.sleep(1.0 - time.time() % 1.0 + 0.01)
+
