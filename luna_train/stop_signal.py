@@ -3,12 +3,11 @@ on its own SIGTERM), SIGUSR1 (SLURM's ``--signal=USR1@SECONDS`` warning) or a fi
 
 The handler only records the request; the epoch loop finishes the optimizer step in flight, writes last.pt
 and raises :class:`~luna_train.training.loop.Interrupted`, so ``--resume`` continues the run exactly. A second
-Ctrl-C stops at once, as Ctrl-C always does. DataLoader workers ignore SIGINT and SIGUSR1
-(:func:`handle_signals_in_worker`), which reach the whole process group (Ctrl-C, SLURM's ``--signal``): the
-loader keeps working until the main process stops it. A SIGTERM gives a worker :data:`WORKER_GRACE_S` more
-seconds (also what ``Process.terminate`` sends: a loader whose shutdown times out moves on without it, and
-:func:`end_workers_at_exit` kills those left at exit). The fork server the workers come from ignores SIGTERM
-and SIGUSR1 (:func:`start_fork_server`): its workers exit when it does.
+Ctrl-C stops at once, as Ctrl-C always does. DataLoader workers ignore all three
+(:func:`handle_signals_in_worker`), which reach the whole process group (Ctrl-C, SLURM, ``kill -- -PGID``): the
+loader keeps working until the main process stops it, and its workers end with that process. So does the fork
+server they come from (:func:`start_fork_server`). ``Process.terminate`` (SIGTERM) does not end a worker: a
+loader whose shutdown times out moves on without it, and :func:`end_workers_at_exit` kills those left at exit.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import contextlib
 import logging
 import multiprocessing
 import multiprocessing.forkserver
-import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -75,28 +73,17 @@ def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[StopReq
             signal.signal(sig, old)
 
 
-WORKER_GRACE_S = 30.0  # a loader worker's life after SIGTERM: torchrun's and SLURM's default grace before SIGKILL
-
-
 def handle_signals_in_worker() -> None:
-    """In a DataLoader worker: leave SIGINT and SIGUSR1 to the main process (the worker ends with it); after a
-    SIGTERM keep serving batches for at most :data:`WORKER_GRACE_S` seconds, so that a signal to the whole process
-    group lets the run reach its clean stop (ranks stop together at their next logged step)."""
-    for sig in (signal.SIGINT, signal.SIGUSR1):
+    """In a DataLoader worker: leave SIGTERM, SIGINT and SIGUSR1 to the main process, which stops the loader when
+    it stops; the worker ends with it even after a kill -9 (``luna_train.data.loader``), so a signal to the whole
+    process group lets the run finish its step, or its validation, and stop cleanly."""
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _end_later)
-
-
-def _end_later(_signum, _frame) -> None:
-    timer = threading.Timer(WORKER_GRACE_S, os._exit, args=(0,))
-    timer.daemon = True
-    timer.start()
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the first SIGTERM set the clock
 
 
 def end_workers_at_exit() -> None:
     """At this process's exit, kill the loader workers still alive (once registered): multiprocessing's own exit
-    handler would SIGTERM them and wait for them, which a worker answers only after its grace. Workers of a loader
+    handler would SIGTERM them, which they ignore, and wait for them for good. Workers of a loader
     whose iterator ended normally are gone by then; this is for an iterator an error left behind."""
     global _EXIT_HOOK
     if not _EXIT_HOOK:

@@ -189,7 +189,8 @@ class Fit:
         if self._patience_spent():  # a resumed run that had stopped early stays stopped
             return FitOutcome(stopped_early=True, rank_draws=None)
         if self.stop_signalled():  # came while the run was assembled: its starting state is what --resume needs
-            self.save([LAST])
+            if self.pending_rng is None:  # a resumed run's checkpoint already holds it (with the RNG to put back)
+                self.save([LAST])
             raise self.signal_interruption(f"before step {self.state.step + 1}")
         while self.state.epoch < tc.epochs:
             e, t_epoch = self.state.epoch, time.perf_counter()

@@ -71,22 +71,29 @@ def test_a_signalled_run_writes_last_pt_and_resumes_to_the_uninterrupted_result(
     assert a[["epoch", "step", "train_loss", "val_dice"]].equals(b[["epoch", "step", "train_loss", "val_dice"]])
 
 
-def test_a_signal_while_the_run_is_assembled_writes_its_start_and_resumes_exactly(tiny_store, tmp_path, monkeypatch):
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_signal_while_the_run_is_assembled_stops_it_and_it_resumes_exactly(tiny_store, tmp_path, monkeypatch,
+                                                                              resumed):
     """Opening the store, the loaders and the model takes tens of seconds on a real store; a SIGTERM then killed
-    the run with no last.pt, so `--resume` (what a requeued job runs) failed."""
+    the run with no last.pt, so `--resume` (what a requeued job runs) failed. A resumed run stopped there keeps its
+    checkpoint as it was (rewriting it stored the RNG before its checkpoint's was put back)."""
     from luna_train.training import run as run_module
 
     common = TINY + [f"data.dataset={tiny_store}"]
     run_training(load_config(None, common), tmp_path / "full")
+    if resumed:
+        with pytest.raises(Interrupted):
+            run_training(load_config(None, common + ["train.stop_after_steps=2"]), tmp_path / "cut")
     real = run_module.assemble
 
     def signalled_assemble(cfg, info):
         os.kill(os.getpid(), signal.SIGTERM)
         return real(cfg, info)
     monkeypatch.setattr(run_module, "assemble", signalled_assemble)
-    with pytest.raises(Interrupted, match="stopped by SIGTERM before step 1"):
-        run_training(load_config(None, common), tmp_path / "cut")
-    assert load_checkpoint(tmp_path / "cut" / "last.pt")["state"]["step"] == 0
+    first = 3 if resumed else 1
+    with pytest.raises(Interrupted, match=f"stopped by SIGTERM before step {first}"):
+        run_training(load_config(None, common), tmp_path / "cut", resume=resumed)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["state"]["step"] == first - 1
     monkeypatch.setattr(run_module, "assemble", real)
     run_training(load_config(None, common), tmp_path / "cut", resume=True)
     full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
@@ -241,3 +248,44 @@ def test_a_signal_as_the_workers_stop_after_the_last_epoch_is_not_dropped(tiny_s
         return {}
     _run_cut_and_resumed(tiny_store, tmp_path, monkeypatch, cut, "after the last epoch, before its evaluation")
     assert (tmp_path / "cut" / "summary.json").is_file()
+
+
+def test_loader_workers_leave_the_stop_signals_to_the_trainer():
+    """A SIGTERM to the whole process group ended the workers: a validation longer than their grace then failed
+    with 'DataLoader worker exited unexpectedly' and lost the epoch."""
+    from luna_train.data.loader import make_loader
+
+    loader = make_loader(SignalDispositions(), batch_size=1, num_workers=1, persistent_workers=False)
+    loader.collate_fn = torch.utils.data.default_collate
+    (seen,) = [batch for batch in loader]
+    assert seen.tolist() == [[int(signal.SIG_IGN)] * 3]
+
+
+class SignalDispositions(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return torch.tensor([int(signal.getsignal(s)) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)])
+
+
+@pytest.mark.slow
+def test_a_process_whose_loader_iterator_outlives_it_exits_at_once():
+    """Workers ignore SIGTERM, which is how multiprocessing ends daemonic children at exit before waiting for them:
+    a loader iterator an error left alive would have made the exit wait for good."""
+    script = textwrap.dedent("""
+        import torch
+        from luna_train.data.loader import make_loader
+        loader = make_loader(list(range(64)), batch_size=2, num_workers=2, persistent_workers=True,
+                             pin_memory=False)
+        loader.collate_fn = torch.utils.data.default_collate
+        it = iter(loader)
+        next(it)
+        print("iterating", flush=True)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "iterating" in res.stdout, res.stderr[-2000:]
+    assert time.monotonic() - t0 < 60
+
