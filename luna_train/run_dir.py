@@ -177,15 +177,20 @@ class RunDir:
     def preprocessing(self, dataset: str | None = None, eval_scale: int | None = None,
                       input_size: int | None = None) -> PreprocessingSpec:
         """``preprocessing.json``; for older runs without it, the spec of the store (``dataset`` or the run's).
+        A ``dataset`` built otherwise than ``preprocessing.json`` records is refused (``predict --dataset``
+        took its spec silently).
 
         ``eval_scale`` / ``input_size`` are the model's (needed only for that fallback).
         """
         f = self.file(PREPROCESSING_FILE)
-        if f.is_file() and dataset is None:
+        if f.is_file():
             try:
-                return PreprocessingSpec.from_dict(json.loads(f.read_text()), str(f))
+                spec = PreprocessingSpec.from_dict(json.loads(f.read_text()), str(f))
             except json.JSONDecodeError as exc:
                 raise InputError(f"{f}: not JSON ({exc})") from None
+            if dataset is not None:
+                refuse_other_preprocessing(spec, f, spec_of_store(dataset, spec.eval_scale, spec.input_size), dataset)
+            return spec
         store = dataset or self.dataset()
         data = self.config_dict().get("data", {})
         scale = eval_scale if eval_scale is not None else data.get("eval_scale")

@@ -245,3 +245,13 @@ def test_resuming_with_a_store_built_otherwise_is_refused(tiny_run, tmp_path):
     with pytest.raises(InputError, match=rf"f16.zarr: .* \({same}\): image_dtype uint8 -> float16; "):
         refuse_other_store_on_resume(stopped, str(same), str(other))
     refuse_other_store_on_resume(stopped, str(tmp_path / "moved.zarr"), str(other))
+
+
+def test_predict_and_export_refuse_a_dataset_built_otherwise(tiny_run, tmp_path):
+    """`predict --dataset` replaced the run's preprocessing.json by the store's spec without comparing them."""
+    run_dir, store = tiny_run
+    other = write_tiny_store(tmp_path / "f16.zarr", image_dtype="float16")
+    assert RunDir(run_dir).preprocessing(str(store)) == RunDir(run_dir).preprocessing()
+    with pytest.raises(InputError, match=r"f16.zarr: built with other preprocessing .*image_dtype uint8 -> float16"):
+        RunDir(run_dir).preprocessing(str(other))
+
