@@ -12,7 +12,7 @@ import torch
 
 from luna_prep.report.figure import ImageScale
 from luna_train.config import TrainConfig
-from luna_train.run_dir import SUMMARY_FILE, PreprocessingSpec, RunDir
+from luna_train.run_dir import SUMMARY_FILE
 from luna_train.training import distributed as D
 from luna_train.training.assemble import RunParts
 from luna_train.training.checkpoint import BEST, LAST, load_checkpoint
@@ -58,8 +58,7 @@ def summarize(cfg: TrainConfig, run_dir: Path, info: D.DistInfo, parts: RunParts
 
 def finalize(cfg: TrainConfig, run_dir: Path, info: D.DistInfo, parts: RunParts, logger: RunLogger, state: LoopState,
              outcome: FitOutcome, t0: float) -> dict[str, Any]:
-    """Validate and test the best model, plot its validation panel, write summary.json and preprocessing.json
-    (what ``predict`` needs of the store: spacing, HU window, image dtype); returns the summary."""
+    """Validate and test the best model, plot its validation panel, write summary.json; returns the summary."""
     tc = cfg.train
     load_best_model(parts, run_dir, info)
     val = validate(parts.model, parts.val_loader, parts.loss_fn, info.device, tc.amp, tc.threshold,
@@ -73,8 +72,6 @@ def finalize(cfg: TrainConfig, run_dir: Path, info: D.DistInfo, parts: RunParts,
     summary = summarize(cfg, run_dir, info, parts, state, outcome, val, test, time.perf_counter() - t0, samples)
     if info.is_main:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-        spec = PreprocessingSpec.from_store(parts.rows.attrs, cfg.data.eval_scale, cfg.data.train_size)
-        RunDir(run_dir).write_preprocessing(spec)
     logger.log_scalars({k: summary[k] for k in ("test_dice", "test_pooled_dice") if summary[k] is not None},
                        state.step, "final/")
     logger.close()

@@ -20,7 +20,14 @@ from luna_prep.errors import InputError
 from luna_prep.files import exclusive_lock
 from luna_train.config import ConfigError, TrainConfig, save_config, to_dict
 from luna_train.data.loader import stop_workers
-from luna_train.run_dir import CONFIG_FILE, SUMMARY_FILE, RunDir, absolute_location, refuse_other_store_on_resume
+from luna_train.run_dir import (
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    PreprocessingSpec,
+    RunDir,
+    absolute_location,
+    refuse_other_store_on_resume,
+)
 from luna_train.stop_signal import stop_on_signals
 from luna_train.training import distributed as D
 from luna_train.training.assemble import assemble, open_logger, training_module
@@ -127,6 +134,10 @@ def _train(cfg: TrainConfig, run_dir: Path, info: D.DistInfo, saved: dict | None
     with stop_on_signals() as stop:  # from here: a signal while the parts are assembled stops before the first step
         seed_everything(cfg.train.seed)
         parts = assemble(cfg, info)
+        if info.is_main:  # what predict needs of the store (spacing, HU window, dtype), from the start: a stopped
+            # run's checkpoints are usable, and --resume compares a store with it
+            RunDir(run_dir).write_preprocessing(
+                PreprocessingSpec.from_store(parts.rows.attrs, cfg.data.eval_scale, cfg.data.train_size))
         start = restore(parts, saved, info.rank) if saved is not None else Start()
         net = training_module(parts.model, cfg, info)
         # TensorBoard hides what a killed run logged after its checkpoint (those steps are trained again), and what

@@ -158,6 +158,8 @@ def test_a_run_stopped_by_stop_after_steps_resumes_to_its_end_from_the_command_l
     res = CliRunner().invoke(main, ["run", *args, "--set", "train.stop_after_steps=2"])
     assert res.exit_code == 3, res.output
     assert load_checkpoint(out / "last.pt")["state"]["step"] == 2
+    # written at the start (it was written only by a finished run): a stopped run's checkpoints predict
+    assert json.loads((out / "preprocessing.json").read_text())["image_dtype"] == "uint8"
     res = CliRunner().invoke(main, ["run", "--out", str(out), "--resume"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert json.loads((out / "summary.json").read_text())["steps"] == load_config(out / "config.yaml").train.epochs * 4
