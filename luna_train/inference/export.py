@@ -10,6 +10,7 @@ post-processing when the run has one, travel inside the file: TorchScript ``extr
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from pathlib import Path
@@ -71,7 +72,8 @@ def _export_onnx(net: nn.Module, example: torch.Tensor, out: Path, meta: dict[st
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (example,), str(out), input_names=["image"], output_names=["probability"],
-                          dynamic_axes={"image": axes, "probability": axes}, opset_version=ONNX_OPSET, dynamo=False)
+                          dynamic_axes={"image": axes, "probability": axes}, opset_version=ONNX_OPSET,
+                          **_torchscript_exporter())
     model = onnx.load(str(out))
     onnx.helper.set_model_props(model, meta)
     onnx.save(model, str(out))
@@ -102,3 +104,10 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return module, {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items() if v}
+
+
+def _torchscript_exporter() -> dict:
+    """``dynamo=False`` where torch.onnx.export has the keyword (torch 2.5 added it; newer versions default to True),
+    nothing before, where the TorchScript exporter is the only one."""
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+

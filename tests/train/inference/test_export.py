@@ -49,3 +49,14 @@ def test_onnx_gives_the_runs_probabilities_and_carries_its_spec(tiny_run, tmp_pa
     np.testing.assert_allclose(got, _reference(run_dir), atol=1e-4, rtol=0)
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
     assert json.loads(meta[PREPROCESSING_FILE]) == RunDir(run_dir).preprocessing().to_dict()
+
+
+def test_the_onnx_exporter_is_chosen_only_where_torch_has_the_choice(monkeypatch):
+    """torch 2.3-2.4 (pyproject allows >= 2.3) have no `dynamo` keyword: passing it failed with a TypeError."""
+    import torch
+
+    from luna_train.inference import export
+
+    assert export._torchscript_exporter() == {"dynamo": False}  # this torch has the keyword
+    monkeypatch.setattr(torch.onnx, "export", lambda model, args, f, **kwargs: None)
+    assert export._torchscript_exporter() == {}
