@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-import torch
 from click.testing import CliRunner
+from resumed_runs import assert_same_run
 
 from luna_prep.errors import InputError
 from luna_train.cli.main import main
@@ -127,9 +127,7 @@ def test_resume_continues_from_best_pt_when_a_kill_came_before_the_first_last_pt
     assert sorted(p.name for p in (tmp_path / "cut").glob("*.pt")) == ["best.pt"]
     res = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "cut"), "--resume"])
     assert res.exit_code == 0, res.output
-    full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
-    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert_same_run(tmp_path / "full", tmp_path / "cut")
 
 
 def test_resume_removes_a_checkpoint_write_a_kill_cut_short_and_hides_the_steps_trained_again(tiny_store, tmp_path,

@@ -12,6 +12,7 @@ import time
 import pandas as pd
 import pytest
 import torch
+from resumed_runs import assert_same_run
 
 from luna_train.config import load_config
 from luna_train.stop_signal import stop_on_signals
@@ -64,11 +65,7 @@ def test_a_signalled_run_writes_last_pt_and_resumes_to_the_uninterrupted_result(
     assert len(pd.read_csv(tmp_path / "cut" / "metrics.csv")) == stopped_step // 4
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run gave its handlers back
     run_training(load_config(None, common), tmp_path / "cut", resume=True)
-    full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
-    assert all(torch.equal(full[k], resumed[k]) for k in full)
-    a, b = (pd.read_csv(tmp_path / d / "metrics.csv") for d in ("full", "cut"))
-    assert a[["epoch", "step", "train_loss", "val_dice"]].equals(b[["epoch", "step", "train_loss", "val_dice"]])
+    assert_same_run(tmp_path / "full", tmp_path / "cut")
 
 
 @pytest.mark.parametrize("resumed", [False, True])
@@ -96,9 +93,7 @@ def test_a_signal_while_the_run_is_assembled_stops_it_and_it_resumes_exactly(tin
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["state"]["step"] == first - 1
     monkeypatch.setattr(run_module, "assemble", real)
     run_training(load_config(None, common), tmp_path / "cut", resume=True)
-    full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
-    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert_same_run(tmp_path / "full", tmp_path / "cut")
 
 
 def _wait_for(path, proc, seconds=240):
@@ -192,11 +187,7 @@ def _run_cut_and_resumed(tiny_store, tmp_path, monkeypatch, cut, match):
         with pytest.raises(Interrupted, match=match):
             run_training(load_config(None, common), tmp_path / "cut", **kwargs)
     run_training(load_config(None, common), tmp_path / "cut", resume=True)
-    full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
-    assert all(torch.equal(full[k], resumed[k]) for k in full)
-    a, b = (pd.read_csv(tmp_path / d / "metrics.csv") for d in ("full", "cut"))
-    assert a[["epoch", "step", "train_loss", "val_dice"]].equals(b[["epoch", "step", "train_loss", "val_dice"]])
+    assert_same_run(tmp_path / "full", tmp_path / "cut")
 
 
 def test_a_batch_lost_after_a_stop_signal_still_stops_cleanly(tiny_store, tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from resumed_runs import assert_same_run
 
 from luna_train.cli.main import main
 from luna_train.config import load_config
@@ -124,13 +125,7 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tiny_store, tmp_path):
     assert cut["state"]["step"] == 6 and cut["state"]["step_in_epoch"] == 2  # killed mid-epoch 2
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, stop_after_steps=None))
     run_training(cfg, tmp_path / "cut", resume=True)
-    full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
-    assert full.keys() == resumed.keys()
-    assert all(torch.equal(full[k], resumed[k]) for k in full)
-    a = pd.read_csv(tmp_path / "full" / "metrics.csv")
-    b = pd.read_csv(tmp_path / "cut" / "metrics.csv")
-    assert a[["epoch", "step", "train_loss", "val_dice"]].equals(b[["epoch", "step", "train_loss", "val_dice"]])
+    assert_same_run(tmp_path / "full", tmp_path / "cut")
 
 
 @pytest.mark.slow
