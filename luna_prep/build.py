@@ -36,6 +36,7 @@ from luna_prep.luna16.tables import (
     default_annotations,
     default_candidates,
     find_scans,
+    is_hidden,
     missing_candidates_note,
     read_annotations,
     read_candidates,
@@ -308,7 +309,7 @@ def _finalize(cfg: BuildConfig, plans: list[ScanPlan],
 
 def unmatched_annotations(data_root: str | Path, annotations: pd.DataFrame) -> list[str]:
     """Seriesuids of annotations with no ``subset*/<seriesuid>.mhd`` anywhere under the data root."""
-    present = {p.stem for p in Path(data_root).glob("subset*/*.mhd") if not p.name.startswith(".")}
+    present = {p.stem for p in Path(data_root).glob("subset*/*.mhd") if not is_hidden(p)}
     return sorted(set(annotations["seriesuid"]) - present)
 
 

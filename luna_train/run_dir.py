@@ -113,9 +113,8 @@ def refuse_other_store_on_resume(run_dir: str | Path, trained_on: str, dataset: 
     from luna_prep.sharing.cards import open_dataset
 
     run = RunDir(run_dir)
-    attrs = open_dataset(dataset).attrs
     if run.file(PREPROCESSING_FILE).is_file():
-        run.refuse_other_store(dataset, attrs)
+        run.preprocessing(dataset)  # refuses a store built otherwise
         return
     if trained_on == dataset:
         return
@@ -124,7 +123,7 @@ def refuse_other_store_on_resume(run_dir: str | Path, trained_on: str, dataset: 
     except (OSError, ValueError):  # moved away: the new location is all there is
         return
     refuse_other_preprocessing(PreprocessingSpec.from_store(old, 1, None), trained_on,
-                               PreprocessingSpec.from_store(attrs, 1, None), dataset)
+                               spec_of_store(dataset, 1, None), dataset)
 
 
 def spec_of_store(dataset: str, eval_scale: int, input_size: int | None) -> PreprocessingSpec:

@@ -134,13 +134,13 @@ def missing_candidates_note(data_root: str | Path) -> str:
             + (f"; {packed[0]} is not extracted: unzip it there" if packed else ""))
 
 
-def _is_hidden(path: Path) -> bool:
+def is_hidden(path: Path) -> bool:
     """A name starting with '.': not a scan (macOS writes ._<uid>.mhd resource forks next to copied files)."""
     return path.name.startswith(".")
 
 
 def _subset_mhds(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.mhd") if not _is_hidden(p))
+    return sorted(p for p in folder.glob("*.mhd") if not is_hidden(p))
 
 
 def subset_notes(data_root: str | Path, subsets: list[int]) -> list[str]:
@@ -151,9 +151,9 @@ def subset_notes(data_root: str | Path, subsets: list[int]) -> list[str]:
         folder = root / f"subset{k}"
         if not folder.is_dir():
             continue
-        hidden += [p for p in folder.glob("*.mhd") if _is_hidden(p)]
+        hidden += [p for p in folder.glob("*.mhd") if is_hidden(p)]
         upper = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".mhd" and p.suffix != ".mhd"
-                       and not _is_hidden(p))
+                       and not is_hidden(p))
         if upper:
             notes.append(f"{folder}: {len(upper)} scans ending in {upper[0].suffix} skipped (first: {upper[0].name}); "
                          "only .mhd is read: rename them")

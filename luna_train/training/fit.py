@@ -225,7 +225,7 @@ class Fit:
                                restore_rng=self.restore_rng if self.pending_rng is not None else None,
                                on_step=self.after_step, progress=self.cfg.logging.progress and self.info.is_main,
                                hard=self.hard, seen=seen)
-        except BatchLost as lost:  # SIGTERM to the whole process group ended the loader's workers as well
+        except BatchLost as lost:  # the loader's workers ended after the stop signal (killed some other way)
             self.save([LAST])
             raise self.signal_interruption(f"after step {self.state.step} (the loader's workers ended too)") from lost
         self.pending_rng = None

@@ -22,8 +22,9 @@ from luna_train.training.speed import StepOptions, format_batch
 
 
 class BatchLost(RuntimeError):
-    """A batch could not be fetched after a stop was asked for (the loader's workers got the signal too and
-    ended); the loop state is that of the last finished step, its sums flushed."""
+    """A batch could not be fetched after a stop was asked for (the loader's workers ended: they ignore the stop
+    signals, but not SIGKILL or the OOM killer); the loop state is that of the last finished step, its sums
+    flushed."""
 
 
 class Interrupted(RuntimeError):
